@@ -1,0 +1,66 @@
+"""The ``genq`` command line: one entry point for every process and operator task."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from shared.errors import GenqError
+from shared.logging import configure_logging
+from shared.settings import Settings, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from genq import ops
+
+    return asyncio.run(ops.migrate_command(settings))
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from genq import ops
+
+    return asyncio.run(ops.status_command(settings))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with ``--help`` on every command."""
+    parser = argparse.ArgumentParser(
+        prog="genq",
+        description="genq: the job backend for AI image and video generation. "
+        "Settings come from GENQ_* variables and .env; with no GENQ_DATABASE_URL / "
+        "GENQ_REDIS_URL, embedded servers run under GENQ_DATA_DIR (default .genq).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="apply pending migrations and sync the model catalog",
+                       description="Apply pending migrations (under an advisory lock, so "
+                       "concurrent runs are safe) and sync the model catalog.")
+    p.set_defaults(handler=_cmd_migrate)
+
+    p = sub.add_parser("status", help="print the database state: migrations, models, counts",
+                       description="Print applied migrations, the model catalog, and row counts.")
+    p.set_defaults(handler=_cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; exit status 0 on success, 2 on bad settings or usage."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except GenqError as exc:
+        print(f"genq: {exc.message}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    handler: Handler = args.handler
+    try:
+        return handler(args, settings)
+    except GenqError as exc:
+        print(f"genq: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,96 @@
+"""The asyncpg pool, JSON codecs, and the migration runner."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import asyncpg
+
+from shared.logging import get_logger
+from sql import load_migrations
+
+log = get_logger(__name__)
+
+# Any 64-bit constant works; it only has to be the same for every genq process.
+MIGRATION_LOCK_ID = 0x67656E71_6D696772  # "genqmigr"
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection: TypeAlias = (
+        asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+    )
+    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+else:
+    Connection = asyncpg.Connection
+    Pool = asyncpg.Pool
+
+
+async def _init_connection(conn: Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> Pool:
+    """A pool whose connections encode and decode json/jsonb as Python objects."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        # Connections are reused across very different queries; cached plans are fine.
+        command_timeout=60,
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect(dsn: str) -> asyncpg.Connection[asyncpg.Record]:
+    """A single connection with the same codecs as the pool."""
+    conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(dsn)
+    await _init_connection(conn)
+    return conn
+
+
+async def migrate(conn: Connection) -> list[str]:
+    """Apply pending migrations in order, under an advisory lock; return the names applied.
+
+    Safe to run twice, and twice at once: the second runner waits for the lock and then finds
+    nothing left to do.
+    """
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS genq_migrations (
+                version    integer PRIMARY KEY,
+                name       text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM genq_migrations")}
+        for migration in load_migrations():
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO genq_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            log.info("migration_applied", migration=migration.name)
+            applied.append(migration.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+    return applied
+
+
+def record_to_dict(record: Any) -> dict[str, Any]:
+    """A plain dict of an asyncpg Record (or None passthrough for callers that check)."""
+    return dict(record.items())

@@ -1,0 +1,135 @@
+"""One settings object for every genq process, read from ``GENQ_*`` variables and ``.env``.
+
+Build it once at start with :func:`load_settings` and pass it explicitly; nothing reads the
+environment after that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+ENV_PREFIX = "GENQ_"
+SEVEN_DAYS_S = 7 * 24 * 3600
+ONE_GIB = 1024**3
+
+
+class Settings(BaseSettings):
+    """Every tunable of genq. Field ``foo_bar`` is read from ``GENQ_FOO_BAR``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # Services. Unset means: start the embedded server under data_dir.
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".genq")
+    storage_dir: Path | None = None
+
+    db_pool_min_size: int = Field(default=2, ge=1, le=100)
+    db_pool_max_size: int = Field(default=10, ge=1, le=500)
+
+    # HTTP intake.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    admin_token: SecretStr | None = None
+    api_key_cache_ttl_s: float = Field(default=30.0, ge=0)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_prompt_chars: int = Field(default=4000, ge=1)
+    max_params_bytes: int = Field(default=8 * 1024, ge=2)
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+
+    # Catalog.
+    models_file: Path | None = None
+
+    # Queue and worker.
+    queue_name: str = Field(default="genq:queue", min_length=1)
+    max_jobs: int = Field(default=100, ge=1, le=10_000)
+    poll_delay_s: float = Field(default=0.05, gt=0, le=10)
+    lease_s: float = Field(default=60.0, gt=0)
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    provider_max_attempts: int = Field(default=5, ge=1, le=100)
+    provider_backoff_base_s: float = Field(default=0.5, ge=0)
+    provider_backoff_max_s: float = Field(default=30.0, ge=0)
+    provider_poll_interval_s: float = Field(default=0.5, gt=0)
+    provider_poll_max_interval_s: float = Field(default=5.0, gt=0)
+    reservation_ttl_s: int = Field(default=6 * 3600, ge=60)
+
+    # Providers.
+    replicate_api_token: SecretStr | None = None
+    replicate_base_url: str = "https://api.replicate.com/v1"
+    local_latency_s: float = Field(default=0.0, ge=0)
+    local_failure_rate: float = Field(default=0.0, ge=0, le=1)
+
+    # Workspace assets.
+    workspace_ttl_s: int = Field(default=SEVEN_DAYS_S, ge=1)
+    output_max_bytes: int = Field(default=ONE_GIB, ge=1)
+    output_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    download_timeout_s: float = Field(default=300.0, gt=0)
+
+    # Maintenance.
+    cleanup_batch_size: int = Field(default=500, ge=1, le=100_000)
+    requeue_after_s: float = Field(default=60.0, ge=0)
+    sweep_interval_s: int = Field(default=60, ge=1)
+    job_retention_s: int = Field(default=30 * 24 * 3600, ge=3600)
+    job_retention_action: Literal["archive", "delete"] = "archive"
+
+    # Logging.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("output_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("database_url", "redis_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgres://", "postgresql://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @property
+    def storage_root(self) -> Path:
+        """Where workspace asset files live."""
+        return self.storage_dir if self.storage_dir is not None else self.data_dir / "storage"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment and ``.env``; fail with the variable's name."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from exc

@@ -1,0 +1,28 @@
+-- The model catalog, synced from TOML files.
+
+-- upsert_model --
+-- $1 key, $2 provider, $3 ref, $4 media_type, $5 price_per_output, $6 max_outputs, $7 timeout_s,
+-- $8 params (jsonb), $9 description, $10 enabled.
+INSERT INTO models (key, provider, ref, media_type, price_per_output, max_outputs, timeout_s,
+                    params, description, enabled, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+ON CONFLICT (key) DO UPDATE SET
+    provider = excluded.provider, ref = excluded.ref, media_type = excluded.media_type,
+    price_per_output = excluded.price_per_output, max_outputs = excluded.max_outputs,
+    timeout_s = excluded.timeout_s, params = excluded.params,
+    description = excluded.description, enabled = excluded.enabled, updated_at = now()
+
+-- disable_models_not_in --
+-- Models dropped from the catalog files stay (jobs refer to them) but are disabled. $1 text[] keys.
+UPDATE models SET enabled = false, updated_at = now() WHERE enabled AND NOT (key = ANY($1::text[]))
+
+-- list_models --
+-- Enabled models, by key.
+SELECT key, provider, ref, media_type, price_per_output, max_outputs, timeout_s, params, description
+FROM models WHERE enabled ORDER BY key
+
+-- get_model --
+-- $1 key. Disabled models too (the caller checks enabled).
+SELECT key, provider, ref, media_type, price_per_output, max_outputs, timeout_s, params,
+       description, enabled
+FROM models WHERE key = $1

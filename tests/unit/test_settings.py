@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.errors import ConfigError
+from shared.settings import SEVEN_DAYS_S, load_settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("GENQ_DATABASE_URL", "GENQ_REDIS_URL", "GENQ_WORKSPACE_TTL_S"):
+        monkeypatch.delenv(var, raising=False)
+    s = load_settings(_env_file=None)
+    assert s.database_url is None and s.redis_url is None
+    assert s.workspace_ttl_s == SEVEN_DAYS_S
+    assert s.output_max_bytes == 1024**3
+    assert s.storage_root == Path(".genq") / "storage"
+
+
+def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENQ_WORKSPACE_TTL_S", "60")
+    monkeypatch.setenv("GENQ_OUTPUT_ALLOWED_HOSTS", "127.0.0.1, Files.Internal ,")
+    monkeypatch.setenv("GENQ_DATABASE_URL", "postgresql://u@h/db")
+    s = load_settings(_env_file=None)
+    assert s.workspace_ttl_s == 60
+    assert s.output_allowed_hosts == ["127.0.0.1", "files.internal"]
+    assert s.database_url == "postgresql://u@h/db"
+
+
+def test_blank_url_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENQ_REDIS_URL", "  ")
+    assert load_settings(_env_file=None).redis_url is None
+
+
+def test_reads_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GENQ_MAX_JOBS", raising=False)
+    env = tmp_path / ".env"
+    env.write_text("GENQ_MAX_JOBS=7\n")
+    assert load_settings(_env_file=env).max_jobs == 7
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("GENQ_WORKSPACE_TTL_S", "soon"),
+        ("GENQ_WORKSPACE_TTL_S", "0"),
+        ("GENQ_DATABASE_URL", "mysql://x"),
+        ("GENQ_REDIS_URL", "http://x"),
+        ("GENQ_LOG_FORMAT", "xml"),
+        ("GENQ_LOCAL_FAILURE_RATE", "2"),
+    ],
+)
+def test_invalid_setting_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(_env_file=None)
+    assert var in info.value.message
