@@ -1,1 +1,1 @@
-"""Benchmarks: genq against bare arq and bare Starlette in the same run (never part of the tests)."""
+"""Benchmarks: genq against bare arq and bare Starlette, in the same run."""
