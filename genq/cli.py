@@ -26,6 +26,18 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(ops.status_command(settings))
 
 
+def _cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
+    from genq import ops
+
+    return asyncio.run(ops.cleanup_command(settings, args.only or None))
+
+
+def _cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    from genq import ops
+
+    return ops.run_until_signal(ops.scheduler_command(settings))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with ``--help`` on every command."""
     parser = argparse.ArgumentParser(
@@ -44,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="print the database state: migrations, models, counts",
                        description="Print applied migrations, the model catalog, and row counts.")
     p.set_defaults(handler=_cmd_status)
+    from worker.scheduler import TASKS
+
+    p = sub.add_parser("cleanup", help="run the maintenance tasks once and report what they did",
+                       description="Run maintenance once: delete expired workspace assets, "
+                       "re-enqueue jobs Redis lost, take back jobs whose worker died, settle "
+                       "stale reservations, retire old jobs, delete orphan files.")
+    p.add_argument("--only", action="append", choices=list(TASKS), metavar="TASK",
+                   help=f"run only this task (repeatable): {', '.join(TASKS)}")
+    p.set_defaults(handler=_cmd_cleanup)
+
+    p = sub.add_parser("scheduler", help="run the maintenance tasks on their schedule",
+                       description="Run the maintenance tasks as arq cron jobs every "
+                       "GENQ_SWEEP_INTERVAL_S seconds (one run at a time across schedulers).")
+    p.set_defaults(handler=_cmd_scheduler)
     return parser
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
 from shared.db import connect
 from shared.services import prepare_database, resolve_services
 from shared.settings import Settings
@@ -58,3 +63,52 @@ def _redact(url: str) -> str:
         user = creds.split(":", 1)[0]
         return f"{scheme}{sep}{user}@{host}"
     return url
+
+
+def run_until_signal(coro: Coroutine[Any, Any, None]) -> int:
+    """Run a long-lived process; SIGINT or SIGTERM cancels it so it can shut down cleanly."""
+
+    async def main() -> None:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    asyncio.run(main())
+    return 0
+
+
+async def cleanup_command(settings: Settings, only: list[str] | None) -> int:
+    """Run maintenance tasks once and print one line per task."""
+    from worker.scheduler import TASKS, run_once
+
+    services = resolve_services(settings)
+    try:
+        await prepare_database(services.database_url, settings)
+        reports = await run_once(
+            settings, services.database_url, services.redis_url, only or list(TASKS)
+        )
+        for report in reports:
+            print(report.summary())
+    finally:
+        services.stop()
+    return 0
+
+
+async def scheduler_command(settings: Settings) -> None:
+    """Run the scheduler until cancelled."""
+    from worker.scheduler import run_scheduler
+
+    services = resolve_services(settings)
+    try:
+        await prepare_database(services.database_url, settings)
+        await run_scheduler(settings, services.database_url, services.redis_url)
+    finally:
+        services.stop()

@@ -1,0 +1,98 @@
+-- Scheduled maintenance: asset expiry, lost and stuck jobs, stale reservations, retention.
+
+-- lock_expired_assets --
+-- A batch of expired assets, locked so a concurrent cleanup skips them. $1 batch size.
+SELECT id, temp_storage_path FROM workspace_assets
+WHERE expires_at <= now()
+ORDER BY expires_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+
+-- delete_assets --
+-- $1 uuid[] asset ids (already locked by this transaction).
+DELETE FROM workspace_assets WHERE id = ANY($1::uuid[])
+
+-- lost_queued_jobs --
+-- Queued jobs waiting longer than $1 seconds since they were last enqueued (or created), oldest
+-- first; $2 limit. Locked so two sweeps do not both re-enqueue one job.
+SELECT id FROM generation_jobs
+WHERE status = 'queued'
+  AND coalesce(enqueued_at, created_at) < now() - make_interval(secs => $1)
+ORDER BY created_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+
+-- mark_enqueued --
+-- $1 uuid[] job ids.
+UPDATE generation_jobs SET enqueued_at = now(), updated_at = now() WHERE id = ANY($1::uuid[])
+
+-- lock_expired_leases --
+-- Running jobs whose worker stopped renewing the lease. $1 limit.
+SELECT id, attempt, max_attempts, reservation_id FROM generation_jobs
+WHERE status = 'running' AND lease_expires_at < now()
+ORDER BY lease_expires_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+
+-- requeue_job --
+-- Hand a running job back to the queue; its provider prediction id is kept so the next attempt
+-- resumes it. $1 job id.
+UPDATE generation_jobs
+SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, enqueued_at = now(),
+    updated_at = now()
+WHERE id = $1 AND status = 'running'
+
+-- fail_job --
+-- End a non-terminal job as failed. $1 job id, $2 error code, $3 error message.
+-- Returns the reservation to refund (none if the job was already terminal).
+UPDATE generation_jobs
+SET status = 'failed', error_code = $2, error_message = $3, finished_at = now(),
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE id = $1 AND status IN ('queued', 'running')
+RETURNING reservation_id
+
+-- stale_reservations --
+-- Open reservations past their deadline (not locked: the caller locks job, then reservation).
+-- $1 limit.
+SELECT id, job_id FROM credit_reservations
+WHERE status = 'open' AND expires_at < now()
+ORDER BY expires_at
+LIMIT $1
+
+-- known_storage_paths --
+-- Which of these storage keys an asset row points at. $1 text[] keys.
+SELECT temp_storage_path FROM workspace_assets WHERE temp_storage_path = ANY($1::text[])
+
+-- lock_job --
+-- $1 job id.
+SELECT id, status FROM generation_jobs WHERE id = $1 FOR UPDATE
+
+-- archive_old_jobs --
+-- Copy terminal jobs finished more than $1 seconds ago, with no assets left, into the archive
+-- and delete them. $2 limit. Returns how many moved.
+WITH old AS (
+    SELECT j.id FROM generation_jobs j
+    WHERE j.finished_at < now() - make_interval(secs => $1)
+      AND NOT EXISTS (SELECT 1 FROM workspace_assets a WHERE a.job_id = j.id)
+    ORDER BY j.finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), moved AS (
+    INSERT INTO generation_jobs_archive (id, user_id, finished_at, job)
+    SELECT j.id, j.user_id, j.finished_at, to_jsonb(j) FROM generation_jobs j JOIN old USING (id)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+)
+DELETE FROM generation_jobs j USING moved WHERE j.id = moved.id
+
+-- delete_old_jobs --
+-- Delete terminal jobs finished more than $1 seconds ago with no assets left. $2 limit.
+WITH old AS (
+    SELECT j.id FROM generation_jobs j
+    WHERE j.finished_at < now() - make_interval(secs => $1)
+      AND NOT EXISTS (SELECT 1 FROM workspace_assets a WHERE a.job_id = j.id)
+    ORDER BY j.finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM generation_jobs j USING old WHERE j.id = old.id

@@ -1,0 +1,241 @@
+"""Maintenance tasks against real PostgreSQL, Redis and files on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from arq.connections import ArqRedis
+
+from shared import ledger
+from shared.db import Pool
+from shared.queue import create_arq_pool
+from shared.settings import Settings
+from shared.storage import LocalStorage, asset_key
+from tests.factories import files_on_disk, funded_user, queued_job, stored_assets
+from worker import maintenance
+from worker.scheduler import exclusive, run_task
+
+
+@pytest.fixture
+async def arq_redis(settings: Settings) -> ArqRedis:
+    assert settings.redis_url is not None
+    pool = await create_arq_pool(settings.redis_url)
+    yield pool  # type: ignore[misc]
+    await pool.aclose()
+
+
+def _storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "storage")
+
+
+async def _asset_keys(pool: Pool) -> set[str]:
+    return {r["temp_storage_path"] for r in await pool.fetch(
+        "SELECT temp_storage_path FROM workspace_assets")}
+
+
+async def test_expire_10000_assets_with_two_cleanups_at_once(pool: Pool, tmp_path: Path) -> None:
+    storage = _storage(tmp_path)
+    user = await funded_user(pool, 1000)
+    # Mixed expiry: long expired, just expired, expiring soon, fresh.
+    pattern = [-7 * 86400.0, -1.0, 60.0, 7 * 86400.0]
+    expected_kept: set[str] = set()
+    for _ in range(20):
+        job = await queued_job(pool, user)
+        keys = await stored_assets(
+            pool, storage, user, job, [pattern[i % 4] for i in range(500)]
+        )
+        expected_kept |= {k for i, k in enumerate(keys) if i % 4 >= 2}
+    assert await pool.fetchval("SELECT count(*) FROM workspace_assets") == 10_000
+
+    reports = await asyncio.gather(
+        maintenance.expire_assets(pool, storage, 200),
+        maintenance.expire_assets(pool, storage, 200),
+    )
+
+    assert sum(r.counts.get("rows_deleted", 0) for r in reports) == 5000
+    assert sum(r.counts.get("files_deleted", 0) for r in reports) == 5000
+    # A file deleted twice would show up here as "already gone".
+    assert sum(r.counts.get("files_already_gone", 0) for r in reports) == 0
+    assert await _asset_keys(pool) == expected_kept
+    assert files_on_disk(storage) == expected_kept
+
+    again = await maintenance.expire_assets(pool, storage, 200)
+    assert again.counts == {}
+
+
+async def test_expired_row_whose_file_is_gone_is_still_deleted(
+    pool: Pool, tmp_path: Path
+) -> None:
+    storage = _storage(tmp_path)
+    user = await funded_user(pool, 10)
+    job = await queued_job(pool, user)
+    keys = await stored_assets(pool, storage, user, job, [-5.0, -5.0])
+    storage.delete(keys[0])
+    report = await maintenance.expire_assets(pool, storage, 10)
+    assert report.counts == {"rows_deleted": 2, "files_deleted": 1, "files_already_gone": 1}
+    assert await _asset_keys(pool) == set()
+
+
+async def test_orphan_files_are_swept_after_a_grace_period(pool: Pool, tmp_path: Path) -> None:
+    storage = _storage(tmp_path)
+    user = await funded_user(pool, 10)
+    job = await queued_job(pool, user)
+    (kept,) = await stored_assets(pool, storage, user, job, [3600.0])
+    old_orphan = asset_key(user, job, 7, "png")
+    young_orphan = asset_key(user, job, 8, "png")
+    storage.write_bytes(old_orphan, b"x")
+    storage.write_bytes(young_orphan, b"y")
+    partial = storage.path(asset_key(user, job, 9, "png")).with_name(".9.png.abc.part")
+    partial.write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    for path in (storage.path(old_orphan), storage.path(kept), partial):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    report = await maintenance.sweep_orphan_files(pool, storage, 100)
+
+    assert report.counts["orphans_deleted"] == 2
+    assert report.counts["partial_files_deleted"] == 1
+    assert files_on_disk(storage) == {kept, young_orphan}
+
+
+async def test_requeue_jobs_redis_lost(
+    pool: Pool, settings: Settings, arq_redis: ArqRedis, redis_client: aioredis.Redis
+) -> None:
+    user = await funded_user(pool, 100)
+    lost = [await queued_job(pool, user, created_ago_s=600) for _ in range(30)]
+    fresh = await queued_job(pool, user)
+    # A stale result from an earlier delivery must not block the new enqueue.
+    await redis_client.set(f"arq:result:{lost[0]}", b"old")
+
+    report = await maintenance.requeue_lost_jobs(pool, arq_redis, settings)
+
+    assert report.counts == {"requeued": 30}
+    queued = {m.decode() for m in await redis_client.zrange(settings.queue_name, 0, -1)}
+    assert queued == {str(j) for j in lost}
+    assert str(fresh) not in queued
+    for job in lost:
+        assert await redis_client.exists(f"arq:job:{job}")
+    # They were just enqueued: a second sweep right away has nothing to do.
+    assert (await maintenance.requeue_lost_jobs(pool, arq_redis, settings)).counts == {}
+
+
+async def test_requeue_skips_jobs_still_in_redis(
+    pool: Pool, settings: Settings, arq_redis: ArqRedis, redis_client: aioredis.Redis
+) -> None:
+    user = await funded_user(pool, 100)
+    job = await queued_job(pool, user, created_ago_s=600)
+    assert await maintenance.requeue(arq_redis, settings.queue_name, job)
+    await pool.execute(
+        "UPDATE generation_jobs SET enqueued_at = now() - interval '1 hour' WHERE id = $1", job
+    )
+    report = await maintenance.requeue_lost_jobs(pool, arq_redis, settings)
+    assert report.counts == {"still_in_redis": 1}
+    assert await redis_client.zcard(settings.queue_name) == 1
+
+
+async def _expire_lease(pool: Pool, job: uuid.UUID, attempt: int) -> None:
+    await pool.execute(
+        "UPDATE generation_jobs SET status = 'running', attempt = $2, lease_owner = 'dead',"
+        " lease_expires_at = now() - interval '1 second', started_at = now() WHERE id = $1",
+        job, attempt,
+    )
+
+
+async def test_expired_leases_are_retried_or_failed_and_refunded(
+    pool: Pool, settings: Settings, arq_redis: ArqRedis, redis_client: aioredis.Redis
+) -> None:
+    user = await funded_user(pool, 100)
+    retry = await queued_job(pool, user, num_outputs=2)
+    exhausted = await queued_job(pool, user, num_outputs=3)
+    healthy = await queued_job(pool, user)
+    await _expire_lease(pool, retry, attempt=1)
+    await _expire_lease(pool, exhausted, attempt=3)
+    await pool.execute(
+        "UPDATE generation_jobs SET status = 'running', attempt = 1, lease_owner = 'alive',"
+        " lease_expires_at = now() + interval '1 minute', started_at = now() WHERE id = $1",
+        healthy,
+    )
+    before = await ledger.get_account(pool, user)
+
+    report = await maintenance.recover_expired_leases(pool, arq_redis, settings)
+
+    assert report.counts == {"retried": 1, "failed_refunded": 1}
+    rows = {r["id"]: r for r in await pool.fetch(
+        "SELECT id, status, error_code, lease_owner FROM generation_jobs")}
+    assert rows[retry]["status"] == "queued"
+    assert rows[retry]["lease_owner"] is None
+    assert rows[exhausted]["status"] == "failed"
+    assert rows[exhausted]["error_code"] == "worker_lost"
+    assert rows[healthy]["status"] == "running"
+    assert await redis_client.exists(f"arq:job:{retry}")
+    after = await ledger.get_account(pool, user)
+    # The exhausted job's 3 credits came back; the others are still held.
+    assert after.balance == before.balance + 3
+    assert after.reserved == before.reserved - 3
+
+
+async def test_stale_reservations_fail_the_job_and_refund(pool: Pool) -> None:
+    user = await funded_user(pool, 100)
+    stale = await queued_job(pool, user, num_outputs=4, reservation_ttl_s=-1)
+    current = await queued_job(pool, user, num_outputs=2)
+    from datetime import UTC, datetime, timedelta
+
+    orphan = await ledger.reserve(
+        pool, user, 5, expires_at=datetime.now(UTC) - timedelta(seconds=1)
+    )
+
+    report = await maintenance.settle_stale_reservations(pool, 100)
+
+    assert report.counts == {"jobs_failed": 1, "refunded": 2}
+    status = await pool.fetchrow(
+        "SELECT status, error_code FROM generation_jobs WHERE id = $1", stale)
+    assert status is not None
+    assert (status["status"], status["error_code"]) == ("failed", "reservation_expired")
+    assert await pool.fetchval(
+        "SELECT status FROM generation_jobs WHERE id = $1", current) == "queued"
+    account = await ledger.get_account(pool, user)
+    assert (account.balance, account.reserved) == (98, 2)
+    settled = await pool.fetchval(
+        "SELECT status FROM credit_reservations WHERE id = $1", orphan.id)
+    assert settled == "refunded"
+
+
+@pytest.mark.parametrize("action", ["archive", "delete"])
+async def test_retire_old_terminal_jobs(pool: Pool, settings: Settings, action: str) -> None:
+    settings = settings.model_copy(update={"job_retention_action": action})
+    user = await funded_user(pool, 100)
+    old, with_assets, recent = [await queued_job(pool, user) for _ in range(3)]
+    await pool.execute(
+        "UPDATE generation_jobs SET status = 'failed', finished_at = now() - make_interval("
+        "days => CASE WHEN id = $3 THEN 1 ELSE 40 END) WHERE id = ANY($1::uuid[]) OR id = $2"
+        " OR id = $3",
+        [old], with_assets, recent,
+    )
+    await stored_assets(pool, LocalStorage(settings.storage_root), user, with_assets, [3600.0])
+
+    report = await maintenance.retire_old_jobs(pool, settings)
+
+    assert report.counts == {("archived" if action == "archive" else "deleted"): 1}
+    remaining = {r["id"] for r in await pool.fetch("SELECT id FROM generation_jobs")}
+    assert remaining == {with_assets, recent}
+    archived = await pool.fetch("SELECT id, job FROM generation_jobs_archive")
+    if action == "archive":
+        assert [r["id"] for r in archived] == [old]
+        assert archived[0]["job"]["status"] == "failed"
+    else:
+        assert archived == []
+
+
+async def test_one_run_at_a_time(pool: Pool, settings: Settings, arq_redis: ArqRedis) -> None:
+    async with exclusive(pool, "expire-assets") as got:
+        assert got
+        report = await run_task("expire-assets", pool, arq_redis, settings)
+    assert report.counts == {"skipped_locked": 1}
+    report = await run_task("expire-assets", pool, arq_redis, settings)
+    assert "skipped_locked" not in report.counts

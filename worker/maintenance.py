@@ -1,0 +1,269 @@
+"""Maintenance tasks: expire workspace assets, recover lost and stuck jobs, settle stale
+reservations, retire old jobs.
+
+Postgres is the source of truth: each task reads what must be true there and repairs Redis and
+storage to match. Every task works in batches locked with ``FOR UPDATE SKIP LOCKED``, so two runs
+at once split the work, and a run killed half-way leaves nothing that the next run cannot finish.
+Every task returns a :class:`TaskReport` and logs it as one structured line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss, job_key_prefix, result_key_prefix, retry_key_prefix
+from redis.exceptions import RedisError
+
+from shared import ledger
+from shared.db import Connection, Pool
+from shared.logging import get_logger
+from shared.queue import enqueue_generation
+from shared.settings import Settings
+from shared.storage import TMP_SUFFIX, LocalStorage
+from sql import queries
+
+log = get_logger(__name__)
+
+# Files younger than this are never treated as orphans: a worker may be between writing the file
+# and inserting its row.
+ORPHAN_GRACE_S = 3600.0
+
+
+@dataclass
+class TaskReport:
+    """What one run of a task did."""
+
+    task: str
+    counts: dict[str, int] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    def add(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``name``."""
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    def summary(self) -> str:
+        """One human line: ``task: a=1 b=2 in 0.12s``."""
+        counts = " ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "nothing to do"
+        return f"{self.task}: {counts} in {self.duration_s:.2f}s"
+
+
+def _timed(
+    name: str,
+) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[TaskReport]]]:
+    def wrap(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[TaskReport]]:
+        async def run(*args: object, **kwargs: object) -> TaskReport:
+            report = TaskReport(name)
+            started = time.perf_counter()
+            try:
+                await fn(report, *args, **kwargs)
+            finally:
+                report.duration_s = time.perf_counter() - started
+                log.info("maintenance_task", task=name, duration_s=round(report.duration_s, 4),
+                         **report.counts)
+            return report
+
+        run.__name__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        return run
+
+    return wrap
+
+
+def _delete_files(storage: LocalStorage, keys: list[str]) -> tuple[int, int]:
+    removed = missing = 0
+    for key in keys:
+        if storage.delete(key):
+            removed += 1
+        else:
+            missing += 1
+    return removed, missing
+
+
+@_timed("expire_assets")
+async def expire_assets(
+    report: TaskReport, pool: Pool, storage: LocalStorage, batch_size: int
+) -> None:
+    """Delete expired workspace assets, files first and then rows, one locked batch at a time.
+
+    The file goes before its row, inside the transaction that deletes the row: a crash leaves an
+    expired row whose file is gone (the next run deletes it; expired rows are never served), and
+    never a file without a row.
+    """
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(queries["lock_expired_assets"], batch_size)
+            if not rows:
+                return
+            removed, missing = await asyncio.to_thread(
+                _delete_files, storage, [r["temp_storage_path"] for r in rows]
+            )
+            await conn.execute(queries["delete_assets"], [r["id"] for r in rows])
+        report.add("rows_deleted", len(rows))
+        report.add("files_deleted", removed)
+        report.add("files_already_gone", missing)
+        if len(rows) < batch_size:
+            return
+
+
+def _scan_storage(storage: LocalStorage, older_than: float) -> list[str]:
+    keys: list[str] = []
+    if not storage.root.exists():
+        return keys
+    for dirpath, _dirs, files in os.walk(storage.root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_mtime < older_than:
+                    keys.append(os.path.relpath(path, storage.root).replace(os.sep, "/"))
+    return keys
+
+
+@_timed("sweep_orphan_files")
+async def sweep_orphan_files(
+    report: TaskReport, pool: Pool, storage: LocalStorage, batch_size: int,
+    grace_s: float = ORPHAN_GRACE_S,
+) -> None:
+    """Delete stored files that no asset row points at (a crash between write and insert)."""
+    keys = await asyncio.to_thread(_scan_storage, storage, time.time() - grace_s)
+    report.add("files_scanned", len(keys))
+    for start in range(0, len(keys), batch_size):
+        batch = keys[start:start + batch_size]
+        known = {
+            r["temp_storage_path"]
+            for r in await pool.fetch(queries["known_storage_paths"], batch)
+        }
+        orphans = [k for k in batch if k not in known]
+        if orphans:
+            removed, _ = await asyncio.to_thread(_delete_files, storage, orphans)
+            report.add("orphans_deleted", removed)
+            report.add("partial_files_deleted", sum(k.endswith(TMP_SUFFIX) for k in orphans))
+
+
+async def _forget_in_redis(redis: ArqRedis, job_id: uuid.UUID) -> None:
+    # A kept result, retry counter or stale abort mark would block or spoil a fresh enqueue.
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(result_key_prefix + str(job_id), retry_key_prefix + str(job_id))
+        pipe.zrem(abort_jobs_ss, str(job_id))
+        await pipe.execute()
+
+
+async def requeue(redis: ArqRedis, queue_name: str, job_id: uuid.UUID) -> bool:
+    """Put a job back on the arq queue unless arq already holds it; True if enqueued now."""
+    if await redis.exists(job_key_prefix + str(job_id)):
+        return False
+    await _forget_in_redis(redis, job_id)
+    return await enqueue_generation(redis, queue_name, job_id)
+
+
+@_timed("requeue_lost_jobs")
+async def requeue_lost_jobs(
+    report: TaskReport, pool: Pool, redis: ArqRedis, settings: Settings
+) -> None:
+    """Re-enqueue ``queued`` jobs Redis no longer holds (flushed, or the enqueue failed)."""
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                queries["lost_queued_jobs"], float(settings.requeue_after_s),
+                settings.cleanup_batch_size,
+            )
+            if not rows:
+                return
+            ids = [r["id"] for r in rows]
+            try:
+                for job_id in ids:
+                    report.add("requeued" if await requeue(
+                        redis, settings.queue_name, job_id) else "still_in_redis")
+            except RedisError as exc:
+                report.add("redis_errors")
+                log.warning("requeue_redis_error", error=str(exc))
+                return
+            await conn.execute(queries["mark_enqueued"], ids)
+        if len(rows) < settings.cleanup_batch_size:
+            return
+
+
+async def _fail_and_refund(conn: Connection, job_id: uuid.UUID, code: str, message: str) -> bool:
+    reservation_id = await conn.fetchval(queries["fail_job"], job_id, code, message)
+    if reservation_id is None:
+        return False
+    await ledger.refund(conn, reservation_id)
+    return True
+
+
+@_timed("recover_expired_leases")
+async def recover_expired_leases(
+    report: TaskReport, pool: Pool, redis: ArqRedis, settings: Settings
+) -> None:
+    """Take back ``running`` jobs whose worker died: retry if attempts remain, else fail+refund."""
+    while True:
+        to_enqueue: list[uuid.UUID] = []
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(queries["lock_expired_leases"], settings.cleanup_batch_size)
+            if not rows:
+                return
+            for row in rows:
+                if row["attempt"] < row["max_attempts"]:
+                    await conn.execute(queries["requeue_job"], row["id"])
+                    to_enqueue.append(row["id"])
+                    report.add("retried")
+                elif await _fail_and_refund(
+                    conn, row["id"], "worker_lost",
+                    f"the worker stopped responding {row['attempt']} times; credits refunded",
+                ):
+                    report.add("failed_refunded")
+        for job_id in to_enqueue:
+            try:
+                await requeue(redis, settings.queue_name, job_id)
+            except RedisError as exc:
+                # The job is queued in Postgres; requeue_lost_jobs will enqueue it later.
+                report.add("redis_errors")
+                log.warning("lease_requeue_redis_error", job_id=str(job_id), error=str(exc))
+        if len(rows) < settings.cleanup_batch_size:
+            return
+
+
+@_timed("settle_stale_reservations")
+async def settle_stale_reservations(report: TaskReport, pool: Pool, batch_size: int) -> None:
+    """Refund reservations past their deadline, failing their job if it is not terminal.
+
+    Locks the job before the reservation, the same order the worker and the API use.
+    """
+    rows = await pool.fetch(queries["stale_reservations"], batch_size)
+    for row in rows:
+        async with pool.acquire() as conn, conn.transaction():
+            if row["job_id"] is not None:
+                job = await conn.fetchrow(queries["lock_job"], row["job_id"])
+                if job is not None and job["status"] in ("queued", "running"):
+                    await conn.execute(
+                        queries["fail_job"], row["job_id"], "reservation_expired",
+                        "the job did not finish before its credit hold expired; "
+                        "credits refunded",
+                    )
+                    report.add("jobs_failed")
+            settlement = await ledger.refund(conn, row["id"])
+            report.add("already_settled" if settlement.replayed else "refunded")
+
+
+@_timed("retire_old_jobs")
+async def retire_old_jobs(report: TaskReport, pool: Pool, settings: Settings) -> None:
+    """Archive (or delete) terminal jobs older than the retention period that have no assets."""
+    query = (
+        queries["archive_old_jobs"]
+        if settings.job_retention_action == "archive"
+        else queries["delete_old_jobs"]
+    )
+    while True:
+        status = await pool.execute(
+            query, float(settings.job_retention_s), settings.cleanup_batch_size
+        )
+        n = int(status.split()[-1])
+        report.add("archived" if settings.job_retention_action == "archive" else "deleted", n)
+        if n < settings.cleanup_batch_size:
+            return

@@ -1,0 +1,162 @@
+"""The scheduler: maintenance tasks as arq cron jobs, and the same tasks run once from the CLI.
+
+Two guards keep each task to one run at a time however many schedulers run: arq's unique cron
+job ids (every scheduler computes the same id for the same tick, and arq enqueues it once), and a
+Postgres advisory lock held for the run (a slow run is never overlapped by the next tick).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from arq import cron
+from arq.connections import ArqRedis
+from arq.cron import CronJob
+from arq.worker import Worker
+
+from shared.db import Pool, create_pool
+from shared.logging import get_logger
+from shared.queue import create_arq_pool
+from shared.settings import Settings
+from shared.storage import LocalStorage
+from worker import maintenance
+from worker.maintenance import TaskReport
+
+log = get_logger(__name__)
+
+TaskFn = Callable[[Pool, ArqRedis, Settings], Awaitable[TaskReport]]
+
+
+def _expire_assets(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
+    storage = LocalStorage(settings.storage_root)
+    return maintenance.expire_assets(pool, storage, settings.cleanup_batch_size)
+
+
+def _sweep_orphans(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
+    storage = LocalStorage(settings.storage_root)
+    return maintenance.sweep_orphan_files(pool, storage, settings.cleanup_batch_size)
+
+
+def _requeue_lost(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
+    return maintenance.requeue_lost_jobs(pool, redis, settings)
+
+
+def _recover_leases(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
+    return maintenance.recover_expired_leases(pool, redis, settings)
+
+
+def _settle_stale(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
+    return maintenance.settle_stale_reservations(pool, settings.cleanup_batch_size)
+
+
+def _retire_jobs(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
+    return maintenance.retire_old_jobs(pool, settings)
+
+
+# Name -> task, in the order `genq cleanup` runs them.
+TASKS: dict[str, TaskFn] = {
+    "expire-assets": _expire_assets,
+    "requeue-lost-jobs": _requeue_lost,
+    "recover-expired-leases": _recover_leases,
+    "settle-stale-reservations": _settle_stale,
+    "retire-old-jobs": _retire_jobs,
+    "sweep-orphan-files": _sweep_orphans,
+}
+
+
+def _lock_id(name: str) -> int:
+    return 0x67656E71_00000000 | zlib.crc32(name.encode())
+
+
+@contextlib.asynccontextmanager
+async def exclusive(pool: Pool, name: str) -> AsyncIterator[bool]:
+    """Hold the task's advisory lock for the block; yields False if another run holds it."""
+    async with pool.acquire() as conn:
+        got = await conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_id(name))
+        try:
+            yield bool(got)
+        finally:
+            if got:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _lock_id(name))
+
+
+async def run_task(name: str, pool: Pool, redis: ArqRedis, settings: Settings) -> TaskReport:
+    """Run one task under its lock; a run that finds the lock taken reports ``skipped``."""
+    async with exclusive(pool, name) as got:
+        if not got:
+            report = TaskReport(name.replace("-", "_"), {"skipped_locked": 1})
+            log.info("maintenance_task", task=report.task, skipped_locked=1)
+            return report
+        return await TASKS[name](pool, redis, settings)
+
+
+async def run_once(
+    settings: Settings, database_url: str, redis_url: str, names: list[str]
+) -> list[TaskReport]:
+    """Run the named tasks once, in order (the CLI's ``genq cleanup``)."""
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    redis = await create_arq_pool(redis_url)
+    try:
+        return [await run_task(name, pool, redis, settings) for name in names]
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+def _every(interval_s: int) -> dict[str, Any]:
+    """arq cron fields for "every ``interval_s`` seconds" (aligned to the minute or hour)."""
+    if interval_s < 60:
+        return {"second": set(range(0, 60, max(1, interval_s)))}
+    minutes = max(1, interval_s // 60)
+    return {"minute": set(range(0, 60, minutes)) if minutes < 60 else {0}, "second": {0}}
+
+
+def _cron_for(name: str, schedule: dict[str, Any]) -> CronJob:
+    async def job(ctx: dict[str, Any]) -> dict[str, int]:
+        report = await run_task(name, ctx["pool"], ctx["redis"], ctx["settings"])
+        return report.counts
+
+    job.__qualname__ = f"genq_{name.replace('-', '_')}"
+    return cron(job, name=f"genq:{name}", unique=True, timeout=3600, **schedule)
+
+
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    """Every task on its schedule: recovery on the sweep interval, the orphan scan hourly."""
+    every = _every(settings.sweep_interval_s)
+    jobs = [_cron_for(name, every) for name in TASKS if name != "sweep-orphan-files"]
+    jobs.append(_cron_for("sweep-orphan-files", {"minute": {17}, "second": {0}}))
+    return jobs
+
+
+async def run_scheduler(settings: Settings, database_url: str, redis_url: str) -> None:
+    """Run the cron worker until cancelled (SIGINT/SIGTERM)."""
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    redis = await create_arq_pool(redis_url)
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx.update(pool=pool, settings=settings)
+
+    worker = Worker(
+        functions=[],
+        cron_jobs=cron_jobs(settings),
+        redis_pool=redis,
+        queue_name=f"{settings.queue_name}:cron",
+        on_startup=on_startup,
+        handle_signals=False,
+        keep_result=0,
+        max_jobs=len(TASKS),
+        poll_delay=0.5,
+    )
+    log.info("scheduler_started", interval_s=settings.sweep_interval_s, tasks=list(TASKS))
+    try:
+        await worker.async_run()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await worker.close()
+        await pool.close()
+        log.info("scheduler_stopped")
