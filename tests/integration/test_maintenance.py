@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,10 @@ from worker.scheduler import exclusive, run_task
 
 
 @pytest.fixture
-async def arq_redis(settings: Settings) -> ArqRedis:
+async def arq_redis(settings: Settings) -> AsyncIterator[ArqRedis]:
     assert settings.redis_url is not None
     pool = await create_arq_pool(settings.redis_url)
-    yield pool  # type: ignore[misc]
+    yield pool
     await pool.aclose()
 
 
