@@ -33,8 +33,7 @@ log = get_logger(__name__)
 def routes() -> list[Route]:
     """Every route of the v1 API (the contract in DESIGN.md)."""
     return [
-        Route("/v1/jobs", jobs.create_job, methods=["POST"]),
-        Route("/v1/jobs", jobs.get_jobs, methods=["GET"]),
+        Route("/v1/jobs", jobs.jobs_collection, methods=["GET", "POST"]),
         Route("/v1/jobs/{job_id}", jobs.get_job, methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", jobs.post_cancel, methods=["POST"]),
         Route("/v1/credits", credits.get_credits, methods=["GET"]),

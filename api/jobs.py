@@ -54,6 +54,13 @@ async def get_jobs(request: Request) -> Response:
     return JSONResponse({"data": data, "next_cursor": next_cursor})
 
 
+async def jobs_collection(request: Request) -> Response:
+    """/v1/jobs: one route for both methods, so a 405 lists both in its Allow header."""
+    if request.method == "POST":
+        return await create_job(request)
+    return await get_jobs(request)
+
+
 async def get_job(request: Request) -> Response:
     """GET /v1/jobs/{job_id}."""
     ctx = context(request)
