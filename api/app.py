@@ -63,20 +63,20 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        ctx._pool = await create_pool(
+        pool = await create_pool(
             database_url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size
         )
         try:
-            ctx._redis = await create_arq_pool(redis_url)
+            redis = await create_arq_pool(redis_url)
             try:
+                ctx.attach(pool, redis)
                 log.info("api_started", queue=settings.queue_name)
                 yield
             finally:
-                await ctx._redis.aclose()
-                ctx._redis = None
+                ctx.detach()
+                await redis.aclose()
         finally:
-            await ctx._pool.close()
-            ctx._pool = None
+            await pool.close()
             log.info("api_stopped")
 
     app = Starlette(

@@ -27,6 +27,14 @@ class ApiContext:
     _pool: Pool | None = field(default=None, repr=False)
     _redis: ArqRedis | None = field(default=None, repr=False)
 
+    def attach(self, pool: Pool, redis: ArqRedis) -> None:
+        """Use these connections (called by the lifespan once both are open)."""
+        self._pool, self._redis = pool, redis
+
+    def detach(self) -> None:
+        """Forget the connections (the lifespan closes them)."""
+        self._pool = self._redis = None
+
     @property
     def pool(self) -> Pool:
         """The asyncpg pool (open between lifespan startup and shutdown)."""
