@@ -98,3 +98,19 @@ async def test_admin_grant_is_idempotent(api: Api) -> None:
     assert other.status_code == 409
     assert other.json()["error"]["code"] == "idempotency_key_reused"
     assert await api.balance(user) == (25, 0)
+
+
+async def test_a_key_past_its_ttl_can_be_used_again(api: Api) -> None:
+    user = await api.user(credits=10)
+    headers = {**user.headers, "Idempotency-Key": "old-key"}
+    first = await api.client.post("/v1/jobs", json=JOB, headers=headers)
+    assert first.status_code == 202
+    await api.pool.execute(
+        "UPDATE idempotency_keys SET created_at = now() - make_interval(secs => $1)",
+        float(api.settings.idempotency_ttl_s + 60),
+    )
+    other = await api.client.post("/v1/jobs", json={**JOB, "num_outputs": 1}, headers=headers)
+    assert other.status_code == 202, other.text
+    assert "idempotent-replayed" not in other.headers
+    assert other.json()["id"] != first.json()["id"]
+    assert await api.balance(user) == (7, 3)
