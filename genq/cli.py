@@ -38,6 +38,13 @@ def _cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     return ops.run_until_signal(ops.scheduler_command(settings))
 
 
+def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    from api.server import serve
+
+    return serve(settings, host=args.host or settings.host,
+                 port=settings.port if args.port is None else args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with ``--help`` on every command."""
     parser = argparse.ArgumentParser(
@@ -70,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the maintenance tasks as arq cron jobs every "
                        "GENQ_SWEEP_INTERVAL_S seconds (one run at a time across schedulers).")
     p.set_defaults(handler=_cmd_scheduler)
+
+    p = sub.add_parser("api", help="run the HTTP intake service",
+                       description="Migrate, then serve the HTTP API (GENQ_HOST/GENQ_PORT, "
+                       "or the flags) until SIGINT or SIGTERM.")
+    p.add_argument("--host", default=None, help="interface to bind (default: GENQ_HOST)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default: GENQ_PORT)")
+    p.set_defaults(handler=_cmd_api)
     return parser
 
 

@@ -1,0 +1,89 @@
+"""The intake service: a Starlette app built from explicit parts.
+
+``create_app(settings)`` takes concrete ``database_url`` / ``redis_url`` (the CLI resolves
+embedded servers first). Its lifespan opens the asyncpg pool and the arq Redis pool once and
+closes them on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from api import assets, catalog, credits, health, jobs
+from api.auth import ApiKeyCache
+from api.context import ApiContext
+from api.errors import exception_handlers
+from api.middleware import RequestContextMiddleware
+from api.openapi import build_openapi, openapi_endpoint
+from shared.db import create_pool
+from shared.errors import ConfigError
+from shared.logging import get_logger
+from shared.queue import create_arq_pool
+from shared.settings import Settings
+from shared.storage import LocalStorage
+
+log = get_logger(__name__)
+
+
+def routes() -> list[Route]:
+    """Every route of the v1 API (the contract in DESIGN.md)."""
+    return [
+        Route("/v1/jobs", jobs.jobs_collection, methods=["GET", "POST"]),
+        Route("/v1/jobs/{job_id}", jobs.get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/cancel", jobs.post_cancel, methods=["POST"]),
+        Route("/v1/credits", credits.get_credits, methods=["GET"]),
+        Route("/v1/credits/ledger", credits.get_ledger, methods=["GET"]),
+        Route("/v1/models", catalog.get_models, methods=["GET"]),
+        Route("/v1/assets", assets.get_assets, methods=["GET"]),
+        Route("/v1/assets/{asset_id}", assets.get_asset, methods=["GET"]),
+        Route("/v1/assets/{asset_id}/content", assets.get_asset_content, methods=["GET"]),
+        Route("/v1/admin/users", credits.post_user, methods=["POST"]),
+        Route("/v1/admin/users/{user_id}/credits", credits.post_grant, methods=["POST"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint(build_openapi()), methods=["GET"]),
+    ]
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app for ``settings``; connections open when its lifespan starts."""
+    if settings.database_url is None or settings.redis_url is None:
+        raise ConfigError("create_app needs concrete database_url and redis_url")
+    database_url, redis_url = settings.database_url, settings.redis_url
+    ctx = ApiContext(
+        settings=settings,
+        storage=LocalStorage(settings.storage_root),
+        keys=ApiKeyCache(settings.api_key_cache_ttl_s),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = await create_pool(
+            database_url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size
+        )
+        try:
+            redis = await create_arq_pool(redis_url)
+            try:
+                ctx.attach(pool, redis)
+                log.info("api_started", queue=settings.queue_name)
+                yield
+            finally:
+                ctx.detach()
+                await redis.aclose()
+        finally:
+            await pool.close()
+            log.info("api_stopped")
+
+    app = Starlette(
+        routes=routes(),
+        middleware=[Middleware(RequestContextMiddleware)],
+        exception_handlers=exception_handlers(),
+        lifespan=lifespan,
+    )
+    app.state.genq = ctx
+    return app

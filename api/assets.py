@@ -1,0 +1,95 @@
+"""``/v1/assets``: the caller's workspace assets and their bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from api.auth import authenticate
+from api.context import context
+from api.errors import AssetNotFound, ValidationFailed
+from api.pagination import decode_time_cursor, parse_limit
+from api.reads import list_assets, load_asset, parse_id
+from api.serialize import asset_json
+from api.validation import field_error
+from shared.logging import get_logger
+from shared.storage import StorageKeyError
+
+log = get_logger(__name__)
+
+CHUNK_BYTES = 256 * 1024
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
+               "image/gif": "gif", "video/mp4": "mp4", "video/webm": "webm"}
+
+
+async def get_assets(request: Request) -> Response:
+    """GET /v1/assets: newest first, optionally ``?job_id=``."""
+    ctx = context(request)
+    user_id = await authenticate(ctx, request)
+    raw_job = request.query_params.get("job_id")
+    job_id = parse_id(raw_job) if raw_job else None
+    if raw_job and job_id is None:
+        raise ValidationFailed(
+            "invalid job_id filter", details=[field_error("job_id", "must be a UUID")]
+        )
+    limit = parse_limit(request.query_params.get("limit"))
+    after = decode_time_cursor(request.query_params.get("cursor"))
+    async with ctx.pool.acquire() as conn:
+        data, next_cursor = await list_assets(
+            conn, user_id, job_id=job_id, after=after, limit=limit
+        )
+    return JSONResponse({"data": data, "next_cursor": next_cursor})
+
+
+async def get_asset(request: Request) -> Response:
+    """GET /v1/assets/{asset_id}."""
+    ctx = context(request)
+    user_id = await authenticate(ctx, request)
+    asset_id = parse_id(request.path_params["asset_id"])
+    if asset_id is None:
+        raise AssetNotFound(f"no asset {request.path_params['asset_id']}")
+    async with ctx.pool.acquire() as conn:
+        return JSONResponse(asset_json(await load_asset(conn, user_id, asset_id)))
+
+
+async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK_BYTES):
+            yield chunk
+    finally:
+        handle.close()
+
+
+async def get_asset_content(request: Request) -> Response:
+    """GET /v1/assets/{asset_id}/content: the bytes, streamed, with the stored MIME type."""
+    ctx = context(request)
+    user_id = await authenticate(ctx, request)
+    asset_id = parse_id(request.path_params["asset_id"])
+    if asset_id is None:
+        raise AssetNotFound(f"no asset {request.path_params['asset_id']}")
+    async with ctx.pool.acquire() as conn:
+        row = await load_asset(conn, user_id, asset_id)
+    try:
+        # Opened before answering: a cleanup that unlinks the file now cannot cut the stream.
+        handle = await asyncio.to_thread(ctx.storage.open, row["temp_storage_path"])
+    except (FileNotFoundError, StorageKeyError) as exc:
+        log.warning("asset_file_missing", asset_id=str(asset_id), error=repr(exc))
+        raise AssetNotFound(f"asset {asset_id} has no stored content") from exc
+    size = os.fstat(handle.fileno()).st_size
+    mime_type = row["mime_type"]
+    ext = _EXTENSIONS.get(mime_type, "bin")
+    return StreamingResponse(
+        _chunks(handle),
+        media_type=mime_type,
+        headers={
+            "Content-Length": str(size),
+            "Content-Disposition": f'inline; filename="{asset_id}.{ext}"',
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, max-age=3600",
+        },
+    )

@@ -1,0 +1,31 @@
+"""``/v1/models``: the enabled models clients can ask for, with prices and limits."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from api.auth import authenticate
+from api.context import context
+from shared.catalog import list_models
+
+
+async def get_models(request: Request) -> Response:
+    """GET /v1/models."""
+    ctx = context(request)
+    await authenticate(ctx, request)
+    async with ctx.pool.acquire() as conn:
+        models = await list_models(conn)
+    return JSONResponse({"data": [
+        {
+            "key": m.key,
+            "provider": m.provider,
+            "media_type": m.media_type,
+            "price_per_output": m.price_per_output,
+            "max_outputs": m.max_outputs,
+            "timeout_s": m.timeout_s,
+            "params": m.params,
+            "description": m.description,
+        }
+        for m in models
+    ]})

@@ -1,0 +1,57 @@
+"""What every handler needs, opened once by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+
+from api.auth import ApiKeyCache
+from shared.storage import LocalStorage
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+    from shared.db import Pool
+    from shared.settings import Settings
+
+
+@dataclass
+class ApiContext:
+    """The settings and the open connections of one app instance."""
+
+    settings: Settings
+    storage: LocalStorage
+    keys: ApiKeyCache
+    _pool: Pool | None = field(default=None, repr=False)
+    _redis: ArqRedis | None = field(default=None, repr=False)
+
+    def attach(self, pool: Pool, redis: ArqRedis) -> None:
+        """Use these connections (called by the lifespan once both are open)."""
+        self._pool, self._redis = pool, redis
+
+    def detach(self) -> None:
+        """Forget the connections (the lifespan closes them)."""
+        self._pool = self._redis = None
+
+    @property
+    def pool(self) -> Pool:
+        """The asyncpg pool (open between lifespan startup and shutdown)."""
+        if self._pool is None:
+            raise RuntimeError("the database pool is not open: is the lifespan running?")
+        return self._pool
+
+    @property
+    def redis(self) -> ArqRedis:
+        """The arq Redis pool (open between lifespan startup and shutdown)."""
+        if self._redis is None:
+            raise RuntimeError("the Redis pool is not open: is the lifespan running?")
+        return self._redis
+
+
+def context(request: Request) -> ApiContext:
+    """The context of the app serving ``request``."""
+    ctx = request.app.state.genq
+    assert isinstance(ctx, ApiContext)
+    return ctx

@@ -1,0 +1,181 @@
+"""Every error the API answers with, and how each exception becomes one.
+
+The body is always ``{"error": {"code", "message", "details"}}``. Domain errors carry their own
+``code`` and ``status`` (:class:`shared.errors.GenqError`); routing errors, lost backing services
+and unexpected exceptions are mapped here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+import redis.exceptions
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from shared.errors import GenqError, NotFound
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class Unauthorized(GenqError):
+    """Missing or invalid credentials."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class AdminDisabled(GenqError):
+    """No admin token is configured on this server, so admin endpoints are off."""
+
+    code = "admin_disabled"
+    status = 403
+
+
+class InvalidJson(GenqError):
+    """The request body is not valid JSON."""
+
+    code = "invalid_json"
+    status = 400
+
+
+class UnsupportedMediaType(GenqError):
+    """The request body must be sent as application/json."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
+class PayloadTooLarge(GenqError):
+    """The request body is too large."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+class ValidationFailed(GenqError):
+    """The request is well-formed but some fields are invalid."""
+
+    code = "validation_error"
+    status = 422
+
+
+class JobNotCancelable(GenqError):
+    """The job already finished, so it cannot be canceled."""
+
+    code = "job_not_cancelable"
+    status = 409
+
+
+class JobNotFound(NotFound):
+    """No such job."""
+
+    code = "job_not_found"
+
+
+class AssetNotFound(NotFound):
+    """No such asset, or it has expired."""
+
+    code = "asset_not_found"
+
+
+class UserNotFound(NotFound):
+    """No such user."""
+
+    code = "user_not_found"
+
+
+# Exceptions that mean "a backing service is not answering", not "genq is broken": 503.
+SERVICE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,  # refused, reset, unreachable
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,  # e.g. a pooled connection closed under us
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The one error body every failure uses."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+async def genq_error_handler(request: Request, exc: Exception) -> Response:
+    """A domain error: its own status and code."""
+    assert isinstance(exc, GenqError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if exc.status >= 500:
+        log.error("request_failed", code=exc.code, error=exc.message)
+    return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Routing's 404 and 405 (and any other HTTPException) in the JSON shape."""
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    if exc.status_code == 404:
+        message = f"no route for {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return error_response(exc.status_code, code, message, None, exc.headers)
+
+
+async def service_error_handler(request: Request, exc: Exception) -> Response:
+    """Postgres or Redis is down or unreachable: 503, so clients retry later."""
+    log.warning("service_unavailable", error=repr(exc))
+    return error_response(
+        503,
+        "service_unavailable",
+        "a backing service is unavailable; retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
+def internal_error_response() -> JSONResponse:
+    """The body of an unexpected failure; the details stay in the log."""
+    return error_response(500, "internal_error", "an unexpected error occurred")
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> Response:
+    """Last resort (normally the request middleware answers first)."""
+    log.error("unhandled_exception", exc_info=exc)
+    return internal_error_response()
+
+
+def exception_handlers() -> dict[Any, Any]:
+    """The app's exception handlers, most specific first."""
+    handlers: dict[Any, Any] = {GenqError: genq_error_handler, HTTPException: http_error_handler}
+    for exc_class in SERVICE_ERRORS:
+        handlers[exc_class] = service_error_handler
+    handlers[Exception] = internal_error_handler
+    return handlers

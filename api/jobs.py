@@ -1,0 +1,83 @@
+"""``/v1/jobs``: submit, list, read and cancel generation jobs."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from api.auth import authenticate
+from api.body import read_json
+from api.context import context
+from api.errors import JobNotFound, ValidationFailed
+from api.intake import cancel_job, submit_job
+from api.pagination import decode_time_cursor, parse_limit
+from api.reads import JOB_STATUSES, list_jobs, load_job, parse_id
+from api.validation import JobCreate, check_job, field_error, idempotency_key, parse_body
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+async def create_job(request: Request) -> Response:
+    """POST /v1/jobs: 202 with the queued job (or the original one, on an idempotent replay)."""
+    ctx = context(request)
+    user_id = await authenticate(ctx, request)
+    key = idempotency_key(request.headers.get("idempotency-key"))
+    job = parse_body(JobCreate, await read_json(request, ctx.settings.max_body_bytes))
+    check_job(
+        job,
+        max_prompt_chars=ctx.settings.max_prompt_chars,
+        max_params_bytes=ctx.settings.max_params_bytes,
+    )
+    result = await submit_job(ctx, user_id, job, key)
+    headers = {"Location": f"/v1/jobs/{result.job['id']}"}
+    if result.replayed:
+        headers[REPLAYED_HEADER] = "true"
+    return JSONResponse(result.job, status_code=202, headers=headers)
+
+
+async def get_jobs(request: Request) -> Response:
+    """GET /v1/jobs: the caller's jobs, newest first."""
+    ctx = context(request)
+    user_id = await authenticate(ctx, request)
+    status = request.query_params.get("status") or None
+    if status is not None and status not in JOB_STATUSES:
+        raise ValidationFailed(
+            "invalid status filter",
+            details=[field_error("status", f"must be one of {', '.join(JOB_STATUSES)}")],
+        )
+    limit = parse_limit(request.query_params.get("limit"))
+    after = decode_time_cursor(request.query_params.get("cursor"))
+    async with ctx.pool.acquire() as conn:
+        data, next_cursor = await list_jobs(
+            conn, user_id, status=status, after=after, limit=limit
+        )
+    return JSONResponse({"data": data, "next_cursor": next_cursor})
+
+
+async def jobs_collection(request: Request) -> Response:
+    """/v1/jobs: one route for both methods, so a 405 lists both in its Allow header."""
+    if request.method == "POST":
+        return await create_job(request)
+    return await get_jobs(request)
+
+
+async def get_job(request: Request) -> Response:
+    """GET /v1/jobs/{job_id}."""
+    ctx = context(request)
+    user_id = await authenticate(ctx, request)
+    job_id = parse_id(request.path_params["job_id"])
+    if job_id is None:
+        raise JobNotFound(f"no job {request.path_params['job_id']}")
+    async with ctx.pool.acquire() as conn:
+        return JSONResponse(await load_job(conn, user_id, job_id))
+
+
+async def post_cancel(request: Request) -> Response:
+    """POST /v1/jobs/{job_id}/cancel: 200 canceled now, 202 cancel requested, 409 finished."""
+    ctx = context(request)
+    user_id = await authenticate(ctx, request)
+    job_id = parse_id(request.path_params["job_id"])
+    if job_id is None:
+        raise JobNotFound(f"no job {request.path_params['job_id']}")
+    status_code, job = await cancel_job(ctx, user_id, job_id)
+    return JSONResponse(job, status_code=status_code)

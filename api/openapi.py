@@ -1,0 +1,265 @@
+"""The OpenAPI 3.1 document of the v1 API.
+
+Written by hand next to the routes (request bodies come from the pydantic models), and served at
+``/openapi.json``. A test checks that every route of the app is documented here and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from api.validation import CreditGrant, JobCreate, UserCreate
+
+_REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _page(item: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {
+            "data": {"type": "array", "items": _ref(item)},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    }
+
+
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_ID_PARAM = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+_PAGE_PARAMS = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 20},
+     "description": "Page size; values above 100 are treated as 100."},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+     "description": "The next_cursor of the previous page (opaque)."},
+]
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "schema": {
+    "type": "string", "minLength": 1, "maxLength": 255}}
+_COMMON = {"401": _error("Missing or invalid credentials"),
+           "503": _error("Postgres or Redis unavailable")}
+_ADMIN = {"401": _error("Missing or wrong admin token"),
+          "403": _error("Admin endpoints disabled (no GENQ_ADMIN_TOKEN)")}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {
+            "type": "object", "required": ["code", "message", "details"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                           "details": {}},
+        }},
+    },
+    "Asset": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "format": "uuid"}, "job_id": {"type": "string"},
+            "index": {"type": "integer"}, "type": {"enum": ["image", "video"]},
+            "mime_type": {"type": "string"}, "size_bytes": {"type": "integer"},
+            "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
+            "duration_seconds": {"type": ["number", "null"]},
+            "seed": {"type": ["integer", "null"]}, "model": {"type": ["string", "null"]},
+            "content_url": {"type": "string"}, "created_at": _TIME, "expires_at": _TIME,
+        },
+    },
+    "Job": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "status": {"enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+            "model": {"type": "string"}, "prompt": {"type": "string"},
+            "num_outputs": {"type": "integer"}, "params": {"type": "object"},
+            "seed": {"type": ["integer", "null"]},
+            "cost": {"type": "object", "properties": {
+                "price_per_output": {"type": "integer"}, "reserved": {"type": "integer"},
+                "captured": {"type": "integer"}, "refunded": {"type": "integer"}}},
+            "outputs": {"type": "array", "items": _ref("Asset")},
+            "error": {"oneOf": [{"type": "null"}, {"type": "object", "properties": {
+                "code": {"type": "string"}, "message": {"type": "string"}}}]},
+            "cancel_requested": {"type": "boolean"},
+            "created_at": _TIME, "enqueued_at": _TIME, "started_at": _TIME, "finished_at": _TIME,
+        },
+    },
+    "LedgerEntry": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "kind": {"enum": ["grant", "reserve", "capture", "refund"]},
+            "amount": {"type": "integer", "description": "Signed change to the balance."},
+            "reserved_delta": {"type": "integer"}, "balance_after": {"type": "integer"},
+            "job_id": {"type": ["string", "null"]},
+            "reservation_id": {"type": ["string", "null"]},
+            "reason": {"type": ["string", "null"]}, "created_at": _TIME,
+        },
+    },
+    "Model": {
+        "type": "object",
+        "properties": {
+            "key": {"type": "string"}, "provider": {"type": "string"},
+            "media_type": {"enum": ["image", "video"]}, "price_per_output": {"type": "integer"},
+            "max_outputs": {"type": "integer"}, "timeout_s": {"type": "integer"},
+            "params": {"type": "object"}, "description": {"type": "string"},
+        },
+    },
+    "Credits": {"type": "object", "properties": {
+        "balance": {"type": "integer"}, "reserved": {"type": "integer"}}},
+    "NewUser": {"type": "object", "properties": {
+        "id": {"type": "string"}, "email": {"type": "string"},
+        "api_key": {"type": "string", "description": "Shown only in this response."}}},
+    "GrantResult": {"type": "object", "properties": {
+        "balance": {"type": "integer"}, "entry": _ref("LedgerEntry")}},
+}
+
+
+def _body(model: Any) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(model.__name__)}}}
+
+
+_PATHS: dict[str, dict[str, Any]] = {
+    "/v1/jobs": {
+        "post": {
+            "summary": "Submit a generation job", "operationId": "createJob",
+            "parameters": [_IDEMPOTENCY], "requestBody": _body(JobCreate),
+            "responses": {
+                "202": _json(_ref("Job"), "Accepted (or replayed: Idempotent-Replayed: true)"),
+                "400": _error("Malformed JSON"), "402": _error("insufficient_credits"),
+                "409": _error("idempotency_key_reused"), "413": _error("Body too large"),
+                "415": _error("Not application/json"), "422": _error("validation_error"),
+                **_COMMON,
+            },
+        },
+        "get": {
+            "summary": "List the caller's jobs, newest first", "operationId": "listJobs",
+            "parameters": [{"name": "status", "in": "query", "schema": {
+                "enum": ["queued", "running", "succeeded", "failed", "canceled"]}},
+                *_PAGE_PARAMS],
+            "responses": {"200": _json(_page("Job"), "A page of jobs"),
+                          "422": _error("Bad filter or cursor"), **_COMMON},
+        },
+    },
+    "/v1/jobs/{job_id}": {
+        "get": {
+            "summary": "Get a job", "operationId": "getJob",
+            "parameters": [{"name": "job_id", **_ID_PARAM}],
+            "responses": {"200": _json(_ref("Job"), "The job"),
+                          "404": _error("No such job"), **_COMMON},
+        },
+    },
+    "/v1/jobs/{job_id}/cancel": {
+        "post": {
+            "summary": "Cancel a job", "operationId": "cancelJob",
+            "parameters": [{"name": "job_id", **_ID_PARAM}],
+            "responses": {
+                "200": _json(_ref("Job"), "Was queued: canceled and refunded"),
+                "202": _json(_ref("Job"), "Is running: cancel requested"),
+                "404": _error("No such job"), "409": _error("job_not_cancelable"), **_COMMON,
+            },
+        },
+    },
+    "/v1/credits": {
+        "get": {"summary": "Balance and reserved credits", "operationId": "getCredits",
+                "responses": {"200": _json(_ref("Credits"), "The account"), **_COMMON}},
+    },
+    "/v1/credits/ledger": {
+        "get": {"summary": "Ledger entries, newest first", "operationId": "listLedger",
+                "parameters": _PAGE_PARAMS,
+                "responses": {"200": _json(_page("LedgerEntry"), "A page of entries"),
+                              "422": _error("Bad cursor"), **_COMMON}},
+    },
+    "/v1/models": {
+        "get": {"summary": "The model catalog", "operationId": "listModels",
+                "responses": {"200": _json(
+                    {"type": "object", "properties": {
+                        "data": {"type": "array", "items": _ref("Model")}}},
+                    "Enabled models"), **_COMMON}},
+    },
+    "/v1/assets": {
+        "get": {"summary": "The caller's workspace assets", "operationId": "listAssets",
+                "parameters": [{"name": "job_id", "in": "query",
+                                "schema": {"type": "string", "format": "uuid"}}, *_PAGE_PARAMS],
+                "responses": {"200": _json(_page("Asset"), "A page of assets"),
+                              "422": _error("Bad filter or cursor"), **_COMMON}},
+    },
+    "/v1/assets/{asset_id}": {
+        "get": {"summary": "Get an asset", "operationId": "getAsset",
+                "parameters": [{"name": "asset_id", **_ID_PARAM}],
+                "responses": {"200": _json(_ref("Asset"), "The asset"),
+                              "404": _error("No such asset"), **_COMMON}},
+    },
+    "/v1/assets/{asset_id}/content": {
+        "get": {"summary": "Download an asset's bytes", "operationId": "getAssetContent",
+                "parameters": [{"name": "asset_id", **_ID_PARAM}],
+                "responses": {
+                    "200": {"description": "The file, with its MIME type",
+                            "content": {"*/*": {"schema": {"type": "string",
+                                                           "format": "binary"}}}},
+                    "404": _error("No such asset"), **_COMMON}},
+    },
+    "/v1/admin/users": {
+        "post": {"summary": "Create a user and API key (admin)", "operationId": "createUser",
+                 "requestBody": _body(UserCreate),
+                 "responses": {"201": _json(_ref("NewUser"), "Created"),
+                               "409": _error("email_taken"), "422": _error("validation_error"),
+                               **_ADMIN}},
+    },
+    "/v1/admin/users/{user_id}/credits": {
+        "post": {"summary": "Grant credits (admin, idempotent)", "operationId": "grantCredits",
+                 "parameters": [{"name": "user_id", **_ID_PARAM}, _IDEMPOTENCY],
+                 "requestBody": _body(CreditGrant),
+                 "responses": {"200": _json(_ref("GrantResult"), "Granted (or replayed)"),
+                               "404": _error("No such user"),
+                               "409": _error("idempotency_key_reused"),
+                               "422": _error("validation_error"), **_ADMIN}},
+    },
+    "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz", "security": [],
+                         "responses": {"200": {"description": "The process answers"}}}},
+    "/readyz": {"get": {"summary": "Readiness: Postgres and Redis", "operationId": "readyz",
+                        "security": [],
+                        "responses": {"200": {"description": "Ready"},
+                                      "503": _error("A backing service is down")}}},
+    "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
+                              "security": [],
+                              "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+}
+
+
+def build_openapi() -> dict[str, Any]:
+    """The whole document."""
+    schemas = dict(_SCHEMAS)
+    for model in (JobCreate, UserCreate, CreditGrant):
+        schemas[model.__name__] = model.model_json_schema(ref_template=_REF)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "genq", "version": "1",
+                 "description": "Job backend for AI image and video generation."},
+        "security": [{"bearer": []}],
+        "paths": _PATHS,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "A user's API key, or GENQ_ADMIN_TOKEN for /v1/admin."}},
+        },
+    }
+
+
+def openapi_endpoint(document: dict[str, Any]) -> Any:
+    """A handler that serves ``document``."""
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    return openapi

@@ -1,0 +1,90 @@
+"""Database rows as the JSON objects clients see."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class Row(Protocol):
+    """An asyncpg Record or a plain dict with the same keys."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _id(value: uuid.UUID | None) -> str | None:
+    return str(value) if value is not None else None
+
+
+def asset_json(row: Row) -> dict[str, Any]:
+    """A workspace asset."""
+    asset_id = str(row["id"])
+    return {
+        "id": asset_id,
+        "job_id": str(row["job_id"]),
+        "index": row["asset_index"],
+        "type": row["asset_type"],
+        "mime_type": row["mime_type"],
+        "size_bytes": row["file_size_bytes"],
+        "width": row["width"],
+        "height": row["height"],
+        "duration_seconds": row["duration_seconds"],
+        "seed": row["generation_seed"],
+        "model": row["model_used"],
+        "content_url": f"/v1/assets/{asset_id}/content",
+        "created_at": _time(row["created_at"]),
+        "expires_at": _time(row["expires_at"]),
+    }
+
+
+def job_json(row: Row, outputs: Sequence[Row] = ()) -> dict[str, Any]:
+    """A generation job with its cost and unexpired outputs."""
+    error = None
+    if row["error_code"] is not None:
+        error = {"code": row["error_code"], "message": row["error_message"] or ""}
+    reserved = row["reserved"]
+    if reserved is None:  # a free model: nothing was reserved
+        reserved = 0
+    return {
+        "id": str(row["id"]),
+        "status": row["status"],
+        "model": row["model"],
+        "prompt": row["prompt"],
+        "num_outputs": row["num_outputs"],
+        "params": row["params"],
+        "seed": row["seed"],
+        "cost": {
+            "price_per_output": row["price_per_output"],
+            "reserved": reserved,
+            "captured": row["captured"] or 0,
+            "refunded": row["refunded"] or 0,
+        },
+        "outputs": [asset_json(a) for a in outputs],
+        "error": error,
+        "cancel_requested": row["cancel_requested_at"] is not None,
+        "created_at": _time(row["created_at"]),
+        "enqueued_at": _time(row["enqueued_at"]),
+        "started_at": _time(row["started_at"]),
+        "finished_at": _time(row["finished_at"]),
+    }
+
+
+def ledger_entry_json(row: Row) -> dict[str, Any]:
+    """A credit ledger entry: ``amount`` is the signed change to the spendable balance."""
+    return {
+        "id": row["id"],
+        "kind": row["kind"],
+        "amount": row["amount"],
+        "reserved_delta": row["reserved_delta"],
+        "balance_after": row["balance_after"],
+        "job_id": _id(row["job_id"]),
+        "reservation_id": _id(row["reservation_id"]),
+        "reason": row["reason"],
+        "created_at": _time(row["created_at"]),
+    }

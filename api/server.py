@@ -1,0 +1,63 @@
+"""Running the intake service as a process: resolve services, migrate, serve with uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from types import FrameType
+
+import uvicorn
+
+from api.app import create_app
+from shared.logging import get_logger
+from shared.services import prepare_database, resolve_services
+from shared.settings import Settings
+
+log = get_logger(__name__)
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+def serve(settings: Settings, *, host: str, port: int) -> int:
+    """Serve until SIGINT/SIGTERM; stop the embedded servers this process started.
+
+    Returns 0 after a clean shutdown, 1 if the app failed to start.
+    """
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal under the handler
+    # it found; with the default one the process would die before stopping embedded servers.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    services = None
+    try:
+        services = resolve_services(settings)
+        asyncio.run(prepare_database(services.database_url, settings))
+        resolved = settings.model_copy(
+            update={"database_url": services.database_url, "redis_url": services.redis_url}
+        )
+        config = uvicorn.Config(
+            create_app(resolved),
+            host=host,
+            port=port,
+            lifespan="on",
+            # structlog is configured by the CLI; the app logs each request itself.
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
+        server = uvicorn.Server(config)
+        log.info("api_listening", host=host, port=port)
+        with contextlib.suppress(_Terminated):
+            server.run()
+        return 0 if server.started else 1
+    except _Terminated:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if services is not None:
+            services.stop()

@@ -1,0 +1,158 @@
+"""Request bodies: strict pydantic models plus the limits that depend on settings.
+
+Everything a client can send is checked here, before any SQL runs, including what Postgres would
+refuse later (NUL characters, lone surrogates, non-finite numbers), so bad input is a 422 and
+never a 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from api.errors import ValidationFailed
+
+MAX_SEED = 2**63 - 1
+MAX_PARAMS_DEPTH = 16
+MAX_GRANT = 2**62
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class JobCreate(BaseModel):
+    """``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    model: str = Field(min_length=1, max_length=200, description="A model key from /v1/models.")
+    prompt: str = Field(min_length=1, description="What to generate.")
+    num_outputs: int = Field(default=1, ge=1, le=100, description="Up to the model's max.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Provider parameters, merged over the model's."
+    )
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+
+
+class UserCreate(BaseModel):
+    """``POST /v1/admin/users``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+
+
+class CreditGrant(BaseModel):
+    """``POST /v1/admin/users/{id}/credits``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    amount: int = Field(ge=1, le=MAX_GRANT)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+def field_error(field: str, message: str) -> dict[str, str]:
+    """One entry of a 422's ``details``."""
+    return {"field": field, "message": message}
+
+
+def parse_body(model: type[M], data: Any) -> M:
+    """Validate a decoded JSON body against ``model``; :class:`ValidationFailed` with every
+    problem in ``details`` otherwise."""
+    if not isinstance(data, dict):
+        raise ValidationFailed(
+            "the request body must be a JSON object", details=[field_error("", "not an object")]
+        )
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        details = [
+            field_error(".".join(str(p) for p in err["loc"]), err["msg"])
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        raise ValidationFailed("invalid request body", details=details) from exc
+    problems = [
+        field_error(name, message)
+        for name, value in parsed
+        if isinstance(value, str) and (message := text_problem(value)) is not None
+    ]
+    if problems:
+        raise ValidationFailed("invalid request body", details=problems)
+    return parsed
+
+
+def text_problem(value: str) -> str | None:
+    """Why Postgres could not store ``value`` as text, or None if it can."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (no lone surrogates)"
+    return None
+
+
+def params_problem(params: dict[str, Any], max_bytes: int) -> str | None:
+    """Why ``params`` cannot be stored as a job's jsonb, or None if it can."""
+    stack: list[tuple[Any, int]] = [(params, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_PARAMS_DEPTH:
+            return f"must not nest deeper than {MAX_PARAMS_DEPTH} levels"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if (problem := text_problem(key)) is not None:
+                    return f"keys {problem}"
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            if (problem := text_problem(value)) is not None:
+                return f"strings {problem}"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return "numbers must be finite"
+    size = len(canonical_json(params))
+    if size > max_bytes:
+        return f"must serialize to at most {max_bytes} bytes (got {size})"
+    return None
+
+
+def check_job(job: JobCreate, *, max_prompt_chars: int, max_params_bytes: int) -> None:
+    """The limits that come from settings; :class:`ValidationFailed` listing every problem."""
+    problems = []
+    if not job.prompt.strip():
+        problems.append(field_error("prompt", "must not be blank"))
+    elif len(job.prompt) > max_prompt_chars:
+        problems.append(field_error("prompt", f"must be at most {max_prompt_chars} characters"))
+    if (problem := params_problem(job.params, max_params_bytes)) is not None:
+        problems.append(field_error("params", problem))
+    if problems:
+        raise ValidationFailed("invalid request body", details=problems)
+
+
+def canonical_json(value: Any) -> bytes:
+    """One byte string per JSON value: sorted keys, no spaces, UTF-8."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def request_hash(model: BaseModel) -> str:
+    """What an Idempotency-Key is bound to: the canonical form of the validated body."""
+    return hashlib.sha256(canonical_json(model.model_dump(mode="json"))).hexdigest()
+
+
+def idempotency_key(raw: str | None) -> str | None:
+    """The ``Idempotency-Key`` header, checked: 1..255 printable ASCII characters."""
+    if raw is None:
+        return None
+    if not 0 < len(raw) <= MAX_IDEMPOTENCY_KEY_CHARS or not (raw.isascii() and raw.isprintable()):
+        raise ValidationFailed(
+            "invalid Idempotency-Key header",
+            details=[field_error("Idempotency-Key", "must be 1 to 255 printable ASCII characters")],
+        )
+    return raw
