@@ -11,10 +11,6 @@ from PIL import Image
 
 from shared.db import Pool
 from shared.settings import Settings
-from worker.context import WorkerContext
-from worker.generation import process_job
-from worker.main import run_generation
-
 from tests.jobs_helper import (
     assert_invariants,
     assets_of,
@@ -22,6 +18,9 @@ from tests.jobs_helper import (
     job_row,
     ledger_kinds,
 )
+from worker.context import WorkerContext
+from worker.generation import process_job
+from worker.main import run_generation
 
 
 @pytest.fixture
