@@ -26,6 +26,12 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(ops.status_command(settings))
 
 
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.main import worker_command
+
+    return asyncio.run(worker_command(settings))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with ``--help`` on every command."""
     parser = argparse.ArgumentParser(
@@ -44,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="print the database state: migrations, models, counts",
                        description="Print applied migrations, the model catalog, and row counts.")
     p.set_defaults(handler=_cmd_status)
+
+    p = sub.add_parser("worker", help="run an arq worker that processes generation jobs",
+                       description="Run the generation worker until SIGTERM/SIGINT; running jobs "
+                       "get GENQ_SHUTDOWN_GRACE_S to finish, then are handed back.")
+    p.set_defaults(handler=_cmd_worker)
     return parser
 
 
