@@ -67,6 +67,7 @@ class FakeReplicate:
     def __init__(self) -> None:
         self.scripts: dict[str, Script] = {}
         self.files: dict[str, FakeFile] = {}
+        self.redirects: dict[str, str] = {}
         self.predictions: dict[str, FakePrediction] = {}
         self.creates: Counter[str] = Counter()  # successful creates per model
         self.requests: list[tuple[str, str]] = []
@@ -90,6 +91,11 @@ class FakeReplicate:
     def add_file(self, name: str, data: bytes, content_type: str = "image/png") -> str:
         """Serve ``data`` at ``/files/<name>``; returns its URL."""
         self.files[name] = FakeFile(data, content_type)
+        return self.file_url(name)
+
+    def add_redirect(self, name: str, location: str) -> str:
+        """Answer ``/files/<name>`` with a 302 to ``location``; returns its URL."""
+        self.redirects[name] = location
         return self.file_url(name)
 
     def file_url(self, name: str) -> str:
@@ -184,6 +190,9 @@ class FakeReplicate:
 
     async def _file(self, request: Request) -> Response:
         self._record(request)
+        location = self.redirects.get(request.path_params["name"])
+        if location is not None:
+            return Response(status_code=302, headers={"Location": location})
         f = self.files.get(request.path_params["name"])
         if f is None:
             return Response(status_code=404)

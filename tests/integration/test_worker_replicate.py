@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -223,6 +224,31 @@ async def test_output_on_a_private_address_is_refused(pool: Pool, rsettings: Set
     row = await _assert_failed_and_refunded(pool, job, "output_address_blocked")
     assert "non-public address" in row["error_message"]
     assert not any(path.startswith("/files/") for _, path in fake.requests)
+
+
+async def test_redirect_to_a_private_address_is_refused(pool: Pool, wc: WorkerContext,
+                                                        fake: FakeReplicate) -> None:
+    # 127.0.0.1 is allowlisted (the fake's own files); the hop it redirects to is not.
+    fake.add_redirect("moved.png", "http://169.254.169.254/latest/meta-data")
+    fake.add_redirect("ok.png", fake.file_url("a.png"))
+    fake.script("acme/m", Script(outputs=["moved.png", "ok.png"]))
+    job = await _job(pool, n=2, credits=6)
+    assert await process_job(wc, job.id) == "succeeded"
+    assets = await assets_of(pool, job.id)
+    assert [(a["asset_index"], a["mime_type"]) for a in assets] == [(1, "image/png")]
+    account = await assert_invariants(pool, job.user_id)
+    assert (account.balance, account.reserved) == (3, 0)
+
+
+async def test_retry_after_is_honoured(pool: Pool, wc: WorkerContext,
+                                       fake: FakeReplicate) -> None:
+    fake.script("acme/m", Script(create_errors=[429], retry_after="1", outputs=["a.png"]))
+    job = await _job(pool, n=1)
+    started = time.monotonic()
+    assert await process_job(wc, job.id) == "succeeded"
+    # The backoff alone would have waited at most provider_backoff_max_s (0.05 s).
+    assert time.monotonic() - started >= 1.0
+    assert fake.creates["acme/m"] == 1
 
 
 async def test_cancel_while_running_cancels_at_the_provider(

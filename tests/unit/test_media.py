@@ -8,7 +8,7 @@ import pytest
 from tests.media_samples import jpeg, mp4, png
 from worker import media
 from worker.backoff import backoff_delay, parse_retry_after
-from worker.netguard import is_public
+from worker.netguard import AddressBlocked, is_public, resolve_checked
 from worker.providers.replicate import api_base_url
 
 
@@ -80,3 +80,12 @@ def test_backoff_grows_capped_with_jitter() -> None:
 )
 def test_replicate_base_url(configured: str, base: str) -> None:
     assert api_base_url(configured) == base
+
+
+async def test_names_that_resolve_to_loopback_are_refused() -> None:
+    with pytest.raises(AddressBlocked):
+        await resolve_checked("localhost", 80, [])
+    with pytest.raises(AddressBlocked):
+        await resolve_checked("[::1]", 80, [])
+    allowed = await resolve_checked("LOCALHOST.", 80, ["localhost"])
+    assert allowed.host == "localhost" and not is_public(allowed.address)

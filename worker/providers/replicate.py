@@ -39,8 +39,9 @@ T = TypeVar("T")
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 _VERSION_ID = re.compile(r"^[0-9a-f]{64}$")
-# The Retry-After of the last response seen by the current task (set by the transport).
-_retry_after: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+# Where the transport puts the Retry-After of the last response of the current call. A mutable
+# box: the call runs in a child task (wait_for), which sees a COPY of the context.
+_retry_after: contextvars.ContextVar[list[float | None] | None] = contextvars.ContextVar(
     "genq_replicate_retry_after", default=None
 )
 
@@ -53,7 +54,9 @@ class _RetryAfterTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
-        _retry_after.set(parse_retry_after(response.headers.get("retry-after")))
+        box = _retry_after.get()
+        if box is not None:
+            box[0] = parse_retry_after(response.headers.get("retry-after"))
         return response
 
     async def aclose(self) -> None:
@@ -101,7 +104,8 @@ class ReplicateProvider(Provider):
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         s = self.settings
         for attempt in range(1, s.provider_max_attempts + 1):
-            _retry_after.set(None)
+            box: list[float | None] = [None]
+            _retry_after.set(box)
             try:
                 return await asyncio.wait_for(fn(), s.provider_request_timeout_s)
             except (ReplicateError, httpx.TransportError, TimeoutError) as exc:
@@ -115,7 +119,7 @@ class ReplicateProvider(Provider):
                         f"Replicate was unavailable after {attempt} attempts "
                         f"({_describe(exc)})"
                     ) from exc
-                retry_after = _retry_after.get()
+                retry_after = box[0]
                 delay = (
                     retry_after
                     if retry_after is not None
