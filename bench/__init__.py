@@ -1,0 +1,1 @@
+"""Benchmarks: genq against bare arq and bare Starlette, in the same run."""
