@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 from typing import Any
 
 from arq import Retry
@@ -110,6 +111,15 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+async def close_worker(worker: Worker) -> None:
+    """``Worker.close()``, minus the DeprecationWarning arq 0.28 triggers in redis-py 5."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Call to deprecated close", category=DeprecationWarning
+        )
+        await worker.close()
+
+
 async def serve(settings: Settings) -> None:
     """Run an arq worker until SIGTERM/SIGINT. Build it here: arq binds to the running loop."""
     worker = Worker(**worker_options(settings))
@@ -120,7 +130,7 @@ async def serve(settings: Settings) -> None:
         # handed back; that is a normal stop.
         pass
     finally:
-        await worker.close()
+        await close_worker(worker)
 
 
 async def worker_command(settings: Settings) -> int:

@@ -55,7 +55,7 @@ async def arq_redis(settings: Settings) -> AsyncIterator[ArqRedis]:
     assert settings.redis_url is not None
     redis = await create_arq_pool(settings.redis_url)
     yield redis
-    await redis.aclose()
+    await redis.aclose(close_connection_pool=True)
 
 
 class WorkerProcess:

@@ -339,3 +339,26 @@ async def test_handed_back_job_resumes_the_same_prediction(
     assert (row["attempt"], row["provider_prediction_id"]) == (2, prediction)
     assert fake.creates["acme/m"] == 1 and fake.cancels == []
     assert (await assert_invariants(pool, job.user_id)).balance == 97
+
+
+async def test_last_attempt_died_so_the_job_fails_and_refunds(
+    pool: Pool, wc: WorkerContext, fake: FakeReplicate
+) -> None:
+    # Three workers died holding this job (its lease ran out each time); a 4th claim gives up,
+    # cancels the prediction they left behind, and refunds.
+    fake.script("acme/m", Script(polls=10_000))
+    job = await _job(pool, n=1)
+    first = asyncio.create_task(process_job(wc, job.id))
+    while (await job_row(pool, job.id))["provider_prediction_id"] is None:
+        await asyncio.sleep(0.02)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await pool.execute(
+        "UPDATE generation_jobs SET attempt = max_attempts, lease_expires_at = now() "
+        "WHERE id = $1", job.id,
+    )
+    assert await process_job(wc, job.id) == "failed"
+    row = await _assert_failed_and_refunded(pool, job, "attempts_exhausted")
+    assert fake.cancels == [row["provider_prediction_id"]]
+    assert fake.creates["acme/m"] == 1
