@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 
 from PIL import Image
@@ -11,6 +12,15 @@ from PIL import Image
 def png(width: int = 64, height: int = 48) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), (10, 200, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def noisy_png(width: int, height: int, seed: int = 1) -> bytes:
+    """A PNG that does not compress: about 3 bytes per pixel."""
+    rng = random.Random(seed)
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3)).save(
+        buf, format="PNG")
     return buf.getvalue()
 
 

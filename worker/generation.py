@@ -208,11 +208,11 @@ class _Run:
     async def _finish(self, outcome: Outcome, assets: list[StagedAsset] | None = None) -> str:
         assets = assets or []
         if not await jobs.finalize(self.wc.pool, self.wc.settings, self.job, outcome, assets):
-            self.wc.stager.discard(self.staged)
+            self.wc.stager.discard(self.job.user_id, self.job.id, self.staged)
             log.warning("lease_lost_at_finalize")
             return "lease_lost"
         if outcome.status != "succeeded":
-            self.wc.stager.discard(self.staged)
+            self.wc.stager.discard(self.job.user_id, self.job.id, self.staged)
         log.info("job_finished", status=outcome.status, outputs=len(assets),
                  error_code=outcome.error_code)
         return outcome.status

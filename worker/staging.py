@@ -9,6 +9,7 @@ the connection made to the checked address, for every redirect hop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -193,10 +194,17 @@ class Stager:
             duration = await asyncio.to_thread(media.mp4_duration, path)
         return StagedAsset(index, key, total, kind, width, height, duration)
 
-    def discard(self, assets: list[StagedAsset]) -> None:
-        """Delete staged files that will not become assets (the job failed or was canceled)."""
+    def discard(self, user_id: uuid.UUID, job_id: uuid.UUID, assets: list[StagedAsset]) -> None:
+        """Delete staged files that will not become assets (the job failed or was canceled).
+
+        Call once staging is over: the job's folder goes too if nothing else is in it.
+        """
         for asset in assets:
             self.storage.delete(asset.key)
+        folder = self.storage.path(f"{user_id}/{job_id}")
+        for parent in (folder, folder.parent):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:

@@ -12,13 +12,14 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -28,6 +29,8 @@ class FakeFile:
 
     data: bytes
     content_type: str = "application/octet-stream"
+    # Send it in 64 KiB chunks with no Content-Length (Transfer-Encoding: chunked).
+    chunked: bool = False
 
 
 @dataclass
@@ -88,9 +91,10 @@ class FakeReplicate:
             self.scripts[model] = script
             self._create_errors_left[model] = list(script.create_errors)
 
-    def add_file(self, name: str, data: bytes, content_type: str = "image/png") -> str:
+    def add_file(self, name: str, data: bytes, content_type: str = "image/png",
+                 *, chunked: bool = False) -> str:
         """Serve ``data`` at ``/files/<name>``; returns its URL."""
-        self.files[name] = FakeFile(data, content_type)
+        self.files[name] = FakeFile(data, content_type, chunked)
         return self.file_url(name)
 
     def add_redirect(self, name: str, location: str) -> str:
@@ -196,6 +200,14 @@ class FakeReplicate:
         f = self.files.get(request.path_params["name"])
         if f is None:
             return Response(status_code=404)
+        if f.chunked:
+            data = f.data
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for start in range(0, len(data), 65536):
+                    yield data[start:start + 65536]
+
+            return StreamingResponse(chunks(), media_type=f.content_type)
         return Response(f.data, media_type=f.content_type)
 
     def _record(self, request: Request) -> None:

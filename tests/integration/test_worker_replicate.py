@@ -22,7 +22,7 @@ from tests.jobs_helper import (
     job_row,
     ledger_kinds,
 )
-from tests.media_samples import jpeg, mp4, png
+from tests.media_samples import jpeg, mp4, noisy_png, png
 from worker.context import WorkerContext
 from worker.generation import process_job
 from worker.main import run_generation
@@ -196,6 +196,32 @@ async def test_output_too_large(pool: Pool, rsettings: Settings, models: None,
         assert await process_job(ctx, job.id) == "failed"
         await _assert_failed_and_refunded(pool, job, "output_too_large")
         assert not ctx.stager.storage.path(f"{job.user_id}/{job.id}").exists()
+    finally:
+        await ctx.close()
+
+
+async def test_large_outputs_stream_intact_and_the_cap_holds_without_content_length(
+    pool: Pool, rsettings: Settings, models: None, fake: FakeReplicate
+) -> None:
+    big = noisy_png(700, 700)  # ~1.5 MB: many chunks
+    fake.add_file("big.png", big, "image/png")
+    fake.add_file("big-chunked.png", big, "image/png", chunked=True)
+    fake.script("acme/m", Script(outputs=["big.png", "big-chunked.png"]))
+    ctx = await _open(rsettings, output_max_bytes=len(big) - 1)
+    try:
+        job = await _job(pool, n=2)
+        assert await process_job(ctx, job.id) == "failed"
+        await _assert_failed_and_refunded(pool, job, "output_too_large")
+        assert list(ctx.stager.storage.root.rglob("*")) == []  # not even a temp file
+    finally:
+        await ctx.close()
+    ctx = await _open(rsettings, output_max_bytes=len(big))
+    try:
+        job = await _job(pool, n=2)
+        assert await process_job(ctx, job.id) == "succeeded"
+        for a in await assets_of(pool, job.id):
+            assert ctx.stager.storage.path(a["temp_storage_path"]).read_bytes() == big
+            assert (a["width"], a["height"], a["file_size_bytes"]) == (700, 700, len(big))
     finally:
         await ctx.close()
 
