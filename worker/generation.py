@@ -114,6 +114,7 @@ class _Run:
             outcome, assets = await work
             return await self._finish(outcome, assets)
         except asyncio.CancelledError:
+            heartbeat.cancel()
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # Shutdown (or arq's own timeout): hand the job back for the next worker.
@@ -129,6 +130,7 @@ class _Run:
             log.warning("lease_lost")
             return "lease_lost"
         except (asyncpg.PostgresError, OSError, GenqError) as exc:
+            heartbeat.cancel()
             return await self._unexpected(exc)
         finally:
             heartbeat.cancel()
@@ -186,7 +188,9 @@ class _Run:
         while True:
             await asyncio.sleep(interval)
             try:
-                ours, cancel_at = await jobs.renew_lease(self.wc.pool, self.job, s.lease_s)
+                ours, cancel_at = await jobs.renew_lease(
+                    self.wc.pool, self.job, self.wc.worker_id, s.lease_s
+                )
             except (asyncpg.PostgresError, OSError) as exc:
                 # The attempt number fences our writes if the lease runs out meanwhile.
                 log.warning("heartbeat_failed", error=str(exc))

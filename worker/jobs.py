@@ -67,10 +67,10 @@ async def state(pool: Pool, job_id: uuid.UUID) -> JobState | None:
 
 
 async def renew_lease(
-    pool: Pool, job: ClaimedJob, lease_s: float
+    pool: Pool, job: ClaimedJob, owner: str, lease_s: float
 ) -> tuple[bool, datetime | None]:
     """Extend the lease: (still ours, cancel_requested_at)."""
-    row = await pool.fetchrow(queries["renew_lease"], job.id, job.attempt, lease_s)
+    row = await pool.fetchrow(queries["renew_lease"], job.id, job.attempt, lease_s, owner)
     if row is None:
         return False, None
     return True, row["cancel_requested_at"]

@@ -25,11 +25,11 @@ SELECT id, status, lease_owner, lease_expires_at,
 FROM generation_jobs WHERE id = $1
 
 -- renew_lease --
--- Heartbeat: extend the lease and report a cancel request. No row: the lease was lost.
--- $1 job_id, $2 attempt, $3 lease seconds (float).
+-- Heartbeat: extend the lease and report a cancel request. No row: the lease was lost (or
+-- handed back). $1 job_id, $2 attempt, $3 lease seconds (float), $4 lease_owner.
 UPDATE generation_jobs
 SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
-WHERE id = $1 AND status = 'running' AND attempt = $2
+WHERE id = $1 AND status = 'running' AND attempt = $2 AND lease_owner = $4
 RETURNING cancel_requested_at
 
 -- release_lease --
