@@ -34,6 +34,7 @@ from worker.staging import OutputRejected, StagedAsset
 
 log = get_logger(__name__)
 
+SAVE_PREDICTION_ATTEMPTS = 5
 CANCELED_BY_USER = Outcome("canceled", "canceled", "The job was canceled.")
 
 
@@ -179,7 +180,18 @@ class _Run:
 
     async def _on_created(self, prediction_id: str) -> None:
         self.prediction_id = prediction_id
-        if not await jobs.set_prediction_id(self.wc.pool, self.job, prediction_id):
+        # Losing this write means the next attempt pays for a second prediction: try harder
+        # than for other writes before giving up.
+        for attempt in range(1, SAVE_PREDICTION_ATTEMPTS + 1):
+            try:
+                saved = await jobs.set_prediction_id(self.wc.pool, self.job, prediction_id)
+                break
+            except (asyncpg.PostgresConnectionError, OSError) as exc:
+                if attempt == SAVE_PREDICTION_ATTEMPTS:
+                    raise
+                log.warning("save_prediction_id_retry", attempt=attempt, error=str(exc))
+                await asyncio.sleep(backoff_delay(attempt, 0.2, 2.0))
+        if not saved:
             raise LeaseLost("the job was taken over before the prediction id was saved")
 
     async def _heartbeat(self, work: asyncio.Task[tuple[Outcome, list[StagedAsset]]]) -> None:
