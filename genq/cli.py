@@ -45,6 +45,12 @@ def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
                  port=settings.port if args.port is None else args.port)
 
 
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.main import worker_command
+
+    return asyncio.run(worker_command(settings))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with ``--help`` on every command."""
     parser = argparse.ArgumentParser(
@@ -84,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="interface to bind (default: GENQ_HOST)")
     p.add_argument("--port", type=int, default=None, help="TCP port (default: GENQ_PORT)")
     p.set_defaults(handler=_cmd_api)
+
+    p = sub.add_parser("worker", help="run an arq worker that processes generation jobs",
+                       description="Run the generation worker until SIGTERM/SIGINT; running jobs "
+                       "get GENQ_SHUTDOWN_GRACE_S to finish, then are handed back.")
+    p.set_defaults(handler=_cmd_worker)
     return parser
 
 

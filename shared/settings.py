@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     provider_poll_interval_s: float = Field(default=0.5, gt=0)
     provider_poll_max_interval_s: float = Field(default=5.0, gt=0)
     reservation_ttl_s: int = Field(default=6 * 3600, ge=60)
+    # How long a stopping worker lets running jobs finish before handing them back.
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # Added to the largest model timeout (plus download_timeout_s) for arq's per-job timeout.
+    job_timeout_margin_s: float = Field(default=30.0, ge=0)
+    # How often a worker looks for running jobs whose lease expired (a dead worker's jobs).
+    lease_recovery_interval_s: float = Field(default=30.0, gt=0)
+    # One HTTP call to a provider (create, get, cancel); retried as a transient error.
+    provider_request_timeout_s: float = Field(default=30.0, gt=0)
 
     # Providers.
     replicate_api_token: SecretStr | None = None

@@ -4,7 +4,8 @@ reservations, retire old jobs.
 Postgres is the source of truth: each task reads what must be true there and repairs Redis and
 storage to match. Every task works in batches locked with ``FOR UPDATE SKIP LOCKED``, so two runs
 at once split the work, and a run killed half-way leaves nothing that the next run cannot finish.
-Every task returns a :class:`TaskReport` and logs it as one structured line.
+Every task returns a :class:`TaskReport`; ``worker.scheduler.run_task`` logs it as one
+structured line.
 """
 
 from __future__ import annotations
@@ -71,8 +72,6 @@ def _timed(
                 await fn(report, *args, **kwargs)
             finally:
                 report.duration_s = time.perf_counter() - started
-                log.info("maintenance_task", task=name, duration_s=round(report.duration_s, 4),
-                         **report.counts)
             return report
 
         run.__name__ = fn.__name__

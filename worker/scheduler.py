@@ -84,14 +84,23 @@ async def exclusive(pool: Pool, name: str) -> AsyncIterator[bool]:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _lock_id(name))
 
 
-async def run_task(name: str, pool: Pool, redis: ArqRedis, settings: Settings) -> TaskReport:
-    """Run one task under its lock; a run that finds the lock taken reports ``skipped``."""
+async def run_task(
+    name: str, pool: Pool, redis: ArqRedis, settings: Settings, *, quiet: bool = False
+) -> TaskReport:
+    """Run one task under its lock; a run that finds the lock taken reports ``skipped``.
+
+    ``quiet``: log the summary at debug level when the run found nothing to do (for loops that
+    run often).
+    """
     async with exclusive(pool, name) as got:
         if not got:
             report = TaskReport(name.replace("-", "_"), {"skipped_locked": 1})
-            log.info("maintenance_task", task=report.task, skipped_locked=1)
-            return report
-        return await TASKS[name](pool, redis, settings)
+        else:
+            report = await TASKS[name](pool, redis, settings)
+    level = "debug" if quiet and (not report.counts or not got) else "info"
+    getattr(log, level)("maintenance_task", task=report.task,
+                        duration_s=round(report.duration_s, 4), **report.counts)
+    return report
 
 
 async def run_once(

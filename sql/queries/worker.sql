@@ -1,0 +1,71 @@
+-- The generation worker: claim, lease, provider id, finalize, recovery.
+-- Every write after the claim is fenced by (status = 'running', attempt = the claimed attempt):
+-- a worker whose job was taken back by another claim changes nothing.
+
+-- claim_job --
+-- Take a job: queued, or running with an expired lease (its worker died or handed it back).
+-- $1 job_id, $2 lease_owner (worker id), $3 lease seconds (float).
+UPDATE generation_jobs j
+SET status = 'running',
+    attempt = j.attempt + 1,
+    lease_owner = $2,
+    lease_expires_at = now() + make_interval(secs => $3),
+    started_at = coalesce(j.started_at, now()),
+    updated_at = now()
+WHERE j.id = $1
+  AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()))
+RETURNING j.id, j.user_id, j.model, j.provider, j.prompt, j.num_outputs, j.params, j.seed,
+          j.price_per_output, j.reservation_id, j.provider_prediction_id, j.attempt,
+          j.max_attempts, j.cancel_requested_at
+
+-- get_job_state --
+-- Why a claim found nothing. $1 job_id.
+SELECT id, status, lease_owner, lease_expires_at,
+       extract(epoch FROM (lease_expires_at - now()))::float8 AS lease_left_s
+FROM generation_jobs WHERE id = $1
+
+-- renew_lease --
+-- Heartbeat: extend the lease and report a cancel request. No row: the lease was lost (or
+-- handed back). $1 job_id, $2 attempt, $3 lease seconds (float), $4 lease_owner.
+UPDATE generation_jobs
+SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+WHERE id = $1 AND status = 'running' AND attempt = $2 AND lease_owner = $4
+RETURNING cancel_requested_at
+
+-- release_lease --
+-- Hand a running job back (shutdown, retry): expire the lease now, keep the prediction id.
+-- $1 job_id, $2 attempt.
+UPDATE generation_jobs
+SET lease_expires_at = now(), lease_owner = NULL, updated_at = now()
+WHERE id = $1 AND status = 'running' AND attempt = $2
+
+-- set_prediction_id --
+-- Record the provider's id before waiting on it. $1 job_id, $2 attempt, $3 prediction id.
+-- No row: the lease was lost and the caller must not go on.
+UPDATE generation_jobs
+SET provider_prediction_id = $3, updated_at = now()
+WHERE id = $1 AND status = 'running' AND attempt = $2
+RETURNING id
+
+-- finish_job --
+-- The terminal transition. $1 job_id, $2 attempt, $3 status (succeeded | failed | canceled),
+-- $4 outputs_made, $5 error_code (nullable), $6 error_message (nullable).
+UPDATE generation_jobs
+SET status = $3, outputs_made = $4, error_code = $5, error_message = $6,
+    finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE id = $1 AND status = 'running' AND attempt = $2
+RETURNING id, reservation_id, price_per_output, num_outputs
+
+-- insert_asset --
+-- One staged output. A replay inserts nothing. $1 user_id, $2 job_id, $3 asset_index,
+-- $4 asset_type, $5 temp_storage_path, $6 file_size_bytes, $7 mime_type, $8 duration_seconds,
+-- $9 width, $10 height, $11 generation_seed, $12 original_prompt, $13 model_used,
+-- $14 generation_settings (jsonb), $15 ttl seconds.
+INSERT INTO workspace_assets (
+    user_id, job_id, asset_index, asset_type, temp_storage_path, file_size_bytes, mime_type,
+    duration_seconds, width, height, generation_seed, original_prompt, model_used,
+    generation_settings, created_at, expires_at
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now(),
+          now() + make_interval(secs => $15))
+ON CONFLICT (user_id, job_id, asset_index) DO NOTHING
+

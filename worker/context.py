@@ -1,0 +1,59 @@
+"""Everything a worker process holds open: pool, HTTP client, providers, storage."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+import httpx
+
+from shared.db import Pool, create_pool
+from shared.settings import Settings
+from shared.storage import LocalStorage
+from worker.providers import build_providers
+from worker.providers.base import Provider
+from worker.staging import Stager
+
+
+def new_worker_id() -> str:
+    """Unique per process start: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class WorkerContext:
+    """Opened in arq's ``on_startup`` (inside the running loop), closed in ``on_shutdown``."""
+
+    settings: Settings
+    pool: Pool
+    http: httpx.AsyncClient
+    providers: dict[str, Provider]
+    stager: Stager
+    worker_id: str
+
+    @classmethod
+    async def open(cls, settings: Settings, *, worker_id: str | None = None) -> WorkerContext:
+        """Connect to Postgres and build the providers and the output stager."""
+        if settings.database_url is None:
+            raise ValueError("settings.database_url must be resolved before the worker starts")
+        pool = await create_pool(
+            settings.database_url,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+        )
+        # Downloads pick their own address (see staging); env proxies would bypass that check.
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False
+        )
+        stager = Stager(settings, LocalStorage(settings.storage_root), http)
+        return cls(settings, pool, http, build_providers(settings), stager,
+                   worker_id or new_worker_id())
+
+    async def close(self) -> None:
+        """Close providers, the HTTP client and the pool."""
+        for provider in self.providers.values():
+            await provider.aclose()
+        await self.http.aclose()
+        await self.pool.close()

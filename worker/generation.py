@@ -1,0 +1,255 @@
+"""The generation job: claim, call the provider, stage the outputs, finalize.
+
+arq runs a job at least once, so every step is safe to repeat:
+
+- the claim is one conditional UPDATE; a duplicate delivery finds nothing and stops;
+- the provider's prediction id is stored before waiting, and a later attempt resumes it;
+- outputs land under deterministic keys (a rerun overwrites them atomically);
+- the terminal transition, the asset rows and the ledger settlement are one transaction,
+  fenced by the attempt number, and the ledger settles a reservation exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+from structlog.contextvars import bound_contextvars
+
+from shared.catalog import get_model
+from shared.errors import GenqError, NotFound
+from shared.logging import get_logger
+from worker import jobs
+from worker.backoff import backoff_delay
+from worker.context import WorkerContext
+from worker.jobs import ClaimedJob, Outcome
+from worker.providers.base import (
+    GenerationRequest,
+    Provider,
+    ProviderCanceled,
+    ProviderFailed,
+)
+from worker.staging import OutputRejected, StagedAsset
+
+log = get_logger(__name__)
+
+SAVE_PREDICTION_ATTEMPTS = 5
+CANCELED_BY_USER = Outcome("canceled", "canceled", "The job was canceled.")
+
+
+class JobBusy(GenqError):
+    """Another worker holds a live lease on this job: look again when it runs out."""
+
+    code = "job_busy"
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"another worker holds the job for {retry_after_s:.1f} s more")
+        self.retry_after_s = retry_after_s
+
+
+class JobRetry(GenqError):
+    """This attempt hit an unexpected error and handed the job back; run it again later."""
+
+    code = "job_retry"
+
+    def __init__(self, defer_s: float) -> None:
+        super().__init__(f"retry in {defer_s:.1f} s")
+        self.defer_s = defer_s
+
+
+class LeaseLost(GenqError):
+    """Another attempt took the job over; this one must stop without writing."""
+
+    code = "lease_lost"
+
+
+async def process_job(wc: WorkerContext, job_id: uuid.UUID) -> str:
+    """Run one delivery of a job; returns what happened (a status, or why nothing was done)."""
+    job = await jobs.claim(wc.pool, job_id, wc.worker_id, wc.settings.lease_s)
+    if job is None:
+        found = await jobs.state(wc.pool, job_id)
+        if found is None:
+            log.warning("job_not_found", job_id=str(job_id))
+            return "missing"
+        if found.status == "running" and (found.lease_left_s or 0) > 0:
+            raise JobBusy(found.lease_left_s or 0)
+        log.info("job_not_claimed", job_id=str(job_id), status=found.status)
+        return f"skipped:{found.status}"
+    with bound_contextvars(job_id=str(job.id), user_id=str(job.user_id), model=job.model,
+                           attempt=job.attempt):
+        return await _Run(wc, job).run()
+
+
+class _Run:
+    """One claimed attempt of one job."""
+
+    def __init__(self, wc: WorkerContext, job: ClaimedJob) -> None:
+        self.wc = wc
+        self.job = job
+        self.prediction_id = job.provider_prediction_id
+        self.provider: Provider | None = wc.providers.get(job.provider)
+        self.staged: list[StagedAsset] = []
+        self.cancel_requested = job.cancel_requested_at is not None
+        self.lease_lost = False
+
+    async def run(self) -> str:
+        job = self.job
+        log.info("job_claimed", resume_prediction=self.prediction_id)
+        if job.attempt > job.max_attempts:
+            await self._cancel_prediction()
+            return await self._finish(Outcome(
+                "failed", "attempts_exhausted",
+                f"The job was stopped after {job.max_attempts} attempts.",
+            ))
+        if self.cancel_requested:
+            await self._cancel_prediction()
+            return await self._finish(CANCELED_BY_USER)
+        if self.provider is None:
+            return await self._finish(Outcome(
+                "failed", "unknown_provider", f"No provider {job.provider!r} is configured.",
+            ))
+        work = asyncio.create_task(self._work(self.provider))
+        heartbeat = asyncio.create_task(self._heartbeat(work))
+        try:
+            outcome, assets = await work
+            return await self._finish(outcome, assets)
+        except asyncio.CancelledError:
+            heartbeat.cancel()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Shutdown (or arq's own timeout): hand the job back for the next worker.
+                await asyncio.shield(self._hand_back("worker stopping"))
+                raise
+            if self.cancel_requested:
+                await self._cancel_prediction()
+                return await self._finish(CANCELED_BY_USER)
+            log.warning("lease_lost")
+            return "lease_lost"
+        except LeaseLost:
+            await self._cancel_prediction()
+            log.warning("lease_lost")
+            return "lease_lost"
+        except (asyncpg.PostgresError, OSError, GenqError) as exc:
+            heartbeat.cancel()
+            return await self._unexpected(exc)
+        finally:
+            heartbeat.cancel()
+
+    async def _work(self, provider: Provider) -> tuple[Outcome, list[StagedAsset]]:
+        job = self.job
+        async with self.wc.pool.acquire() as conn:
+            model = await get_model(conn, job.model)
+        request = GenerationRequest(
+            job_id=job.id, model_key=job.model, ref=model.ref, prompt=job.prompt,
+            num_outputs=job.num_outputs, params=dict(job.params), seed=job.seed,
+        )
+        try:
+            async with asyncio.timeout(model.timeout_s):
+                result = await provider.generate(
+                    request, prediction_id=self.prediction_id, on_created=self._on_created
+                )
+        except TimeoutError:
+            await self._cancel_prediction()
+            return Outcome("failed", "timeout",
+                           f"The model did not finish within {model.timeout_s} s."), []
+        except ProviderCanceled as exc:
+            return Outcome("canceled", exc.code, exc.message), []
+        except ProviderFailed as exc:
+            return Outcome("failed", exc.code, exc.message), []
+        outputs = result.outputs[: job.num_outputs]
+        if not outputs:
+            return Outcome("failed", "no_outputs", "The model returned no outputs."), []
+        results = await asyncio.gather(
+            *(self.wc.stager.stage(job.user_id, job.id, i, out) for i, out in enumerate(outputs)),
+            return_exceptions=True,
+        )
+        rejected: list[OutputRejected] = []
+        for item in results:
+            if isinstance(item, StagedAsset):
+                self.staged.append(item)
+            elif isinstance(item, OutputRejected):
+                log.warning("output_rejected", code=item.code, reason=item.message)
+                rejected.append(item)
+            else:
+                raise item
+        if not self.staged:
+            first = rejected[0]
+            return Outcome("failed", first.code, first.message), []
+        return Outcome("succeeded"), list(self.staged)
+
+    async def _on_created(self, prediction_id: str) -> None:
+        self.prediction_id = prediction_id
+        # Losing this write means the next attempt pays for a second prediction: try harder
+        # than for other writes before giving up.
+        for attempt in range(1, SAVE_PREDICTION_ATTEMPTS + 1):
+            try:
+                saved = await jobs.set_prediction_id(self.wc.pool, self.job, prediction_id)
+                break
+            except (asyncpg.PostgresConnectionError, OSError) as exc:
+                if attempt == SAVE_PREDICTION_ATTEMPTS:
+                    raise
+                log.warning("save_prediction_id_retry", attempt=attempt, error=str(exc))
+                await asyncio.sleep(backoff_delay(attempt, 0.2, 2.0))
+        if not saved:
+            raise LeaseLost("the job was taken over before the prediction id was saved")
+
+    async def _heartbeat(self, work: asyncio.Task[tuple[Outcome, list[StagedAsset]]]) -> None:
+        s = self.wc.settings
+        interval = min(s.heartbeat_s, s.lease_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                ours, cancel_at = await jobs.renew_lease(
+                    self.wc.pool, self.job, self.wc.worker_id, s.lease_s
+                )
+            except (asyncpg.PostgresError, OSError) as exc:
+                # The attempt number fences our writes if the lease runs out meanwhile.
+                log.warning("heartbeat_failed", error=str(exc))
+                continue
+            if not ours:
+                self.lease_lost = True
+                work.cancel()
+                return
+            if cancel_at is not None:
+                log.info("cancel_requested")
+                self.cancel_requested = True
+                work.cancel()
+                return
+
+    async def _cancel_prediction(self) -> None:
+        if self.prediction_id is not None and self.provider is not None:
+            await self.provider.cancel(self.prediction_id)
+
+    async def _finish(self, outcome: Outcome, assets: list[StagedAsset] | None = None) -> str:
+        assets = assets or []
+        if not await jobs.finalize(self.wc.pool, self.wc.settings, self.job, outcome, assets):
+            self.wc.stager.discard(self.job.user_id, self.job.id, self.staged)
+            log.warning("lease_lost_at_finalize")
+            return "lease_lost"
+        if outcome.status != "succeeded":
+            self.wc.stager.discard(self.job.user_id, self.job.id, self.staged)
+        log.info("job_finished", status=outcome.status, outputs=len(assets),
+                 error_code=outcome.error_code)
+        return outcome.status
+
+    async def _hand_back(self, why: str) -> None:
+        try:
+            await jobs.release_lease(self.wc.pool, self.job)
+            log.info("job_handed_back", reason=why, prediction_id=self.prediction_id)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("hand_back_failed", error=str(exc))
+
+    async def _unexpected(self, exc: BaseException) -> str:
+        log.error("job_error", error=str(exc), error_type=type(exc).__name__, exc_info=exc)
+        job = self.job
+        if isinstance(exc, NotFound):
+            return await self._finish(Outcome("failed", "unknown_model", exc.message))
+        if job.attempt < job.max_attempts:
+            await self._hand_back("error")
+            s = self.wc.settings
+            raise JobRetry(backoff_delay(job.attempt, s.provider_backoff_base_s,
+                                         s.provider_backoff_max_s)) from exc
+        return await self._finish(Outcome(
+            "failed", "internal_error", "The job failed because of an internal error.",
+        ))

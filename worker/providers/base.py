@@ -1,0 +1,103 @@
+"""The one small interface every provider implements, and what it returns."""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import GenqError
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a provider needs to make one job's outputs."""
+
+    job_id: uuid.UUID
+    model_key: str
+    ref: str
+    prompt: str
+    num_outputs: int
+    params: dict[str, Any]
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class UrlOutput:
+    """An output the provider hosts; staging downloads it."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class BytesOutput:
+    """An output made in-process (the local provider)."""
+
+    data: bytes
+
+
+Output = UrlOutput | BytesOutput
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished generation: its outputs, in order."""
+
+    outputs: list[Output] = field(default_factory=list)
+
+
+# Called with the provider's id as soon as it exists, before any waiting. The worker stores it
+# on the job row; raising stops the provider from going on.
+OnCreated = Callable[[str], Awaitable[None]]
+
+
+class ProviderError(GenqError):
+    """The provider could not make the outputs."""
+
+    code = "provider_error"
+
+
+class ProviderFailed(ProviderError):
+    """The generation failed for good (the model failed, or the request was refused)."""
+
+    code = "generation_failed"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class ProviderUnavailable(ProviderFailed):
+    """The provider kept answering with transient errors until the attempts ran out."""
+
+    code = "provider_unavailable"
+
+
+class ProviderCanceled(ProviderError):
+    """The prediction was canceled at the provider."""
+
+    code = "canceled"
+
+
+class Provider(abc.ABC):
+    """A generation backend. One instance serves every job of a worker process."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def generate(
+        self, request: GenerationRequest, *, prediction_id: str | None, on_created: OnCreated
+    ) -> GenerationResult:
+        """Make the outputs, resuming ``prediction_id`` if one was already created.
+
+        Raises :class:`ProviderFailed` (permanent), :class:`ProviderCanceled`.
+        """
+
+    async def cancel(self, prediction_id: str) -> None:  # noqa: B027 - optional hook
+        """Cancel a prediction at the provider (best effort). Default: nothing to cancel."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
