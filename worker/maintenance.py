@@ -18,7 +18,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 from redis.exceptions import RedisError
 
 from shared import ledger
@@ -146,19 +152,32 @@ async def sweep_orphan_files(
             report.add("partial_files_deleted", sum(k.endswith(TMP_SUFFIX) for k in orphans))
 
 
-async def _forget_in_redis(redis: ArqRedis, job_id: uuid.UUID) -> None:
-    # A kept result, retry counter or stale abort mark would block or spoil a fresh enqueue.
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(result_key_prefix + str(job_id), retry_key_prefix + str(job_id))
-        pipe.zrem(abort_jobs_ss, str(job_id))
-        await pipe.execute()
+async def requeue(
+    redis: ArqRedis, queue_name: str, job_id: uuid.UUID, *, force: bool = False
+) -> bool:
+    """Make sure arq will run the job; True if this call put it (back) on the queue.
 
-
-async def requeue(redis: ArqRedis, queue_name: str, job_id: uuid.UUID) -> bool:
-    """Put a job back on the arq queue unless arq already holds it; True if enqueued now."""
-    if await redis.exists(job_key_prefix + str(job_id)):
+    A job arq holds (waiting, or running under an in-progress key) is left alone, unless
+    ``force``: the job's lease expired, so its worker is dead or stalled, and the in-progress
+    key it left would keep every other worker away until arq's own timeout.
+    """
+    jid = str(job_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.exists(job_key_prefix + jid)
+        pipe.zscore(queue_name, jid)
+        pipe.exists(in_progress_key_prefix + jid)
+        job_exists, score, in_progress = await pipe.execute()
+    if job_exists and score is not None and not (force and in_progress):
         return False
-    await _forget_in_redis(redis, job_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        # A kept result, retry counter or stale abort mark would block or spoil the new run.
+        pipe.delete(result_key_prefix + jid, retry_key_prefix + jid, in_progress_key_prefix + jid)
+        pipe.zrem(abort_jobs_ss, jid)
+        if job_exists:
+            pipe.zadd(queue_name, {jid: int(time.time() * 1000)})
+        await pipe.execute()
+    if job_exists:
+        return True
     return await enqueue_generation(redis, queue_name, job_id)
 
 
@@ -220,7 +239,7 @@ async def recover_expired_leases(
                     report.add("failed_refunded")
         for job_id in to_enqueue:
             try:
-                await requeue(redis, settings.queue_name, job_id)
+                await requeue(redis, settings.queue_name, job_id, force=True)
             except RedisError as exc:
                 # The job is queued in Postgres; requeue_lost_jobs will enqueue it later.
                 report.add("redis_errors")

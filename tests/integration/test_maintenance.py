@@ -240,3 +240,25 @@ async def test_one_run_at_a_time(pool: Pool, settings: Settings, arq_redis: ArqR
     assert report.counts == {"skipped_locked": 1}
     report = await run_task("expire-assets", pool, arq_redis, settings)
     assert "skipped_locked" not in report.counts
+
+
+async def test_expired_lease_frees_a_dead_workers_arq_job(
+    pool: Pool, settings: Settings, arq_redis: ArqRedis, redis_client: aioredis.Redis
+) -> None:
+    user = await funded_user(pool, 100)
+    job = await queued_job(pool, user)
+    assert await maintenance.requeue(arq_redis, settings.queue_name, job)
+    # What a SIGKILLed arq worker leaves: the job key, its queue entry, its in-progress key.
+    await redis_client.set(f"arq:in-progress:{job}", b"1", px=600_000)
+    await redis_client.set(f"arq:retry:{job}", b"3")
+    await _expire_lease(pool, job, attempt=1)
+    # Without force, a job arq holds is left alone.
+    assert not await maintenance.requeue(arq_redis, settings.queue_name, job)
+
+    report = await maintenance.recover_expired_leases(pool, arq_redis, settings)
+
+    assert report.counts == {"retried": 1}
+    assert not await redis_client.exists(f"arq:in-progress:{job}")
+    assert not await redis_client.exists(f"arq:retry:{job}")
+    assert await redis_client.zscore(settings.queue_name, str(job)) is not None
+    assert await pool.fetchval("SELECT status FROM generation_jobs WHERE id = $1", job) == "queued"
