@@ -13,8 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/genq migrate
-	$(BIN)/genq status
+	$(BIN)/genq demo
 
 test: $(BIN)/.installed lint
 	$(BIN)/python -m pytest

@@ -51,6 +51,19 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(worker_command(settings))
 
 
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from genq import ops
+
+    return ops.up_command(settings, args.host or settings.host,
+                          settings.port if args.port is None else args.port)
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from genq.demo import run_demo
+
+    return run_demo(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with ``--help`` on every command."""
     parser = argparse.ArgumentParser(
@@ -69,6 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="print the database state: migrations, models, counts",
                        description="Print applied migrations, the model catalog, and row counts.")
     p.set_defaults(handler=_cmd_status)
+    p = sub.add_parser("up", help="run API, worker and scheduler together (Ctrl-C stops all)",
+                       description="Start the services (embedded PostgreSQL and valkey when "
+                       "GENQ_DATABASE_URL / GENQ_REDIS_URL are unset), migrate, then run "
+                       "`genq api`, `genq worker` and `genq scheduler` until Ctrl-C or SIGTERM, "
+                       "which stops all of them and the embedded servers.")
+    p.add_argument("--host", help="API bind address (default GENQ_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="API port (default GENQ_PORT, 8000; 0 = any free)")
+    p.set_defaults(handler=_cmd_up)
+
+    p = sub.add_parser("demo", help="run the whole system and drive a few jobs over HTTP",
+                       description="Start everything on the configured or embedded services, "
+                       "create a demo user with credits, submit jobs to the built-in provider, "
+                       "show live progress, cancel one to show the refund, print outputs, "
+                       "balances and the ledger, then stop everything.")
+    p.set_defaults(handler=_cmd_demo)
+
     from worker.scheduler import TASKS
 
     p = sub.add_parser("cleanup", help="run the maintenance tasks once and report what they did",

@@ -112,3 +112,35 @@ async def scheduler_command(settings: Settings) -> None:
         await run_scheduler(settings, services.database_url, services.redis_url)
     finally:
         services.stop()
+
+
+def up_command(settings: Settings, host: str, port: int) -> int:
+    """Run the stack until SIGINT/SIGTERM (exit 0) or until a process dies (exit 1)."""
+    import time
+
+    from genq.stack import Stack, pick_port
+
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    stack = Stack(settings, host=host, port=pick_port(port))
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stack.start()
+        stack.wait_ready()
+        print(f"genq is up: API at {stack.base_url} (Ctrl-C to stop)", flush=True)
+        while not stopping and stack.dead_child() is None:
+            time.sleep(0.2)
+        dead = stack.dead_child()
+    finally:
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if dead is not None and not stopping:
+        print(f"genq: the {dead} process exited; stopped everything", flush=True)
+        return 1
+    print("genq stopped", flush=True)
+    return 0

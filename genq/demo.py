@@ -1,0 +1,210 @@
+"""``genq demo``: the whole system on the embedded default, driven over HTTP like a client.
+
+Starts services, API, worker and scheduler; creates a user with credits; submits a handful of
+jobs to the built-in provider; shows live progress; cancels one to show the refund; prints each
+job's outputs, the balance before and after and the ledger; then stops everything it started.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from genq.stack import Stack, pick_port
+from shared.settings import Settings
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+DEMO_CREDITS = 100
+DEMO_JOBS: list[tuple[str, str, int]] = [
+    ("local/sketch", "a lighthouse at dusk, ink wash", 2),
+    ("local/poster", "a city of glass at sunrise", 1),
+    ("local/sketch", "a red fox in fresh snow", 3),
+    ("local/poster", "retro rocket launch, screen print", 2),
+    ("local/sketch", "koi pond seen from above", 1),
+]
+CANCELED_JOB = ("local/poster", "this one is canceled before it runs", 2)
+EXT = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg", "video/mp4": "mp4"}
+
+
+class Demo:
+    """One run of the demo against a running stack."""
+
+    def __init__(self, base_url: str, admin_token: str, out_dir: Path, out: TextIO) -> None:
+        self.admin = httpx.Client(
+            base_url=base_url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30
+        )
+        self.client: httpx.Client | None = None
+        self.out_dir = out_dir
+        self.out = out
+
+    def say(self, text: str = "") -> None:
+        """Print a line."""
+        print(text, file=self.out, flush=True)
+
+    def _user(self) -> httpx.Client:
+        assert self.client is not None
+        return self.client
+
+    def setup_user(self) -> None:
+        """Create a user and grant credits through the admin API."""
+        email = f"demo-{uuid.uuid4().hex[:8]}@example.com"
+        user = _ok(self.admin.post("/v1/admin/users", json={"email": email}))
+        grant = _ok(self.admin.post(
+            f"/v1/admin/users/{user['id']}/credits",
+            json={"amount": DEMO_CREDITS, "reason": "demo credits"},
+            headers={"Idempotency-Key": f"demo-grant-{user['id']}"},
+        ))
+        self.client = httpx.Client(
+            base_url=str(self.admin.base_url),
+            headers={"Authorization": f"Bearer {user['api_key']}"}, timeout=30,
+        )
+        self.say(f"user {email} created; granted {DEMO_CREDITS} credits "
+                 f"(balance {grant['balance']})")
+
+    def credits(self) -> dict[str, Any]:
+        """GET /v1/credits."""
+        return _ok(self._user().get("/v1/credits"))
+
+    def submit(self) -> tuple[list[str], str]:
+        """Submit the demo jobs and the one to cancel; cancel it; return the ids."""
+        ids = []
+        for model, prompt, n in [*DEMO_JOBS, CANCELED_JOB]:
+            job = _ok(self._user().post(
+                "/v1/jobs", json={"model": model, "prompt": prompt, "num_outputs": n,
+                                  "params": {}, "seed": 7},
+                headers={"Idempotency-Key": f"demo-{uuid.uuid4().hex}"},
+            ))
+            ids.append(job["id"])
+            self.say(f"submitted {job['id']}  {model:<13} x{n}  "
+                     f"reserved {job['cost']['reserved']}")
+        canceled = ids[-1]
+        resp = self._user().post(f"/v1/jobs/{canceled}/cancel")
+        self.say(f"cancel {canceled}: HTTP {resp.status_code} -> {resp.json().get('status')}")
+        return ids, canceled
+
+    def watch(self, ids: list[str], timeout_s: float = 180.0) -> dict[str, dict[str, Any]]:
+        """Poll until every job is terminal, drawing a live table."""
+        live = self.out.isatty()
+        seen: dict[str, str] = {}
+        jobs: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout_s
+        drawn = 0
+        while time.monotonic() < deadline:
+            for job_id in ids:
+                jobs[job_id] = _ok(self._user().get(f"/v1/jobs/{job_id}"))
+            done = sum(j["status"] in TERMINAL for j in jobs.values())
+            if live:
+                if drawn:
+                    self.out.write(f"\x1b[{drawn}A")
+                lines = [_bar(done, len(ids))] + [_row(j) for j in jobs.values()]
+                self.out.write("".join(f"\x1b[2K{line}\n" for line in lines))
+                self.out.flush()
+                drawn = len(lines)
+            else:
+                for job_id, job in jobs.items():
+                    if seen.get(job_id) != job["status"]:
+                        seen[job_id] = job["status"]
+                        self.say(f"{_bar(done, len(ids))}  {_row(job)}")
+            if done == len(ids):
+                return jobs
+            time.sleep(0.2)
+        raise TimeoutError("jobs did not finish in time")
+
+    def report(self, jobs: dict[str, dict[str, Any]]) -> None:
+        """Each job's status, cost and output files (downloaded through the API)."""
+        self.say()
+        for job_id, job in jobs.items():
+            cost = job["cost"]
+            self.say(f"job {job_id}  {job['model']}  {job['status']}  reserved "
+                     f"{cost['reserved']} captured {cost['captured']} refunded "
+                     f"{cost['refunded']}")
+            if job.get("error"):
+                self.say(f"    error: {job['error']['code']}: {job['error']['message']}")
+            for asset in job.get("outputs", []):
+                resp = self._user().get(f"/v1/assets/{asset['id']}/content")
+                resp.raise_for_status()
+                mime = resp.headers.get("content-type", "").split(";")[0]
+                name = f"{asset.get('asset_index', 0)}.{EXT.get(mime, 'bin')}"
+                path = self.out_dir / job_id / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(resp.content)
+                dims = f" {asset['width']}x{asset['height']}" if asset.get("width") else ""
+                self.say(f"    output {path}  {mime}{dims}  {len(resp.content)} bytes")
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """The user's ledger, oldest first."""
+        body = _ok(self._user().get("/v1/credits/ledger", params={"limit": 100}))
+        return list(reversed(body["data"]))
+
+
+def _ok(resp: httpx.Response) -> dict[str, Any]:
+    if resp.status_code >= 400:
+        raise RuntimeError(f"{resp.request.method} {resp.request.url.path}: "
+                           f"HTTP {resp.status_code} {resp.text}")
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    filled = width * done // total
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done"
+
+
+def _row(job: dict[str, Any]) -> str:
+    outputs = len(job.get("outputs", []))
+    return (f"  {job['id']}  {job['model']:<13} {job['status']:<10} "
+            f"outputs {outputs}/{job['num_outputs']}")
+
+
+def run_demo(settings: Settings, out: TextIO = sys.stdout) -> int:
+    """Run the demo; 0 if every job ended as expected and the credits add up."""
+    admin_token = (
+        settings.admin_token.get_secret_value() if settings.admin_token
+        else secrets.token_urlsafe(24)
+    )
+    extra_env = {"GENQ_ADMIN_TOKEN": admin_token}
+    if settings.local_latency_s == 0:
+        # Slow enough to watch, fast enough to wait for.
+        extra_env["GENQ_LOCAL_LATENCY_S"] = "1.0"
+    stack = Stack(settings, host="127.0.0.1", port=pick_port(0), extra_env=extra_env,
+                  log_dir=settings.data_dir / "logs")
+    print(f"starting genq (data in {settings.data_dir.resolve()}, logs in "
+          f"{(settings.data_dir / 'logs').resolve()}) ...", file=out, flush=True)
+    stack.start()
+    try:
+        stack.wait_ready()
+        print(f"API ready at {stack.base_url}", file=out, flush=True)
+        demo = Demo(stack.base_url, admin_token, settings.data_dir / "demo-output", out)
+        demo.setup_user()
+        before = demo.credits()
+        ids, canceled = demo.submit()
+        jobs = demo.watch(ids)
+        demo.report(jobs)
+        after = demo.credits()
+        captured = sum(j["cost"]["captured"] for j in jobs.values())
+        demo.say()
+        demo.say(f"balance before {before['balance']} (reserved {before['reserved']}), "
+                 f"after {after['balance']} (reserved {after['reserved']}); "
+                 f"captured {captured}")
+        demo.say("ledger:")
+        for entry in demo.ledger():
+            demo.say(f"  {entry['kind']:<8} {entry['amount']:>+5}  balance after "
+                     f"{entry['balance_after']:>4}  job {entry.get('job_id') or '-'}")
+        ok = (
+            all(jobs[i]["status"] == "succeeded" for i in ids if i != canceled)
+            and jobs[canceled]["status"] == "canceled"
+            and jobs[canceled]["cost"]["captured"] == 0
+            and after["balance"] == before["balance"] - captured
+            and after["reserved"] == 0
+        )
+        demo.say("demo finished: " + ("everything adds up" if ok else "UNEXPECTED STATE"))
+        return 0 if ok else 1
+    finally:
+        stack.stop()
+        print("stopped genq and its embedded servers", file=out, flush=True)
