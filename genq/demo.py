@@ -130,7 +130,7 @@ class Demo:
                 resp = self._user().get(f"/v1/assets/{asset['id']}/content")
                 resp.raise_for_status()
                 mime = resp.headers.get("content-type", "").split(";")[0]
-                name = f"{asset.get('asset_index', 0)}.{EXT.get(mime, 'bin')}"
+                name = f"{asset['index']}.{EXT.get(mime, 'bin')}"
                 path = self.out_dir / job_id / name
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(resp.content)
@@ -193,9 +193,12 @@ def run_demo(settings: Settings, out: TextIO = sys.stdout) -> int:
                  f"after {after['balance']} (reserved {after['reserved']}); "
                  f"captured {captured}")
         demo.say("ledger:")
+        demo.say(f"  {'kind':<8} {'amount':>6} {'held':>5} {'balance':>8}  job")
         for entry in demo.ledger():
-            demo.say(f"  {entry['kind']:<8} {entry['amount']:>+5}  balance after "
-                     f"{entry['balance_after']:>4}  job {entry.get('job_id') or '-'}")
+            demo.say(f"  {entry['kind']:<8} {entry['amount']:>+6} {entry['reserved_delta']:>+5} "
+                     f"{entry['balance_after']:>8}  {entry.get('job_id') or '-'}")
+        demo.say("  (amount: change to the spendable balance; held: change to the credits "
+                 "reserved for running jobs; a capture spends held credits)")
         ok = (
             all(jobs[i]["status"] == "succeeded" for i in ids if i != canceled)
             and jobs[canceled]["status"] == "canceled"
