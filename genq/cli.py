@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 
 from shared.errors import GenqError
@@ -64,8 +65,31 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings)
 
 
+def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
+    from genq import ops
+
+    return asyncio.run(ops.users_create_command(settings, args.email))
+
+
+def _cmd_credits_grant(args: argparse.Namespace, settings: Settings) -> int:
+    from genq import ops
+
+    return asyncio.run(ops.credits_grant_command(
+        settings, args.user_id, args.amount, args.reason, args.idempotency_key
+    ))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with ``--help`` on every command."""
+    from worker.scheduler import TASKS
+
     parser = argparse.ArgumentParser(
         prog="genq",
         description="genq: the job backend for AI image and video generation. "
@@ -74,14 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("migrate", help="apply pending migrations and sync the model catalog",
-                       description="Apply pending migrations (under an advisory lock, so "
-                       "concurrent runs are safe) and sync the model catalog.")
-    p.set_defaults(handler=_cmd_migrate)
-
-    p = sub.add_parser("status", help="print the database state: migrations, models, counts",
-                       description="Print applied migrations, the model catalog, and row counts.")
-    p.set_defaults(handler=_cmd_status)
     p = sub.add_parser("up", help="run API, worker and scheduler together (Ctrl-C stops all)",
                        description="Start the services (embedded PostgreSQL and valkey when "
                        "GENQ_DATABASE_URL / GENQ_REDIS_URL are unset), migrate, then run "
@@ -98,21 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "balances and the ledger, then stop everything.")
     p.set_defaults(handler=_cmd_demo)
 
-    from worker.scheduler import TASKS
-
-    p = sub.add_parser("cleanup", help="run the maintenance tasks once and report what they did",
-                       description="Run maintenance once: delete expired workspace assets, "
-                       "re-enqueue jobs Redis lost, take back jobs whose worker died, settle "
-                       "stale reservations, retire old jobs, delete orphan files.")
-    p.add_argument("--only", action="append", choices=list(TASKS), metavar="TASK",
-                   help=f"run only this task (repeatable): {', '.join(TASKS)}")
-    p.set_defaults(handler=_cmd_cleanup)
-
-    p = sub.add_parser("scheduler", help="run the maintenance tasks on their schedule",
-                       description="Run the maintenance tasks as arq cron jobs every "
-                       "GENQ_SWEEP_INTERVAL_S seconds (one run at a time across schedulers).")
-    p.set_defaults(handler=_cmd_scheduler)
-
     p = sub.add_parser("api", help="run the HTTP intake service",
                        description="Migrate, then serve the HTTP API (GENQ_HOST/GENQ_PORT, "
                        "or the flags) until SIGINT or SIGTERM.")
@@ -124,6 +125,47 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the generation worker until SIGTERM/SIGINT; running jobs "
                        "get GENQ_SHUTDOWN_GRACE_S to finish, then are handed back.")
     p.set_defaults(handler=_cmd_worker)
+
+    p = sub.add_parser("scheduler", help="run the maintenance tasks on their schedule",
+                       description="Run the maintenance tasks as arq cron jobs every "
+                       "GENQ_SWEEP_INTERVAL_S seconds (one run at a time across schedulers).")
+    p.set_defaults(handler=_cmd_scheduler)
+
+    p = sub.add_parser("migrate", help="apply pending migrations and sync the model catalog",
+                       description="Apply pending migrations (under an advisory lock, so "
+                       "concurrent runs are safe) and sync the model catalog.")
+    p.set_defaults(handler=_cmd_migrate)
+
+    p = sub.add_parser("users", help="manage users", description="Manage users.")
+    users = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    q = users.add_parser("create", help="create a user and print its API key (shown once)",
+                         description="Create a user with an empty credit account and print "
+                         "its id and API key. The key is shown this once; genq keeps its hash.")
+    q.add_argument("email")
+    q.set_defaults(handler=_cmd_users_create)
+
+    p = sub.add_parser("credits", help="manage credits", description="Manage credits.")
+    credits = p.add_subparsers(dest="credits_command", required=True, metavar="ACTION")
+    q = credits.add_parser("grant", help="grant credits to a user",
+                           description="Grant credits to a user. With --idempotency-key, "
+                           "running the same grant again changes nothing.")
+    q.add_argument("user_id", type=uuid.UUID)
+    q.add_argument("amount", type=_positive_int)
+    q.add_argument("--reason", default=None)
+    q.add_argument("--idempotency-key", default=None)
+    q.set_defaults(handler=_cmd_credits_grant)
+
+    p = sub.add_parser("cleanup", help="run the maintenance tasks once and report what they did",
+                       description="Run maintenance once: delete expired workspace assets, "
+                       "re-enqueue jobs Redis lost, take back jobs whose worker died, settle "
+                       "stale reservations, retire old jobs, delete orphan files.")
+    p.add_argument("--only", action="append", choices=list(TASKS), metavar="TASK",
+                   help=f"run only this task (repeatable): {', '.join(TASKS)}")
+    p.set_defaults(handler=_cmd_cleanup)
+
+    p = sub.add_parser("status", help="print the database state: migrations, models, counts",
+                       description="Print applied migrations, the model catalog, and row counts.")
+    p.set_defaults(handler=_cmd_status)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from collections.abc import Coroutine
 from typing import Any
 
@@ -143,4 +144,45 @@ def up_command(settings: Settings, host: str, port: int) -> int:
         print(f"genq: the {dead} process exited; stopped everything", flush=True)
         return 1
     print("genq stopped", flush=True)
+    return 0
+
+
+async def users_create_command(settings: Settings, email: str) -> int:
+    """Create a user and print its API key once."""
+    from shared.users import create_user
+
+    services = resolve_services(settings)
+    try:
+        await prepare_database(services.database_url, settings)
+        conn = await connect(services.database_url)
+        try:
+            user = await create_user(conn, email)
+        finally:
+            await conn.close()
+    finally:
+        services.stop()
+    print(f"user_id: {user.id}")
+    print(f"email:   {user.email}")
+    print(f"api_key: {user.api_key}   (shown once; store it now)")
+    return 0
+
+
+async def credits_grant_command(
+    settings: Settings, user_id: uuid.UUID, amount: int, reason: str | None, key: str | None
+) -> int:
+    """Grant credits and print the new balance."""
+    from shared import ledger
+
+    services = resolve_services(settings)
+    try:
+        conn = await connect(services.database_url)
+        try:
+            grant = await ledger.grant(conn, user_id, amount, idempotency_key=key, reason=reason)
+        finally:
+            await conn.close()
+    finally:
+        services.stop()
+    replay = " (already granted with this key; nothing changed)" if grant.replayed else ""
+    print(f"granted {amount} to {user_id}: balance {grant.balance_after}, "
+          f"ledger entry {grant.entry_id}{replay}")
     return 0

@@ -1,0 +1,64 @@
+"""The genq command line as a user runs it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from shared import ledger
+from shared.db import Pool
+from shared.settings import Settings
+from tests.acceptance.stack_support import ROOT, clean_env
+
+COMMANDS = ["up", "demo", "api", "worker", "scheduler", "migrate", "users", "users create",
+            "credits", "credits grant", "cleanup", "status"]
+
+
+def _genq(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = clean_env(GENQ_DATABASE_URL=str(settings.database_url),
+                    GENQ_REDIS_URL=str(settings.redis_url), GENQ_DATA_DIR=str(settings.data_dir))
+    return subprocess.run([sys.executable, "-m", "genq", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(settings: Settings, command: str) -> None:
+    result = _genq(settings, *command.split(), "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"usage: genq {command}")
+
+
+async def test_users_create_and_credits_grant(settings: Settings, pool: Pool) -> None:
+    created = _genq(settings, "users", "create", "grace@example.com")
+    assert created.returncode == 0, created.stderr
+    user_id = re.search(r"user_id: (\S+)", created.stdout)
+    api_key = re.search(r"api_key: (gq_\S+)", created.stdout)
+    assert user_id
+    assert api_key
+    # The key is shown once; only its prefix and hash are stored.
+    stored = await pool.fetchrow(
+        "SELECT prefix, key_hash FROM api_keys WHERE user_id = $1", uuid.UUID(user_id.group(1))
+    )
+    assert stored is not None
+    assert stored["prefix"] == api_key.group(1)[:10]
+    assert api_key.group(1).encode() not in bytes(stored["key_hash"])
+
+    for _ in range(2):
+        granted = _genq(settings, "credits", "grant", user_id.group(1), "40",
+                        "--reason", "welcome", "--idempotency-key", "welcome-grace")
+        assert granted.returncode == 0, granted.stderr
+    assert "nothing changed" in granted.stdout
+    account = await ledger.get_account(pool, uuid.UUID(user_id.group(1)))
+    assert (account.balance, account.reserved) == (40, 0)
+
+    again = _genq(settings, "users", "create", "GRACE@example.com")
+    assert again.returncode == 1
+    assert "already exists" in again.stderr
+
+    bad = _genq(settings, "credits", "grant", user_id.group(1), "0")
+    assert bad.returncode == 2
+    assert "positive integer" in bad.stderr

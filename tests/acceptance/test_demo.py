@@ -1,0 +1,58 @@
+"""`genq demo`, the README's first command, on the embedded default in a clean data folder."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.acceptance.stack_support import ROOT, alive, clean_env, embedded_pids
+
+MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".webp": b"RIFF"}
+
+
+def test_demo_runs_everything_and_leaves_nothing_running(tmp_path: Path) -> None:
+    data_dir = tmp_path / "genq-data"
+    result = subprocess.run(
+        [sys.executable, "-m", "genq", "demo"],
+        cwd=ROOT, env=clean_env(GENQ_DATA_DIR=str(data_dir)),
+        capture_output=True, text=True, timeout=240, check=False,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+
+    assert "demo finished: everything adds up" in out
+    statuses = re.findall(
+        r"^job \S+\s+(\S+)\s+(\w+)\s+reserved (\d+) captured (\d+) refunded (\d+)",
+        out, re.MULTILINE,
+    )
+    assert len(statuses) == 6
+    assert sorted(s[1] for s in statuses) == ["canceled"] + ["succeeded"] * 5
+    for _model, status, reserved, captured, refunded in statuses:
+        if status == "succeeded":
+            assert captured == reserved and refunded == "0"
+        else:
+            assert captured == "0" and refunded == reserved
+    captured_total = sum(int(s[3]) for s in statuses)
+    balances = re.search(r"balance before (\d+) \(reserved 0\), after (\d+) \(reserved 0\)", out)
+    assert balances is not None
+    before, after = map(int, balances.groups())
+    assert before == 100
+    assert after == before - captured_total
+
+    # Every output it lists is a real image file, downloaded through the API.
+    outputs = re.findall(r"^    output (\S+)\s+(image/\w+)", out, re.MULTILINE)
+    assert len(outputs) == 9  # 2 + 1 + 3 + 2 + 1 images from the five jobs that ran
+    for path, _mime in outputs:
+        file = Path(path)
+        assert file.is_relative_to(data_dir.resolve())
+        assert file.read_bytes().startswith(MAGIC[file.suffix])
+
+    ledger_kinds = re.findall(r"^  (grant|reserve|capture|refund) ", out, re.MULTILINE)
+    assert ledger_kinds.count("reserve") == 6
+    assert ledger_kinds.count("capture") == 5
+    assert ledger_kinds.count("refund") == 1
+
+    assert "stopped genq and its embedded servers" in out
+    assert embedded_pids(data_dir) == [] or not any(alive(p) for p in embedded_pids(data_dir))
