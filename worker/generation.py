@@ -224,7 +224,9 @@ class _Run:
     async def _finish(self, outcome: Outcome, assets: list[StagedAsset] | None = None) -> str:
         assets = assets or []
         if not await jobs.finalize(self.wc.pool, self.wc.settings, self.job, outcome, assets):
-            self.wc.stager.discard(self.job.user_id, self.job.id, self.staged)
+            # Another attempt owns the job now, and output keys are the same for every attempt:
+            # these files may be the ones its asset rows point at. Leave them; a file no row
+            # claims is removed by the orphan sweep.
             log.warning("lease_lost_at_finalize")
             return "lease_lost"
         if outcome.status != "succeeded":

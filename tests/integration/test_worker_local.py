@@ -141,3 +141,35 @@ async def test_model_timeout_fails_and_refunds(pool: Pool, settings: Settings) -
     row = await job_row(pool, job.id)
     assert (row["status"], row["error_code"]) == ("failed", "timeout")
     assert (await assert_invariants(pool, job.user_id)).balance == 1
+
+
+async def test_a_late_attempt_never_deletes_the_winners_files(
+    pool: Pool, settings: Settings
+) -> None:
+    # Attempt 1 stalls past its lease (its heartbeat is far apart); attempt 2 takes the job over
+    # and finishes first. Attempt 1 then stages the same keys and is fenced out at finalize: it
+    # must not delete files that attempt 2's asset rows point at.
+    slow = await WorkerContext.open(settings.model_copy(
+        update={"local_latency_s": 1.5, "lease_s": 100.0, "heartbeat_s": 60.0}))
+    fast = await WorkerContext.open(settings.model_copy(update={"local_latency_s": 0.1}))
+    try:
+        job = await create_job(pool, num_outputs=2, credits=2)
+        first = asyncio.create_task(process_job(slow, job.id))
+        while (await job_row(pool, job.id))["status"] != "running":
+            await asyncio.sleep(0.02)
+        await pool.execute(
+            "UPDATE generation_jobs SET lease_expires_at = now() - interval '1 second'"
+            " WHERE id = $1", job.id,
+        )
+        assert await process_job(fast, job.id) == "succeeded"
+        assert await asyncio.wait_for(first, 10) == "lease_lost"
+    finally:
+        await slow.close()
+        await fast.close()
+    row = await job_row(pool, job.id)
+    assert (row["status"], row["attempt"]) == ("succeeded", 2)
+    assets = await assets_of(pool, job.id)
+    assert len(assets) == 2
+    for asset in assets:
+        assert (settings.storage_root / asset["temp_storage_path"]).is_file()
+    assert [k for k, *_ in await ledger_kinds(pool, job.user_id)].count("capture") == 1
