@@ -14,13 +14,13 @@ import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 
 from shared import ledger
-from shared.db import Pool
+from shared.db import Pool, create_pool
 from shared.queue import create_arq_pool
 from shared.settings import Settings
 from shared.storage import LocalStorage, asset_key
 from tests.factories import files_on_disk, funded_user, queued_job, stored_assets
 from worker import maintenance
-from worker.scheduler import exclusive, run_task
+from worker.scheduler import POOL_MAX_SIZE, TASKS, exclusive, run_task
 
 
 @pytest.fixture
@@ -262,3 +262,20 @@ async def test_expired_lease_frees_a_dead_workers_arq_job(
     assert not await redis_client.exists(f"arq:retry:{job}")
     assert await redis_client.zscore(settings.queue_name, str(job)) is not None
     assert await pool.fetchval("SELECT status FROM generation_jobs WHERE id = $1", job) == "queued"
+
+
+async def test_every_task_at_once_fits_the_scheduler_pool(
+    database_url: str, settings: Settings, arq_redis: ArqRedis
+) -> None:
+    # A scheduler starts every due task at the same tick; each run holds a connection for its
+    # lock and needs another for its work. A pool too small for that deadlocks for good.
+    pool = await create_pool(database_url, min_size=1, max_size=POOL_MAX_SIZE)
+    try:
+        async with asyncio.timeout(10):
+            reports = await asyncio.gather(
+                *(run_task(name, pool, arq_redis, settings) for name in TASKS)
+            )
+    finally:
+        await pool.close()
+    assert [r.task for r in reports] == [name.replace("-", "_") for name in TASKS]
+    assert not any("skipped_locked" in r.counts for r in reports)
