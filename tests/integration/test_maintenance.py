@@ -279,3 +279,24 @@ async def test_every_task_at_once_fits_the_scheduler_pool(
         await pool.close()
     assert [r.task for r in reports] == [name.replace("-", "_") for name in TASKS]
     assert not any("skipped_locked" in r.counts for r in reports)
+
+
+async def test_queued_job_a_dead_worker_picked_up_is_requeued(
+    pool: Pool, settings: Settings, arq_redis: ArqRedis, redis_client: aioredis.Redis
+) -> None:
+    user = await funded_user(pool, 100)
+    job = await queued_job(pool, user, created_ago_s=600)
+    assert await maintenance.requeue(arq_redis, settings.queue_name, job)
+    # A worker took it from arq and was SIGKILLed before its claim committed: Postgres still
+    # says queued, arq says in progress (for its whole job timeout).
+    await redis_client.set(f"arq:in-progress:{job}", b"1", px=600_000)
+    await pool.execute(
+        "UPDATE generation_jobs SET enqueued_at = now() - interval '1 hour' WHERE id = $1", job
+    )
+
+    report = await maintenance.requeue_lost_jobs(pool, arq_redis, settings)
+
+    assert report.counts == {"requeued": 1}
+    assert not await redis_client.exists(f"arq:in-progress:{job}")
+    assert await redis_client.zscore(settings.queue_name, str(job)) is not None
+    assert await redis_client.exists(f"arq:job:{job}")
