@@ -189,10 +189,11 @@ async def requeue_lost_jobs(
     that a dead worker holds.
 
     A worker claims a job (``queued -> running``) the moment arq hands it over, so a job still
-    ``queued`` long after it was enqueued, with an arq in-progress key, was picked up by a worker
-    that died before its claim committed: without ``force`` it would wait out arq's job timeout
-    (minutes). Should a live worker be picking the job up at this very moment, the worst case
-    is a second delivery, which finds the job claimed and does nothing.
+    ``queued`` a lease after it was enqueued, with an arq in-progress key, was picked up by a
+    worker that died before its claim committed: it is forced back on the queue, or it would
+    wait out arq's job timeout (minutes). A job waiting less than that is left to the worker
+    that may be claiming it right now (at worst a second delivery, which finds the job claimed
+    and does nothing).
     """
     while True:
         async with pool.acquire() as conn, conn.transaction():
@@ -204,9 +205,10 @@ async def requeue_lost_jobs(
                 return
             ids = [r["id"] for r in rows]
             try:
-                for job_id in ids:
+                for row in rows:
+                    force = row["waited_s"] >= settings.lease_s
                     report.add("requeued" if await requeue(
-                        redis, settings.queue_name, job_id, force=True) else "still_in_redis")
+                        redis, settings.queue_name, row["id"], force=force) else "still_in_redis")
             except RedisError as exc:
                 report.add("redis_errors")
                 log.warning("requeue_redis_error", error=str(exc))

@@ -14,8 +14,11 @@ DELETE FROM workspace_assets WHERE id = ANY($1::uuid[])
 
 -- lost_queued_jobs --
 -- Queued jobs waiting longer than $1 seconds since they were last enqueued (or created), oldest
--- first; $2 limit. Locked so two sweeps do not both re-enqueue one job.
-SELECT id FROM generation_jobs
+-- first, with how long they have waited; $2 limit. Locked so two sweeps do not both re-enqueue
+-- one job.
+SELECT id,
+       extract(epoch FROM now() - coalesce(enqueued_at, created_at))::float8 AS waited_s
+FROM generation_jobs
 WHERE status = 'queued'
   AND coalesce(enqueued_at, created_at) < now() - make_interval(secs => $1)
 ORDER BY created_at

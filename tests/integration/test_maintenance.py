@@ -284,19 +284,26 @@ async def test_every_task_at_once_fits_the_scheduler_pool(
 async def test_queued_job_a_dead_worker_picked_up_is_requeued(
     pool: Pool, settings: Settings, arq_redis: ArqRedis, redis_client: aioredis.Redis
 ) -> None:
+    settings = settings.model_copy(update={"requeue_after_s": 1.0, "lease_s": 60.0})
     user = await funded_user(pool, 100)
-    job = await queued_job(pool, user, created_ago_s=600)
-    assert await maintenance.requeue(arq_redis, settings.queue_name, job)
-    # A worker took it from arq and was SIGKILLed before its claim committed: Postgres still
-    # says queued, arq says in progress (for its whole job timeout).
-    await redis_client.set(f"arq:in-progress:{job}", b"1", px=600_000)
-    await pool.execute(
-        "UPDATE generation_jobs SET enqueued_at = now() - interval '1 hour' WHERE id = $1", job
-    )
+    dead, claiming = [await queued_job(pool, user) for _ in range(2)]
+    for job, waited_s in ((dead, 3600.0), (claiming, 10.0)):
+        assert await maintenance.requeue(arq_redis, settings.queue_name, job)
+        # A worker took it from arq and has not claimed it in Postgres yet: still queued there,
+        # in progress in arq (for its whole job timeout).
+        await redis_client.set(f"arq:in-progress:{job}", b"1", px=600_000)
+        await pool.execute(
+            "UPDATE generation_jobs SET enqueued_at = now() - make_interval(secs => $2)"
+            " WHERE id = $1", job, waited_s,
+        )
 
     report = await maintenance.requeue_lost_jobs(pool, arq_redis, settings)
 
-    assert report.counts == {"requeued": 1}
-    assert not await redis_client.exists(f"arq:in-progress:{job}")
-    assert await redis_client.zscore(settings.queue_name, str(job)) is not None
-    assert await redis_client.exists(f"arq:job:{job}")
+    # A lease after it was enqueued, its worker is dead: freed. Within a lease, its worker may
+    # be claiming it right now: left alone.
+    assert report.counts == {"requeued": 1, "still_in_redis": 1}
+    assert not await redis_client.exists(f"arq:in-progress:{dead}")
+    assert await redis_client.exists(f"arq:in-progress:{claiming}")
+    for job in (dead, claiming):
+        assert await redis_client.zscore(settings.queue_name, str(job)) is not None
+        assert await redis_client.exists(f"arq:job:{job}")
