@@ -19,9 +19,24 @@ from urllib.parse import urlsplit, urlunsplit
 
 from shared.db import Pool
 from shared.storage import LocalStorage
+from tests.factories import funded_user, queued_job
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = ("succeeded", "failed", "canceled")
+
+
+async def funded_jobs(
+    pool: Pool, accounts: int, per_account: int, credits: int
+) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """``accounts`` users holding ``credits``, each with ``per_account`` queued jobs of
+    ``local/sketch`` asking for 1, 2, 1, 2, ... outputs (so a wrong capture amount shows)."""
+    users = [await funded_user(pool, credits) for _ in range(accounts)]
+
+    async def jobs_of(user: uuid.UUID) -> list[uuid.UUID]:
+        return [await queued_job(pool, user, num_outputs=1 + i % 2) for i in range(per_account)]
+
+    per_user = await asyncio.gather(*(jobs_of(u) for u in users))
+    return users, [j for jobs in per_user for j in jobs]
 
 
 def redis_db_url(url: str, db: int) -> str:

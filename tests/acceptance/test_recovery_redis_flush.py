@@ -9,16 +9,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
-from pathlib import Path
-
-import pytest
-import redis.asyncio as aioredis
 
 from shared.db import Pool
-from shared.embedded import Services
 from shared.queue import create_arq_pool, enqueue_generation
 from shared.settings import Settings
 from shared.storage import LocalStorage
@@ -26,51 +19,24 @@ from tests.acceptance.recovery_support import (
     Processes,
     assert_accounts_balanced,
     assert_assets_on_disk,
+    funded_jobs,
     process_env,
-    redis_db_url,
     settlements,
     wait_all_terminal,
 )
-from tests.factories import funded_user, queued_job
 
 JOBS = 500
 ACCOUNTS = 5
 CREDITS = 1000
-REDIS_DB = 9
 DEADLINE_S = 60.0
 
 
-@pytest.fixture
-async def flushable_redis_url(services: Services) -> AsyncIterator[str]:
-    url = redis_db_url(services.redis_url, REDIS_DB)
-    client: aioredis.Redis = aioredis.from_url(url)  # type: ignore[no-untyped-call]
-    await client.flushdb()
-    yield url
-    await client.flushdb()
-    await client.aclose()
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(tmp_path)
-    yield p
-    p.close()
-
-
-async def _jobs_for(pool: Pool, user: uuid.UUID, n: int) -> list[uuid.UUID]:
-    # Outputs 1, 2, 1, 2, ...: captures differ per job, so a wrong amount would show.
-    return [await queued_job(pool, user, num_outputs=1 + i % 2) for i in range(n)]
-
-
 async def test_500_jobs_lost_by_redis_all_finish_charged_once(
-    pool: Pool, settings: Settings, flushable_redis_url: str, procs: Processes
+    pool: Pool, settings: Settings, private_redis_url: str, procs: Processes
 ) -> None:
-    users = [await funded_user(pool, CREDITS) for _ in range(ACCOUNTS)]
-    per_user = await asyncio.gather(*(_jobs_for(pool, u, JOBS // ACCOUNTS) for u in users))
-    job_ids = [j for jobs in per_user for j in jobs]
-    assert len(job_ids) == JOBS
+    users, job_ids = await funded_jobs(pool, ACCOUNTS, JOBS // ACCOUNTS, CREDITS)
 
-    redis = await create_arq_pool(flushable_redis_url)
+    redis = await create_arq_pool(private_redis_url)
     try:
         for job_id in job_ids:
             assert await enqueue_generation(redis, settings.queue_name, job_id)
@@ -81,7 +47,7 @@ async def test_500_jobs_lost_by_redis_all_finish_charged_once(
         await redis.aclose()
 
     env = process_env(
-        database_url=str(settings.database_url), redis_url=flushable_redis_url,
+        database_url=str(settings.database_url), redis_url=private_redis_url,
         data_dir=str(settings.data_dir), queue_name=settings.queue_name,
         log_format="json", db_pool_min_size="1", poll_delay_s="0.05",
         max_jobs="100", sweep_interval_s="1", requeue_after_s="0",
