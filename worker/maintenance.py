@@ -195,11 +195,11 @@ async def requeue_lost_jobs(
     that may be claiming it right now (at worst a second delivery, which finds the job claimed
     and does nothing).
     """
+    cutoff = await pool.fetchval(queries["requeue_cutoff"], float(settings.requeue_after_s))
     while True:
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                queries["lost_queued_jobs"], float(settings.requeue_after_s),
-                settings.cleanup_batch_size,
+                queries["lost_queued_jobs"], cutoff, settings.cleanup_batch_size
             )
             if not rows:
                 return

@@ -307,3 +307,20 @@ async def test_queued_job_a_dead_worker_picked_up_is_requeued(
     for job in (dead, claiming):
         assert await redis_client.zscore(settings.queue_name, str(job)) is not None
         assert await redis_client.exists(f"arq:job:{job}")
+
+
+async def test_requeue_with_no_wait_handles_each_lost_job_once_per_run(
+    pool: Pool, settings: Settings, arq_redis: ArqRedis, redis_client: aioredis.Redis
+) -> None:
+    # With GENQ_REQUEUE_AFTER_S=0 a job requeued by this run is "lost" again a moment later:
+    # the run must not pick it up again (and, with a full batch of such jobs, never end).
+    settings = settings.model_copy(update={"requeue_after_s": 0.0, "cleanup_batch_size": 10})
+    user = await funded_user(pool, 100)
+    jobs = [await queued_job(pool, user) for _ in range(25)]
+
+    async with asyncio.timeout(10):
+        report = await maintenance.requeue_lost_jobs(pool, arq_redis, settings)
+
+    assert report.counts == {"requeued": 25}
+    queued = {m.decode() for m in await redis_client.zrange(settings.queue_name, 0, -1)}
+    assert queued == {str(j) for j in jobs}
