@@ -157,8 +157,9 @@ async def requeue(
     """Make sure arq will run the job; True if this call put it (back) on the queue.
 
     A job arq holds (waiting, or running under an in-progress key) is left alone, unless
-    ``force``: the job's lease expired, so its worker is dead or stalled, and the in-progress
-    key it left would keep every other worker away until arq's own timeout.
+    ``force``: Postgres says nobody is working on the job (its lease expired, or it has been
+    ``queued`` for longer than a worker takes to claim what it picks up), so the in-progress key
+    is a dead worker's and would keep every other worker away until arq's own timeout.
     """
     jid = str(job_id)
     async with redis.pipeline(transaction=False) as pipe:
@@ -184,20 +185,30 @@ async def requeue(
 async def requeue_lost_jobs(
     report: TaskReport, pool: Pool, redis: ArqRedis, settings: Settings
 ) -> None:
-    """Re-enqueue ``queued`` jobs Redis no longer holds (flushed, or the enqueue failed)."""
+    """Re-enqueue ``queued`` jobs Redis no longer holds (flushed, or the enqueue failed), or
+    that a dead worker holds.
+
+    A worker claims a job (``queued -> running``) the moment arq hands it over, so a job still
+    ``queued`` a lease after it was enqueued, with an arq in-progress key, was picked up by a
+    worker that died before its claim committed: it is forced back on the queue, or it would
+    wait out arq's job timeout (minutes). A job waiting less than that is left to the worker
+    that may be claiming it right now (at worst a second delivery, which finds the job claimed
+    and does nothing).
+    """
+    cutoff = await pool.fetchval(queries["requeue_cutoff"], float(settings.requeue_after_s))
     while True:
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                queries["lost_queued_jobs"], float(settings.requeue_after_s),
-                settings.cleanup_batch_size,
+                queries["lost_queued_jobs"], cutoff, settings.cleanup_batch_size
             )
             if not rows:
                 return
             ids = [r["id"] for r in rows]
             try:
-                for job_id in ids:
+                for row in rows:
+                    force = row["waited_s"] >= settings.lease_s
                     report.add("requeued" if await requeue(
-                        redis, settings.queue_name, job_id) else "still_in_redis")
+                        redis, settings.queue_name, row["id"], force=force) else "still_in_redis")
             except RedisError as exc:
                 report.add("redis_errors")
                 log.warning("requeue_redis_error", error=str(exc))

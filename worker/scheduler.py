@@ -68,6 +68,13 @@ TASKS: dict[str, TaskFn] = {
 }
 
 
+# A run holds one connection for its advisory lock and uses one more for its work, and the
+# scheduler starts every due task at the same tick: with fewer connections than that, every
+# connection can end up holding a lock while waiting for a second one, a deadlock that keeps the
+# locks (so every other scheduler skips those tasks) for good.
+POOL_MAX_SIZE = 2 * len(TASKS)
+
+
 def _lock_id(name: str) -> int:
     return 0x67656E71_00000000 | zlib.crc32(name.encode())
 
@@ -143,7 +150,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
 
 async def run_scheduler(settings: Settings, database_url: str, redis_url: str) -> None:
     """Run the cron worker until cancelled (SIGINT/SIGTERM)."""
-    pool = await create_pool(database_url, min_size=1, max_size=4)
+    pool = await create_pool(database_url, min_size=1, max_size=POOL_MAX_SIZE)
     redis = await create_arq_pool(redis_url)
 
     async def on_startup(ctx: dict[str, Any]) -> None:

@@ -12,12 +12,20 @@ FOR UPDATE SKIP LOCKED
 -- $1 uuid[] asset ids (already locked by this transaction).
 DELETE FROM workspace_assets WHERE id = ANY($1::uuid[])
 
+-- requeue_cutoff --
+-- Jobs last enqueued before this instant count as lost: now minus $1 seconds. Taken once per
+-- run, so a job the run itself re-enqueues is not picked up again by its next batch.
+SELECT now() - make_interval(secs => $1)
+
 -- lost_queued_jobs --
--- Queued jobs waiting longer than $1 seconds since they were last enqueued (or created), oldest
--- first; $2 limit. Locked so two sweeps do not both re-enqueue one job.
-SELECT id FROM generation_jobs
+-- Queued jobs last enqueued (or created) before $1 (timestamptz, from requeue_cutoff), oldest
+-- first, with how long they have waited; $2 limit. Locked so two sweeps do not both re-enqueue
+-- one job.
+SELECT id,
+       extract(epoch FROM now() - coalesce(enqueued_at, created_at))::float8 AS waited_s
+FROM generation_jobs
 WHERE status = 'queued'
-  AND coalesce(enqueued_at, created_at) < now() - make_interval(secs => $1)
+  AND coalesce(enqueued_at, created_at) < $1
 ORDER BY created_at
 LIMIT $2
 FOR UPDATE SKIP LOCKED

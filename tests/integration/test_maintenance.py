@@ -14,13 +14,13 @@ import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 
 from shared import ledger
-from shared.db import Pool
+from shared.db import Pool, create_pool
 from shared.queue import create_arq_pool
 from shared.settings import Settings
 from shared.storage import LocalStorage, asset_key
 from tests.factories import files_on_disk, funded_user, queued_job, stored_assets
 from worker import maintenance
-from worker.scheduler import exclusive, run_task
+from worker.scheduler import POOL_MAX_SIZE, TASKS, exclusive, run_task
 
 
 @pytest.fixture
@@ -262,3 +262,65 @@ async def test_expired_lease_frees_a_dead_workers_arq_job(
     assert not await redis_client.exists(f"arq:retry:{job}")
     assert await redis_client.zscore(settings.queue_name, str(job)) is not None
     assert await pool.fetchval("SELECT status FROM generation_jobs WHERE id = $1", job) == "queued"
+
+
+async def test_every_task_at_once_fits_the_scheduler_pool(
+    database_url: str, settings: Settings, arq_redis: ArqRedis
+) -> None:
+    # A scheduler starts every due task at the same tick; each run holds a connection for its
+    # lock and needs another for its work. A pool too small for that deadlocks for good.
+    pool = await create_pool(database_url, min_size=1, max_size=POOL_MAX_SIZE)
+    try:
+        async with asyncio.timeout(10):
+            reports = await asyncio.gather(
+                *(run_task(name, pool, arq_redis, settings) for name in TASKS)
+            )
+    finally:
+        await pool.close()
+    assert [r.task for r in reports] == [name.replace("-", "_") for name in TASKS]
+    assert not any("skipped_locked" in r.counts for r in reports)
+
+
+async def test_queued_job_a_dead_worker_picked_up_is_requeued(
+    pool: Pool, settings: Settings, arq_redis: ArqRedis, redis_client: aioredis.Redis
+) -> None:
+    settings = settings.model_copy(update={"requeue_after_s": 1.0, "lease_s": 60.0})
+    user = await funded_user(pool, 100)
+    dead, claiming = [await queued_job(pool, user) for _ in range(2)]
+    for job, waited_s in ((dead, 3600.0), (claiming, 10.0)):
+        assert await maintenance.requeue(arq_redis, settings.queue_name, job)
+        # A worker took it from arq and has not claimed it in Postgres yet: still queued there,
+        # in progress in arq (for its whole job timeout).
+        await redis_client.set(f"arq:in-progress:{job}", b"1", px=600_000)
+        await pool.execute(
+            "UPDATE generation_jobs SET enqueued_at = now() - make_interval(secs => $2)"
+            " WHERE id = $1", job, waited_s,
+        )
+
+    report = await maintenance.requeue_lost_jobs(pool, arq_redis, settings)
+
+    # A lease after it was enqueued, its worker is dead: freed. Within a lease, its worker may
+    # be claiming it right now: left alone.
+    assert report.counts == {"requeued": 1, "still_in_redis": 1}
+    assert not await redis_client.exists(f"arq:in-progress:{dead}")
+    assert await redis_client.exists(f"arq:in-progress:{claiming}")
+    for job in (dead, claiming):
+        assert await redis_client.zscore(settings.queue_name, str(job)) is not None
+        assert await redis_client.exists(f"arq:job:{job}")
+
+
+async def test_requeue_with_no_wait_handles_each_lost_job_once_per_run(
+    pool: Pool, settings: Settings, arq_redis: ArqRedis, redis_client: aioredis.Redis
+) -> None:
+    # With GENQ_REQUEUE_AFTER_S=0 a job requeued by this run is "lost" again a moment later:
+    # the run must not pick it up again (and, with a full batch of such jobs, never end).
+    settings = settings.model_copy(update={"requeue_after_s": 0.0, "cleanup_batch_size": 10})
+    user = await funded_user(pool, 100)
+    jobs = [await queued_job(pool, user) for _ in range(25)]
+
+    async with asyncio.timeout(10):
+        report = await maintenance.requeue_lost_jobs(pool, arq_redis, settings)
+
+    assert report.counts == {"requeued": 25}
+    queued = {m.decode() for m in await redis_client.zrange(settings.queue_name, 0, -1)}
+    assert queued == {str(j) for j in jobs}
