@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     # Maintenance.
     cleanup_batch_size: int = Field(default=500, ge=1, le=100_000)
     requeue_after_s: float = Field(default=60.0, ge=0)
-    sweep_interval_s: int = Field(default=60, ge=1)
+    sweep_interval_s: int = Field(default=60, ge=1, le=3600)
     job_retention_s: int = Field(default=30 * 24 * 3600, ge=3600)
     job_retention_action: Literal["archive", "delete"] = "archive"
 
@@ -103,6 +103,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [h.strip().lower() for h in value.split(",") if h.strip()]
         return value
+
+    @field_validator("sweep_interval_s")
+    @classmethod
+    def _check_sweep_interval(cls, value: int) -> int:
+        # The scheduler runs on arq cron ticks aligned to the minute or the hour.
+        if (value <= 60 and 60 % value == 0) or (value % 60 == 0 and 60 % (value // 60) == 0):
+            return value
+        raise ValueError(
+            "must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60) or be whole minutes "
+            "dividing an hour (120, 180, 240, 300, 360, 600, 900, 1200, 1800, 3600)"
+        )
 
     @field_validator("database_url", "redis_url", mode="before")
     @classmethod

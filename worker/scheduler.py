@@ -1,8 +1,10 @@
 """The scheduler: maintenance tasks as arq cron jobs, and the same tasks run once from the CLI.
 
-Two guards keep each task to one run at a time however many schedulers run: arq's unique cron
-job ids (every scheduler computes the same id for the same tick, and arq enqueues it once), and a
-Postgres advisory lock held for the run (a slow run is never overlapped by the next tick).
+Each task runs under a Postgres advisory lock held for the whole run, so however many schedulers
+run, a task never runs twice at once and a slow run is never overlapped by the next tick; a
+scheduler that finds the lock taken skips that tick. arq's unique cron job ids (every scheduler
+computes the same id for a tick) usually keep the duplicates from being enqueued at all, but the
+lock is the guarantee.
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ async def run_task(
             report = TaskReport(name.replace("-", "_"), {"skipped_locked": 1})
         else:
             report = await TASKS[name](pool, redis, settings)
-    level = "debug" if quiet and (not report.counts or not got) else "info"
+    # A tick another scheduler is already running is routine; so is an idle run of a loop.
+    level = "debug" if not got or (quiet and not report.counts) else "info"
     getattr(log, level)("maintenance_task", task=report.task,
                         duration_s=round(report.duration_s, 4), **report.counts)
     return report
@@ -124,27 +127,34 @@ async def run_once(
 
 
 def _every(interval_s: int) -> dict[str, Any]:
-    """arq cron fields for "every ``interval_s`` seconds" (aligned to the minute or hour)."""
+    """arq cron fields for "every ``interval_s`` seconds", aligned to the minute or the hour.
+
+    ``interval_s`` divides 60, or is whole minutes dividing 60 (the setting enforces it), so the
+    ticks are evenly spaced.
+    """
     if interval_s < 60:
-        return {"second": set(range(0, 60, max(1, interval_s)))}
-    minutes = max(1, interval_s // 60)
-    return {"minute": set(range(0, 60, minutes)) if minutes < 60 else {0}, "second": {0}}
+        return {"second": set(range(0, 60, interval_s))}
+    minutes = interval_s // 60
+    return {"minute": set(range(0, 60, minutes)), "second": {0}}
 
 
-def _cron_for(name: str, schedule: dict[str, Any]) -> CronJob:
+def _cron_for(queue_name: str, name: str, schedule: dict[str, Any]) -> CronJob:
     async def job(ctx: dict[str, Any]) -> dict[str, int]:
         report = await run_task(name, ctx["pool"], ctx["redis"], ctx["settings"])
         return report.counts
 
     job.__qualname__ = f"genq_{name.replace('-', '_')}"
-    return cron(job, name=f"genq:{name}", unique=True, timeout=3600, **schedule)
+    # The queue name is in the cron job's id so two deployments sharing a Redis database do not
+    # swallow each other's ticks.
+    return cron(job, name=f"{queue_name}:{name}", unique=True, timeout=3600, **schedule)
 
 
 def cron_jobs(settings: Settings) -> list[CronJob]:
     """Every task on its schedule: recovery on the sweep interval, the orphan scan hourly."""
     every = _every(settings.sweep_interval_s)
-    jobs = [_cron_for(name, every) for name in TASKS if name != "sweep-orphan-files"]
-    jobs.append(_cron_for("sweep-orphan-files", {"minute": {17}, "second": {0}}))
+    q = settings.queue_name
+    jobs = [_cron_for(q, name, every) for name in TASKS if name != "sweep-orphan-files"]
+    jobs.append(_cron_for(q, "sweep-orphan-files", {"minute": {17}, "second": {0}}))
     return jobs
 
 
