@@ -1,14 +1,38 @@
-"""Rows and files for tests, made through the same code paths genq uses where one exists."""
+"""Rows and files for tests, made the way genq makes them, and the ledger invariants."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from shared import ledger
+from shared.catalog import _parse, load_catalog, sync_catalog
 from shared.db import Pool
 from shared.storage import LocalStorage, asset_key
 from shared.users import create_user
+from sql import queries
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A queued job as :func:`create_job` made it."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    reservation_id: uuid.UUID
+    price: int
+    num_outputs: int
+
+
+async def add_models(pool: Pool, toml_text: str) -> None:
+    """Add catalog models to this test's database (the built-in ones stay)."""
+    specs = {s.key: s for s in load_catalog(None)}
+    for spec in _parse(toml_text, "test models"):
+        specs[spec.key] = spec
+    async with pool.acquire() as conn:
+        await sync_catalog(conn, list(specs.values()))
 
 
 async def funded_user(pool: Pool, credits: int) -> uuid.UUID:
@@ -20,29 +44,38 @@ async def funded_user(pool: Pool, credits: int) -> uuid.UUID:
     return user.id
 
 
-async def queued_job(
+async def create_job(
     pool: Pool,
-    user_id: uuid.UUID,
     *,
     model: str = "local/sketch",
-    num_outputs: int = 1,
-    reservation_ttl_s: float = 3600,
+    prompt: str = "a red fox in the snow",
+    num_outputs: int = 2,
+    seed: int | None = 42,
+    params: dict[str, Any] | None = None,
+    user_id: uuid.UUID | None = None,
+    credits: int = 100,
+    max_attempts: int = 3,
+    reservation_ttl_s: float = 6 * 3600,
     created_ago_s: float = 0,
-) -> uuid.UUID:
-    """A ``queued`` job with its reservation, as the intake service creates it."""
+) -> NewJob:
+    """As the API does: the job row and its reservation in one transaction (status queued).
+
+    Without ``user_id`` a new user holding ``credits`` is made.
+    """
+    if user_id is None:
+        user_id = await funded_user(pool, credits)
     job_id = uuid.uuid4()
+    created = datetime.now(UTC) - timedelta(seconds=created_ago_s)
     async with pool.acquire() as conn, conn.transaction():
-        m = await conn.fetchrow(
-            "SELECT provider, price_per_output, params FROM models WHERE key = $1", model
-        )
-        assert m is not None
-        created = datetime.now(UTC) - timedelta(seconds=created_ago_s)
+        m = await conn.fetchrow(queries["get_model"], model)
+        assert m is not None, model
+        merged = {**m["params"], **(params or {})}
         await conn.execute(
-            "INSERT INTO generation_jobs (id, user_id, model, provider, prompt, num_outputs,"
-            " params, price_per_output, created_at, updated_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
-            job_id, user_id, model, m["provider"], f"test prompt {job_id}", num_outputs,
-            m["params"], m["price_per_output"], created,
+            "INSERT INTO generation_jobs (id, user_id, model, provider, prompt, num_outputs, "
+            "params, seed, price_per_output, max_attempts, created_at, updated_at, enqueued_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $11)",
+            job_id, user_id, model, m["provider"], prompt, num_outputs, merged, seed,
+            m["price_per_output"], max_attempts, created,
         )
         r = await ledger.reserve(
             conn, user_id, m["price_per_output"] * num_outputs,
@@ -52,7 +85,63 @@ async def queued_job(
         await conn.execute(
             "UPDATE generation_jobs SET reservation_id = $2 WHERE id = $1", job_id, r.id
         )
-    return job_id
+    return NewJob(job_id, user_id, r.id, m["price_per_output"], num_outputs)
+
+
+async def queued_job(
+    pool: Pool, user_id: uuid.UUID, *, num_outputs: int = 1, **kwargs: Any
+) -> uuid.UUID:
+    """The id of a new queued job of ``user_id`` (see :func:`create_job`)."""
+    job = await create_job(pool, user_id=user_id, num_outputs=num_outputs, **kwargs)
+    return job.id
+
+
+async def job_row(pool: Pool, job_id: uuid.UUID) -> dict[str, Any]:
+    """The job's row."""
+    row = await pool.fetchrow("SELECT * FROM generation_jobs WHERE id = $1", job_id)
+    assert row is not None
+    return dict(row.items())
+
+
+async def assets_of(pool: Pool, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The job's asset rows, by index."""
+    rows = await pool.fetch(
+        "SELECT * FROM workspace_assets WHERE job_id = $1 ORDER BY asset_index", job_id
+    )
+    return [dict(r.items()) for r in rows]
+
+
+async def ledger_kinds(pool: Pool, user_id: uuid.UUID) -> list[tuple[str, int, int]]:
+    """(kind, amount, reserved_delta), oldest first."""
+    rows = await pool.fetch(
+        "SELECT kind, amount, reserved_delta FROM credit_ledger WHERE user_id = $1 ORDER BY id",
+        user_id,
+    )
+    return [(r["kind"], r["amount"], r["reserved_delta"]) for r in rows]
+
+
+async def assert_invariants(pool: Pool, user_id: uuid.UUID) -> ledger.Account:
+    """balance >= 0, balance == sum(ledger.amount), reserved == sum(reserved_delta) == open
+    reservations, and the newest entry's balance_after is the balance."""
+    account = await ledger.get_account(pool, user_id)
+    sums = await pool.fetchrow(queries["ledger_sums"], user_id)
+    assert sums is not None
+    assert account.balance >= 0
+    assert account.reserved >= 0
+    assert account.balance == sums["amount"]
+    assert account.reserved == sums["reserved"]
+    open_total = await pool.fetchval(
+        "SELECT coalesce(sum(amount), 0) FROM credit_reservations "
+        "WHERE user_id = $1 AND status = 'open'", user_id,
+    )
+    assert account.reserved == open_total
+    last = await pool.fetchval(
+        "SELECT balance_after FROM credit_ledger WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
+        user_id,
+    )
+    if last is not None:
+        assert last == account.balance
+    return account
 
 
 async def stored_assets(

@@ -19,8 +19,7 @@ from arq.connections import ArqRedis
 from shared.db import Pool
 from shared.queue import create_arq_pool, enqueue_generation
 from shared.settings import Settings
-from tests.fakes.replicate_server import FakeReplicate, Script
-from tests.jobs_helper import (
+from tests.factories import (
     add_models,
     assert_invariants,
     assets_of,
@@ -28,6 +27,7 @@ from tests.jobs_helper import (
     job_row,
     ledger_kinds,
 )
+from tests.fakes.replicate_server import FakeReplicate, Script
 from tests.media_samples import png
 
 MODELS = """

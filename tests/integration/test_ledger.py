@@ -19,8 +19,8 @@ from shared.errors import (
     InvalidAmount,
     ReservationNotFound,
 )
-from shared.users import create_user
 from sql import queries
+from tests.factories import assert_invariants, funded_user
 
 
 def _deadline() -> datetime:
@@ -28,35 +28,7 @@ def _deadline() -> datetime:
 
 
 async def _user(pool: Pool, credits: int = 0) -> uuid.UUID:
-    async with pool.acquire() as conn:
-        user = await create_user(conn, f"{uuid.uuid4().hex}@example.com")
-    if credits:
-        await ledger.grant(pool, user.id, credits, idempotency_key=f"seed:{user.id}")
-    return user.id
-
-
-async def assert_invariants(pool: Pool, user_id: uuid.UUID) -> ledger.Account:
-    account = await ledger.get_account(pool, user_id)
-    sums = await pool.fetchrow(queries["ledger_sums"], user_id)
-    assert sums is not None
-    assert account.balance >= 0
-    assert account.reserved >= 0
-    assert account.balance == sums["amount"]
-    assert account.reserved == sums["reserved"]
-    open_total = await pool.fetchval(
-        "SELECT coalesce(sum(amount), 0) FROM credit_reservations "
-        "WHERE user_id = $1 AND status = 'open'",
-        user_id,
-    )
-    assert account.reserved == open_total
-    # balance_after on the newest entry is the balance now.
-    last = await pool.fetchval(
-        "SELECT balance_after FROM credit_ledger WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
-        user_id,
-    )
-    if last is not None:
-        assert last == account.balance
-    return account
+    return await funded_user(pool, credits)
 
 
 async def test_grant_reserve_capture_flow(pool: Pool) -> None:

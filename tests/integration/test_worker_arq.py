@@ -11,7 +11,7 @@ from arq.worker import Worker
 from shared.db import Pool
 from shared.queue import create_arq_pool, enqueue_generation
 from shared.settings import Settings
-from tests.jobs_helper import assert_invariants, create_job, job_row
+from tests.factories import assert_invariants, create_job, job_row
 from worker.main import close_worker, job_timeout_s, worker_options
 
 

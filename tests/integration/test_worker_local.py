@@ -11,7 +11,7 @@ from PIL import Image
 
 from shared.db import Pool
 from shared.settings import Settings
-from tests.jobs_helper import (
+from tests.factories import (
     assert_invariants,
     assets_of,
     create_job,

@@ -12,8 +12,7 @@ from pydantic import SecretStr
 
 from shared.db import Pool
 from shared.settings import Settings
-from tests.fakes.replicate_server import FakeReplicate, Script
-from tests.jobs_helper import (
+from tests.factories import (
     NewJob,
     add_models,
     assert_invariants,
@@ -22,6 +21,7 @@ from tests.jobs_helper import (
     job_row,
     ledger_kinds,
 )
+from tests.fakes.replicate_server import FakeReplicate, Script
 from tests.media_samples import jpeg, mp4, noisy_png, png
 from worker.context import WorkerContext
 from worker.generation import process_job
