@@ -13,6 +13,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import httpx
 
@@ -174,12 +175,20 @@ class Stager:
         self._check_size(index, len(head))
         key = asset_key(user_id, job_id, index, kind.ext)
         total = len(head)
-        with self.storage.writer(key) as handle:
-            handle.write(head)
+        # The file calls block on the disk (mkdir, open, write, fsync, rename): they run in a
+        # thread, so one output's fsync never stalls the other jobs and heartbeats on this loop.
+        writer = self.storage.writer(key)
+        handle = await asyncio.to_thread(_open_and_write, writer, head)
+        try:
             async for chunk in chunks:
                 total += len(chunk)
                 self._check_size(index, total)
-                handle.write(chunk)
+                await asyncio.to_thread(handle.write, chunk)
+        except BaseException as exc:
+            # Close and remove the temp file; no fsync on this path, so no need for a thread.
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        await asyncio.to_thread(writer.__exit__, None, None, None)
         path = self.storage.path(key)
         width = height = None
         duration = None
@@ -205,6 +214,17 @@ class Stager:
         for parent in (folder, folder.parent):
             with contextlib.suppress(OSError):
                 parent.rmdir()
+
+
+def _open_and_write(writer: contextlib.AbstractContextManager[BinaryIO], data: bytes) -> BinaryIO:
+    """Enter ``writer`` and write ``data``; on failure, leave nothing behind."""
+    handle = writer.__enter__()
+    try:
+        handle.write(data)
+    except BaseException as exc:
+        writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    return handle
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
