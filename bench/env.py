@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,8 +167,9 @@ class BenchEnv:
         return f"bench:{self.run_id}:{scenario}"
 
     def genq_env(self, queue: str, **extra: str) -> dict[str, str]:
-        """The environment of a genq process under test."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GENQ_")}
+        """The environment of a genq process under test: this one's (so ``GENQ_*`` tuning
+        applies), with the run's services, storage and queue."""
+        env = dict(os.environ)
         env.update(
             GENQ_DATABASE_URL=self.database_url,
             GENQ_REDIS_URL=self.redis_url,
@@ -192,7 +194,23 @@ class BenchEnv:
             )
         proc = Proc(name, popen, log)
         self.procs.append(proc)
+        self._profile(proc)
         return proc
+
+    def _profile(self, proc: Proc) -> None:
+        """With ``BENCH_PROFILE=<dir>``, sample the process with py-spy until it exits
+        (collapsed stacks in ``<dir>/<name>-<pid>.txt``; py-spy must be installed)."""
+        out_dir = os.environ.get("BENCH_PROFILE")
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not out_dir or not Path(py_spy).exists():
+            return
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        subprocess.Popen(
+            [py_spy, "record", "--pid", str(proc.pid), "--rate", "250", "--format", "raw",
+             "--nonblocking", "--subprocesses", "-o",
+             str(Path(out_dir) / f"{proc.name}-{proc.pid}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
 
     def stop(self, proc: Proc) -> None:
         """Stop one process and forget it."""
