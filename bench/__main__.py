@@ -47,7 +47,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 async def _main(args: argparse.Namespace) -> int:
     settings = load_settings()
-    work_dir = RESULTS_DIR / "run"
+    # Logs and output files of the processes under test live with the embedded servers' data,
+    # outside the source tree (mypy would take their folders for packages).
+    work_dir = settings.data_dir / "bench"
     shutil.rmtree(work_dir, ignore_errors=True)
     env = BenchEnv(settings, work_dir)
     rows: list[Row] = []
@@ -70,10 +72,10 @@ async def _main(args: argparse.Namespace) -> int:
             print(f"   ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
     finally:
         await env.close()
-    print(table(rows))
+        shutil.rmtree(env.storage_dir, ignore_errors=True)
     write_json(args.out, rows, quick=args.quick, extra={"failed": failed, "run_id": env.run_id})
-    print(f"\nwritten to {args.out}")
-    shutil.rmtree(work_dir / "storage", ignore_errors=True)
+    print(table(rows))
+    print(f"\nwritten to {args.out}; process logs in {work_dir / 'logs'}")
     return 1 if failed else 0
 
 
