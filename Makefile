@@ -25,5 +25,8 @@ lint: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest tests/unit
 
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .genq .mypy_cache .pytest_cache .ruff_cache

@@ -17,7 +17,6 @@ import uuid
 import asyncpg
 from structlog.contextvars import bound_contextvars
 
-from shared.catalog import get_model
 from shared.errors import GenqError, NotFound
 from shared.logging import get_logger
 from worker import jobs
@@ -138,21 +137,22 @@ class _Run:
 
     async def _work(self, provider: Provider) -> tuple[Outcome, list[StagedAsset]]:
         job = self.job
-        async with self.wc.pool.acquire() as conn:
-            model = await get_model(conn, job.model)
+        if job.model_ref is None or job.model_timeout_s is None:
+            raise NotFound(f"no model {job.model!r}")
+        timeout_s = job.model_timeout_s
         request = GenerationRequest(
-            job_id=job.id, model_key=job.model, ref=model.ref, prompt=job.prompt,
+            job_id=job.id, model_key=job.model, ref=job.model_ref, prompt=job.prompt,
             num_outputs=job.num_outputs, params=dict(job.params), seed=job.seed,
         )
         try:
-            async with asyncio.timeout(model.timeout_s):
+            async with asyncio.timeout(timeout_s):
                 result = await provider.generate(
                     request, prediction_id=self.prediction_id, on_created=self._on_created
                 )
         except TimeoutError:
             await self._cancel_prediction()
             return Outcome("failed", "timeout",
-                           f"The model did not finish within {model.timeout_s} s."), []
+                           f"The model did not finish within {timeout_s} s."), []
         except ProviderCanceled as exc:
             return Outcome("canceled", exc.code, exc.message), []
         except ProviderFailed as exc:

@@ -32,6 +32,9 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     cancel_requested_at: datetime | None
+    # The model's provider ref and timeout, read by the claim; None if the model is unknown.
+    model_ref: str | None
+    model_timeout_s: int | None
 
 
 @dataclass(frozen=True)

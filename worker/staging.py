@@ -13,6 +13,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import httpx
 
@@ -76,7 +77,7 @@ class Stager:
     ) -> StagedAsset:
         """Store one output; :class:`OutputRejected` says why it was refused."""
         if isinstance(output, BytesOutput):
-            return await self._store(user_id, job_id, index, _one(output.data), len(output.data))
+            return await self._store_bytes(user_id, job_id, index, output.data)
         assert isinstance(output, UrlOutput)
         try:
             async with asyncio.timeout(self.settings.download_timeout_s):
@@ -165,34 +166,69 @@ class Stager:
             head += chunk
             if len(head) >= media.SNIFF_BYTES:
                 break
+        kind = self._kind(index, head)
+        self._check_size(index, len(head))
+        key = asset_key(user_id, job_id, index, kind.ext)
+        total = len(head)
+        # The file calls block on the disk (mkdir, open, write, fsync, rename): they run in a
+        # thread, so one output's fsync never stalls the other jobs and heartbeats on this loop.
+        writer = self.storage.writer(key)
+        handle = await asyncio.to_thread(_open_and_write, writer, head)
+        try:
+            async for chunk in chunks:
+                total += len(chunk)
+                self._check_size(index, total)
+                await asyncio.to_thread(handle.write, chunk)
+        except BaseException as exc:
+            # Close and remove the temp file; no fsync on this path, so no need for a thread.
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+        def close_and_measure() -> StagedAsset:
+            writer.__exit__(None, None, None)
+            return self._measure(index, key, kind, total)
+
+        return await asyncio.to_thread(close_and_measure)
+
+    async def _store_bytes(
+        self, user_id: uuid.UUID, job_id: uuid.UUID, index: int, data: bytes
+    ) -> StagedAsset:
+        """An output already in memory: written and measured in one trip to a thread."""
+        self._check_size(index, len(data))
+        kind = self._kind(index, data[: media.SNIFF_BYTES])
+        key = asset_key(user_id, job_id, index, kind.ext)
+
+        def write_and_measure() -> StagedAsset:
+            self.storage.write_bytes(key, data)
+            return self._measure(index, key, kind, len(data))
+
+        return await asyncio.to_thread(write_and_measure)
+
+    @staticmethod
+    def _kind(index: int, head: bytes) -> media.MediaType:
         kind = media.sniff(head)
         if kind is None:
             raise OutputRejected(
                 f"output {index} is not an allowed type (PNG, JPEG, WebP or MP4)",
                 code="output_type_not_allowed",
             )
-        self._check_size(index, len(head))
-        key = asset_key(user_id, job_id, index, kind.ext)
-        total = len(head)
-        with self.storage.writer(key) as handle:
-            handle.write(head)
-            async for chunk in chunks:
-                total += len(chunk)
-                self._check_size(index, total)
-                handle.write(chunk)
+        return kind
+
+    def _measure(self, index: int, key: str, kind: media.MediaType, size: int) -> StagedAsset:
+        """Read the stored file's dimensions or duration (blocking: call from a thread)."""
         path = self.storage.path(key)
         width = height = None
         duration = None
         if kind.kind == "image":
-            dims = await asyncio.to_thread(media.image_size, path)
+            dims = media.image_size(path)
             if dims is None:
                 self.storage.delete(key)
                 raise OutputRejected(f"output {index} is not a readable image",
                                      code="output_type_not_allowed")
             width, height = dims
         else:
-            duration = await asyncio.to_thread(media.mp4_duration, path)
-        return StagedAsset(index, key, total, kind, width, height, duration)
+            duration = media.mp4_duration(path)
+        return StagedAsset(index, key, size, kind, width, height, duration)
 
     def discard(self, user_id: uuid.UUID, job_id: uuid.UUID, assets: list[StagedAsset]) -> None:
         """Delete staged files that will not become assets (the job failed or was canceled).
@@ -207,5 +243,12 @@ class Stager:
                 parent.rmdir()
 
 
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+def _open_and_write(writer: contextlib.AbstractContextManager[BinaryIO], data: bytes) -> BinaryIO:
+    """Enter ``writer`` and write ``data``; on failure, leave nothing behind."""
+    handle = writer.__enter__()
+    try:
+        handle.write(data)
+    except BaseException as exc:
+        writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    return handle

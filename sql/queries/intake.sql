@@ -34,7 +34,12 @@ SELECT id, created_at FROM job
 
 -- mark_job_enqueued --
 -- $1 job_id. Only a job still queued: a fast worker may already have claimed it.
+-- enqueued_at is a hint (the job is already committed and in Redis), so this write does not wait
+-- for its WAL flush: asynchronous commit for this statement's own transaction only. If a
+-- Postgres crash loses it, the job keeps enqueued_at NULL, and the sweeper and replays only
+-- re-enqueue it, which is idempotent by job id.
 UPDATE generation_jobs SET enqueued_at = now(), updated_at = now()
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 WHERE id = $1 AND status = 'queued'
 RETURNING enqueued_at
 

@@ -4,6 +4,8 @@
 
 -- claim_job --
 -- Take a job: queued, or running with an expired lease (its worker died or handed it back).
+-- Also returns the model's provider ref and timeout (NULL if the model is unknown), which the
+-- attempt needs next, so it does not need a second round trip for them.
 -- $1 job_id, $2 lease_owner (worker id), $3 lease seconds (float).
 UPDATE generation_jobs j
 SET status = 'running',
@@ -16,7 +18,9 @@ WHERE j.id = $1
   AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()))
 RETURNING j.id, j.user_id, j.model, j.provider, j.prompt, j.num_outputs, j.params, j.seed,
           j.price_per_output, j.reservation_id, j.provider_prediction_id, j.attempt,
-          j.max_attempts, j.cancel_requested_at
+          j.max_attempts, j.cancel_requested_at,
+          (SELECT m.ref FROM models m WHERE m.key = j.model) AS model_ref,
+          (SELECT m.timeout_s FROM models m WHERE m.key = j.model) AS model_timeout_s
 
 -- get_job_state --
 -- Why a claim found nothing. $1 job_id.

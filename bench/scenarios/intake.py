@@ -1,0 +1,72 @@
+"""``POST /v1/jobs`` at 64 concurrent keep-alive connections against one ``genq api`` process,
+against a bare Starlette handler under the same uvicorn settings and the same load generator.
+
+Each connection submits as its own account (64 accounts, a billion credits each), so the
+balance never runs out and accounts do not queue behind each other's row lock (the hot-account
+scenario measures that). No worker runs: jobs pile up in the queue.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bench import loadgen, seed
+from bench.env import BenchEnv, Proc
+from bench.report import Row
+
+CONNECTIONS = 64
+BODY = json.dumps({"model": "local/sketch", "prompt": "a lighthouse at dusk, benchmark",
+                   "num_outputs": 1, "params": seed.TINY_PARAMS}).encode()
+
+
+def plan(base_port: int, api_keys: list[str], duration_s: float) -> loadgen.Plan:
+    """The load: one account per connection."""
+    requests = [
+        loadgen.http_request(
+            "POST", "/v1/jobs", host=f"127.0.0.1:{base_port}", body=BODY,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        ).decode("latin-1")
+        for key in api_keys
+    ]
+    return loadgen.Plan(host="127.0.0.1", port=base_port, requests=requests,
+                        connections=CONNECTIONS, duration_s=duration_s, warmup_s=1.0)
+
+
+async def _measure(proc: Proc, load: loadgen.Plan) -> dict[str, Any]:
+    cpu0 = proc.cpu_s()
+    result = await loadgen.in_process(load)
+    result["server_cpu_share"] = (proc.cpu_s() - cpu0) / (load.warmup_s + load.duration_s)
+    bad = {k: v for k, v in result["statuses"].items() if k not in ("200", "202")}
+    if bad or result["errors"]:
+        raise RuntimeError(f"intake: unexpected answers {bad}, errors {result['errors']}")
+    return result
+
+
+async def run(env: BenchEnv, quick: bool) -> list[Row]:
+    """genq, then the bare app."""
+    duration_s = 3.0 if quick else 10.0
+    accounts = await seed.users(env.db(), CONNECTIONS, 10**9)
+    keys = [a.api_key for a in accounts]
+
+    api, base = await env.genq_api(env.queue("intake"))
+    genq = await _measure(api, plan(int(base.rsplit(":", 1)[1]), keys, duration_s))
+    env.stop(api)
+
+    app, base = await env.bare_app()
+    bare = await _measure(app, plan(int(base.rsplit(":", 1)[1]), keys, duration_s))
+    env.stop(app)
+
+    notes = {
+        "connections": CONNECTIONS, "duration_s": duration_s,
+        "genq": {k: genq[k] for k in ("requests", "client_cpu_share", "server_cpu_share")},
+        "bare": {k: bare[k] for k in ("requests", "client_cpu_share", "server_cpu_share")},
+    }
+    return [
+        Row("intake", "intake: POST /v1/jobs at 64 connections", genq["rps"], bare["rps"],
+            "req/s", limit=0.4, target=">= 0.4x bare Starlette", notes=notes),
+        Row("intake", "intake: p50 latency", genq["latency_ms"]["p50"],
+            bare["latency_ms"]["p50"], "ms", better="lower"),
+        Row("intake", "intake: p99 latency", genq["latency_ms"]["p99"],
+            bare["latency_ms"]["p99"], "ms", better="lower"),
+    ]

@@ -1,0 +1,53 @@
+"""Jobs per second through one worker process: genq's worker on the local provider (no delay,
+1x1 output) from enqueue to ``succeeded``, against a bare arq worker running a no-op.
+
+Jobs are written to Postgres first (as the intake writes them), then all enqueued due at one
+moment, so the figure is the worker's rate, not the enqueuer's: jobs / (last finish - due).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from bench import seed
+from bench.env import BenchEnv
+from bench.report import Row
+
+
+async def run(env: BenchEnv, quick: bool) -> list[Row]:
+    """Both workers, one after the other, on fresh queues."""
+    n = 300 if quick else 2000
+    pool, redis, settings = env.db(), env.r(), env.settings
+    lead_s = 1.0 + n * 0.002
+    timeout_s = 30 + n * 0.1
+
+    accounts = await seed.users(pool, 16, 10**9)
+    ids = await seed.queued_jobs(pool, [u.id for u in accounts], n, seed.TINY_PARAMS)
+    queue = env.queue("pipeline")
+    worker = await env.genq_worker(queue)
+    cpu0 = worker.cpu_s()
+    due = await seed.enqueue_at(redis, queue, seed.generation_calls(ids), lead_s)
+    done = await seed.wait_jobs(pool, ids, timeout_s)
+    genq_wall = done["last_finished"] - due
+    genq_cpu = worker.cpu_s() - cpu0
+    env.stop(worker)
+    if done["statuses"] != {"succeeded": n}:
+        raise RuntimeError(f"pipeline: not every job succeeded: {done['statuses']}")
+
+    bare_queue = env.queue("pipeline-arq")
+    bare = await env.bare_worker(bare_queue, max_jobs=settings.max_jobs,
+                                 poll_delay_s=settings.poll_delay_s)
+    cpu0 = bare.cpu_s()
+    calls = [(uuid.uuid4().hex, "noop", ()) for _ in range(n)]
+    due = await seed.enqueue_at(redis, bare_queue, calls, lead_s)
+    bare_done = await seed.wait_arq(redis, bare_queue, [c[0] for c in calls], timeout_s)
+    bare_wall = bare_done["last_finished"] - due
+    bare_cpu = bare.cpu_s() - cpu0
+    env.stop(bare)
+
+    return [Row(
+        "pipeline", "pipeline: jobs/s through one worker", n / genq_wall, n / bare_wall,
+        "jobs/s", limit=0.6, target=">= 0.6x bare arq",
+        notes={"jobs": n, "genq_wall_s": genq_wall, "bare_wall_s": bare_wall,
+               "genq_worker_cpu_s": genq_cpu, "bare_worker_cpu_s": bare_cpu},
+    )]
