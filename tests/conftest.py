@@ -7,7 +7,10 @@ database cloned from a migrated template, and its own queue name.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,14 +30,31 @@ def _with_database(url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
+@contextlib.contextmanager
+def embedded_data_dir() -> Iterator[Path]:
+    """A data folder for embedded servers, removed afterwards.
+
+    Readable by others (pytest's own temp folders are not): as root the embedded PostgreSQL runs
+    as an unprivileged user, which must reach it.
+    """
+    base = Path(tempfile.mkdtemp(prefix="genq-test-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+def services() -> Iterator[Services]:
     db_url = os.environ.get("GENQ_TEST_DATABASE_URL") or None
     redis_url = os.environ.get("GENQ_TEST_REDIS_URL") or None
-    data_dir = tmp_path_factory.mktemp("services")
-    found = ensure_services(db_url, redis_url, data_dir, fast=True)
-    yield found
-    found.stop()
+    with embedded_data_dir() as data_dir:
+        found = ensure_services(db_url, redis_url, data_dir, fast=True)
+        try:
+            yield found
+        finally:
+            found.stop()
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from shared.embedded import Services
 from tests.acceptance.recovery_support import Processes, redis_db_url
+from tests.conftest import embedded_data_dir
 
 # A Redis database no other test uses, so a test may FLUSHDB it (tests run one at a time).
 PRIVATE_REDIS_DB = 9
@@ -24,6 +25,13 @@ async def private_redis_url(services: Services) -> AsyncIterator[str]:
     yield url
     await client.flushdb()
     await client.aclose()
+
+
+@pytest.fixture
+def clean_data_dir() -> Iterator[Path]:
+    """A fresh, empty GENQ_DATA_DIR for a run on the embedded default; removed afterwards."""
+    with embedded_data_dir() as base:
+        yield base / "genq-data"
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from tests.acceptance.stack_support import ROOT, alive, clean_env, embedded_pids
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".webp": b"RIFF"}
 
 
-def test_demo_runs_everything_and_leaves_nothing_running(tmp_path: Path) -> None:
-    data_dir = tmp_path / "genq-data"
+def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -> None:
+    data_dir = clean_data_dir
     result = subprocess.run(
         [sys.executable, "-m", "genq", "demo"],
         cwd=ROOT, env=clean_env(GENQ_DATA_DIR=str(data_dir)),

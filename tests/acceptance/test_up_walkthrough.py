@@ -42,8 +42,10 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 90) 
 
 
 @pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl, jq")
-def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(tmp_path: Path) -> None:
-    data_dir = tmp_path / "genq-data"
+def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(
+    tmp_path: Path, clean_data_dir: Path
+) -> None:
+    data_dir = clean_data_dir
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "up.log").open("wb")
