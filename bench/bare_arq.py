@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from arq.connections import RedisSettings
 from arq.worker import Worker
 
@@ -68,17 +69,26 @@ def main() -> None:
         if "pool" in ctx:
             await ctx["pool"].close()
 
-    worker = Worker(
-        functions=[noop, sleep, floor],
-        redis_settings=RedisSettings.from_dsn(args.redis_url),
-        queue_name=args.queue,
-        max_jobs=args.max_jobs,
-        poll_delay=args.poll_delay,
-        handle_signals=True,
-        on_startup=startup,
-        on_shutdown=shutdown,
-    )
-    worker.run()
+    async def serve() -> None:
+        # Built and run on the running loop, and on uvloop, as ``genq worker`` is.
+        worker = Worker(
+            functions=[noop, sleep, floor],
+            redis_settings=RedisSettings.from_dsn(args.redis_url),
+            queue_name=args.queue,
+            max_jobs=args.max_jobs,
+            poll_delay=args.poll_delay,
+            handle_signals=True,
+            on_startup=startup,
+            on_shutdown=shutdown,
+        )
+        try:
+            await worker.async_run()
+        except asyncio.CancelledError:
+            pass  # the signal handler cancels the main task: a normal stop
+        finally:
+            await worker.close()
+
+    uvloop.run(serve())
 
 
 if __name__ == "__main__":
