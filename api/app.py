@@ -63,8 +63,14 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # No reset query on release: the API keeps no session state on a connection. It takes
+        # no session advisory locks, never LISTENs, changes settings only with
+        # set_config(..., is_local => true) (gone at commit), and uses no cursors; asyncpg
+        # still rolls back a transaction left open. (The scheduler's pool keeps the reset: it
+        # holds session advisory locks.)
         pool = await create_pool(
-            database_url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size
+            database_url, min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size, reset_on_release=False,
         )
         try:
             redis = await create_arq_pool(redis_url)

@@ -1,14 +1,16 @@
 """The write side of jobs: submit (idempotency record, job row, credit reservation in one
-transaction, then the queue) and cancel (exactly one refund however often it is called)."""
+statement, then the queue) and cancel (exactly one refund however often it is called)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import redis.exceptions
 
 from api.errors import JobNotCancelable, JobNotFound, ValidationFailed
@@ -16,9 +18,14 @@ from api.reads import TERMINAL_STATUSES, load_job
 from api.serialize import job_json
 from api.validation import JobCreate, field_error, request_hash
 from shared import ledger
-from shared.catalog import CatalogModel, get_model
 from shared.db import Connection
-from shared.errors import Conflict, IdempotencyConflict, InsufficientCredits, NotFound
+from shared.errors import (
+    AccountNotFound,
+    Conflict,
+    GenqError,
+    IdempotencyConflict,
+    InsufficientCredits,
+)
 from shared.logging import get_logger
 from shared.queue import enqueue_generation
 from sql import queries
@@ -44,76 +51,79 @@ class Submitted:
     replayed: bool
 
 
-async def _usable_model(conn: Connection, job: JobCreate) -> CatalogModel:
-    try:
-        model = await get_model(conn, job.model)
-    except NotFound:
-        model = None
-    if model is None or not model.enabled:
-        raise ValidationFailed(
+def _submit_error(exc: asyncpg.PostgresError, job: JobCreate) -> GenqError | None:
+    """The domain error for a refusal of genq_submit (by its constraint), or None."""
+    constraint = getattr(exc, "constraint_name", None)
+    detail = getattr(exc, "detail", None)
+    if constraint == "idempotency_keys_request_mismatch":
+        return IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    if constraint == "idempotency_keys_holder_gone":
+        # The holder's row vanished (its job was deleted): rare enough to ask for a new key.
+        return Conflict("this Idempotency-Key cannot be reused; send a new one")
+    if constraint == "genq_submit_model_unknown":
+        return ValidationFailed(
             "unknown model",
             details=[field_error("model", f"no enabled model {job.model!r}; see /v1/models")],
         )
-    if job.num_outputs > model.max_outputs:
-        raise ValidationFailed(
+    if constraint == "genq_submit_too_many_outputs":
+        return ValidationFailed(
             "too many outputs",
             details=[field_error(
-                "num_outputs", f"{job.model} makes at most {model.max_outputs} outputs per job"
+                "num_outputs", f"{job.model} makes at most {detail} outputs per job"
             )],
         )
-    return model
-
-
-async def _claim_key(conn: Connection, ctx: ApiContext, user_id: uuid.UUID, key: str,
-                     digest: str) -> uuid.UUID | None:
-    """None if this request owns the key; the original job's id if it is a replay."""
-    claimed = await conn.fetchval(
-        queries["claim_idempotency_key"], user_id, key, digest, ctx.settings.idempotency_ttl_s
-    )
-    if claimed is not None:
-        return None
-    prior = await conn.fetchrow(queries["get_idempotency_key"], user_id, key)
-    if prior is None or prior["job_id"] is None:
-        # The holder's row vanished (its job was deleted): rare enough to ask for a new key.
-        raise Conflict("this Idempotency-Key cannot be reused; send a new one")
-    if prior["request_hash"] != digest:
-        raise IdempotencyConflict(
-            "this Idempotency-Key was already used with a different request body"
+    if constraint == "credit_accounts_balance_nonnegative":
+        # Nothing was written. Tell the client what it would need.
+        short = json.loads(detail) if detail else {}
+        return InsufficientCredits(
+            "not enough credits for this job",
+            details={"price": short.get("price"), "balance": short.get("balance")},
         )
-    job_id = prior["job_id"]
-    assert isinstance(job_id, uuid.UUID)
-    return job_id
+    if isinstance(exc, asyncpg.NoDataFoundError):
+        return AccountNotFound(str(getattr(exc, "message", exc)))
+    return None
 
 
 async def submit_job(
     ctx: ApiContext, user_id: uuid.UUID, job: JobCreate, key: str | None
 ) -> Submitted:
-    """Accept a job: reserve its price and queue it. Replays return the original job."""
+    """Accept a job: reserve its price and queue it. Replays return the original job.
+
+    The database work is one statement (``genq_submit``, in its own transaction); only the
+    enqueue and its ``enqueued_at`` hint follow it.
+    """
     job_id = uuid.uuid4()
-    digest = request_hash(job)
+    digest = request_hash(job) if key is not None else None
+    settings = ctx.settings
     async with ctx.pool.acquire() as conn:
-        replay_of: uuid.UUID | None = None
-        row: dict[str, Any] | None = None
         try:
-            async with conn.transaction():
-                if key is not None:
-                    replay_of = await _claim_key(conn, ctx, user_id, key, digest)
-                if replay_of is None:
-                    model = await _usable_model(conn, job)
-                    row = await _insert_job(conn, ctx, user_id, job_id, job, model, key)
-        except InsufficientCredits as exc:
-            # Rolled back: nothing was written. Tell the client what it would need.
-            account = await ledger.get_account(conn, user_id)
-            details = exc.details if isinstance(exc.details, dict) else {}
-            raise InsufficientCredits(
-                exc.message, details={**details, "balance": account.balance}
-            ) from exc
-        if row is None:
-            assert replay_of is not None
-            return Submitted(await _replay(ctx, conn, user_id, replay_of), replayed=True)
-        row["enqueued_at"] = await _enqueue(ctx, conn, job_id)
-    log.info("job_accepted", job_id=str(job_id), model=job.model, price=row["reserved"])
-    return Submitted(job_json(row), replayed=False)
+            row = await conn.fetchrow(
+                queries["submit_job"], job_id, user_id, job.model, job.prompt,
+                job.num_outputs, job.params, job.seed, settings.max_attempts, key, digest,
+                float(settings.idempotency_ttl_s), float(settings.reservation_ttl_s),
+            )
+        except (asyncpg.UniqueViolationError, asyncpg.CheckViolationError,
+                asyncpg.NoDataFoundError) as exc:
+            mapped = _submit_error(exc, job)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        assert row is not None
+        if row["replayed"]:
+            return Submitted(await _replay(ctx, conn, user_id, row["job_id"]), replayed=True)
+        enqueued_at = await _enqueue(ctx, conn, job_id)
+    price = row["reserved"]
+    log.info("job_accepted", job_id=str(job_id), model=job.model, price=price)
+    return Submitted(job_json({
+        "id": job_id, "status": "queued", "model": job.model, "prompt": job.prompt,
+        "num_outputs": job.num_outputs, "params": row["params"], "seed": job.seed,
+        "price_per_output": row["price_per_output"], "error_code": None,
+        "error_message": None, "created_at": row["created_at"], "started_at": None,
+        "finished_at": None, "enqueued_at": enqueued_at, "cancel_requested_at": None,
+        "reserved": price, "captured": 0, "refunded": 0,
+    }), replayed=False)
 
 
 async def _replay(
@@ -126,51 +136,6 @@ async def _replay(
         if enqueued_at is not None:
             found["enqueued_at"] = enqueued_at.isoformat()
     return found
-
-
-async def _insert_job(
-    conn: Connection,
-    ctx: ApiContext,
-    user_id: uuid.UUID,
-    job_id: uuid.UUID,
-    job: JobCreate,
-    model: CatalogModel,
-    key: str | None,
-) -> dict[str, Any]:
-    """Reserve the price and insert the queued job (inside the caller's transaction)."""
-    settings = ctx.settings
-    price = model.price_per_output * job.num_outputs
-    reservation_id = None
-    if price > 0:
-        try:
-            reservation = await ledger.reserve(
-                conn,
-                user_id,
-                price,
-                expires_at=datetime.now(UTC) + timedelta(seconds=settings.reservation_ttl_s),
-                idempotency_key=f"job:{job_id}",
-                job_id=job_id,
-            )
-        except InsufficientCredits as exc:
-            raise InsufficientCredits(
-                "not enough credits for this job", details={"price": price}
-            ) from exc
-        reservation_id = reservation.id
-    params = {**model.params, **job.params}
-    inserted = await conn.fetchrow(
-        queries["insert_job"], job_id, user_id, model.key, model.provider, job.prompt,
-        job.num_outputs, params, job.seed, model.price_per_output, reservation_id,
-        settings.max_attempts, key,
-    )
-    assert inserted is not None
-    return {
-        "id": job_id, "status": "queued", "model": model.key, "prompt": job.prompt,
-        "num_outputs": job.num_outputs, "params": params, "seed": job.seed,
-        "price_per_output": model.price_per_output, "error_code": None, "error_message": None,
-        "created_at": inserted["created_at"], "started_at": None, "finished_at": None,
-        "enqueued_at": None, "cancel_requested_at": None,
-        "reserved": price, "captured": 0, "refunded": 0,
-    }
 
 
 async def _enqueue(ctx: ApiContext, conn: Connection, job_id: uuid.UUID) -> datetime | None:

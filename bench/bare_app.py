@@ -1,13 +1,19 @@
-"""The intake baseline: a bare Starlette app with one JSON handler, served by uvicorn exactly as
-``genq api`` serves genq (``api/server.py``): same loop, same HTTP implementation, lifespan on,
-no access log, no server header.
+"""The intake baselines, served by uvicorn exactly as ``genq api`` serves genq
+(``api/server.py``): same loop, same HTTP implementation, lifespan on, no access log, no server
+header.
 
-``python -m bench.bare_app --host H --port P``
+- without ``--database-url``: one JSON handler, the cost of Starlette + uvicorn alone;
+- with it: the intake floor (see ``bench/floor.py``), one autocommit INSERT per request.
+
+``python -m bench.bare_app --host H --port P [--database-url URL --pool-size N]``
 """
 
 from __future__ import annotations
 
 import argparse
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import uvicorn
 from starlette.applications import Starlette
@@ -15,22 +21,48 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bench import floor
+
 
 async def create(request: Request) -> Response:
     """Accept anything: the cost of Starlette + uvicorn alone."""
     return JSONResponse({"id": "bare", "status": "queued"}, status_code=202)
 
 
+def floor_app(database_url: str, pool_size: int) -> Starlette:
+    """The intake floor: one INSERT of the request body per request, nothing else."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.pool = await floor.create_pool(database_url, pool_size)
+        await app.state.pool.execute(floor.CREATE_TABLE)
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    async def insert(request: Request) -> Response:
+        job_id = uuid.uuid4()
+        body = (await request.body()).decode()
+        await request.app.state.pool.execute(floor.INSERT_ROW, job_id, body)
+        return JSONResponse({"id": str(job_id), "status": "queued"}, status_code=202)
+
+    return Starlette(routes=[Route("/v1/jobs", insert, methods=["POST"])], lifespan=lifespan)
+
+
 app = Starlette(routes=[Route("/v1/jobs", create, methods=["POST"])])
 
 
 def main() -> None:
-    """Serve the bare app until interrupted."""
+    """Serve the bare app (or the floor) until interrupted."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--pool-size", type=int, default=10)
     args = parser.parse_args()
-    config = uvicorn.Config(app, host=args.host, port=args.port, lifespan="on",
+    served = app if args.database_url is None else floor_app(args.database_url, args.pool_size)
+    config = uvicorn.Config(served, host=args.host, port=args.port, lifespan="on",
                             log_config=None, access_log=False, server_header=False)
     uvicorn.Server(config).run()
 

@@ -1,18 +1,28 @@
-"""The worker baseline: a bare arq ``Worker`` with one function that does nothing (or sleeps),
-on the same Redis and with the same concurrency and poll delay genq's worker uses.
+"""The worker baselines: a bare arq ``Worker`` on the same Redis and with the same concurrency
+and poll delay genq's worker uses, with
 
-``python -m bench.bare_arq --redis-url URL --queue Q [--max-jobs N] [--poll-delay S]``
-Enqueue ``noop`` (or ``sleep`` with seconds) on queue Q.
+- ``noop``: nothing, what arq itself costs per job; ``sleep``: a slow provider;
+- ``floor`` (with ``--database-url`` and ``--storage-dir``): the worker floor (see
+  ``bench/floor.py``), one small file written and fsynced and one UPDATE per job.
+
+``python -m bench.bare_arq --redis-url URL --queue Q [--max-jobs N] [--poll-delay S]
+[--database-url URL --storage-dir DIR --pool-size N]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import uuid
+from pathlib import Path
 from typing import Any
 
+import uvloop
 from arq.connections import RedisSettings
 from arq.worker import Worker
+
+from bench import floor as floor_db
 
 
 async def noop(ctx: dict[str, Any]) -> None:
@@ -24,6 +34,19 @@ async def sleep(ctx: dict[str, Any], seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+async def floor(ctx: dict[str, Any], row_id: str) -> None:
+    """One durable file (written off the event loop, as genq does) and one UPDATE."""
+    await asyncio.to_thread(_write_synced, ctx["storage_dir"] / f"{row_id}.bin", b"floor")
+    await ctx["pool"].execute(floor_db.MARK_DONE, uuid.UUID(row_id))
+
+
 def main() -> None:
     """Run the worker until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser()
@@ -31,16 +54,41 @@ def main() -> None:
     parser.add_argument("--queue", required=True)
     parser.add_argument("--max-jobs", type=int, default=100)
     parser.add_argument("--poll-delay", type=float, default=0.05)
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--storage-dir", type=Path, default=None)
+    parser.add_argument("--pool-size", type=int, default=10)
     args = parser.parse_args()
-    worker = Worker(
-        functions=[noop, sleep],
-        redis_settings=RedisSettings.from_dsn(args.redis_url),
-        queue_name=args.queue,
-        max_jobs=args.max_jobs,
-        poll_delay=args.poll_delay,
-        handle_signals=True,
-    )
-    worker.run()
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        if args.database_url is not None:
+            ctx["pool"] = await floor_db.create_pool(args.database_url, args.pool_size)
+            ctx["storage_dir"] = args.storage_dir
+            args.storage_dir.mkdir(parents=True, exist_ok=True)
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        if "pool" in ctx:
+            await ctx["pool"].close()
+
+    async def serve() -> None:
+        # Built and run on the running loop, and on uvloop, as ``genq worker`` is.
+        worker = Worker(
+            functions=[noop, sleep, floor],
+            redis_settings=RedisSettings.from_dsn(args.redis_url),
+            queue_name=args.queue,
+            max_jobs=args.max_jobs,
+            poll_delay=args.poll_delay,
+            handle_signals=True,
+            on_startup=startup,
+            on_shutdown=shutdown,
+        )
+        try:
+            await worker.async_run()
+        except asyncio.CancelledError:
+            pass  # the signal handler cancels the main task: a normal stop
+        finally:
+            await worker.close()
+
+    uvloop.run(serve())
 
 
 if __name__ == "__main__":

@@ -227,10 +227,15 @@ class BenchEnv:
         await wait_http(proc, f"{base}/readyz")
         return proc, base
 
-    async def bare_app(self) -> tuple[Proc, str]:
-        """A ready bare Starlette app and its base URL."""
+    async def bare_app(self, *, floor: bool = False) -> tuple[Proc, str]:
+        """A ready bare Starlette app (or, with ``floor``, the intake floor of
+        ``bench/floor.py``, with as many connections as genq's pool) and its base URL."""
         port = free_port()
-        proc = self.spawn("bare-app", ["-m", "bench.bare_app", "--port", str(port)])
+        args = ["-m", "bench.bare_app", "--port", str(port)]
+        if floor:
+            args += ["--database-url", self.database_url,
+                     "--pool-size", str(self.settings.db_pool_max_size)]
+        proc = self.spawn("floor-app" if floor else "bare-app", args)
         base = f"http://127.0.0.1:{port}"
         await wait_http(proc, f"{base}/v1/jobs", method="POST")
         return proc, base
@@ -241,12 +246,17 @@ class BenchEnv:
         await wait_worker(self.r(), proc, queue)
         return proc
 
-    async def bare_worker(self, queue: str, *, max_jobs: int, poll_delay_s: float) -> Proc:
-        """A ready bare arq worker on ``queue``."""
-        proc = self.spawn("bare-arq", [
-            "-m", "bench.bare_arq", "--redis-url", self.redis_url, "--queue", queue,
-            "--max-jobs", str(max_jobs), "--poll-delay", str(poll_delay_s),
-        ])
+    async def bare_worker(self, queue: str, *, max_jobs: int, poll_delay_s: float,
+                          floor: bool = False) -> Proc:
+        """A ready bare arq worker on ``queue`` (with ``floor``, able to run the worker floor
+        of ``bench/floor.py``, with as many connections as genq's pool)."""
+        args = ["-m", "bench.bare_arq", "--redis-url", self.redis_url, "--queue", queue,
+                "--max-jobs", str(max_jobs), "--poll-delay", str(poll_delay_s)]
+        if floor:
+            args += ["--database-url", self.database_url,
+                     "--storage-dir", str((self.storage_dir / "floor").resolve()),
+                     "--pool-size", str(self.settings.db_pool_max_size)]
+        proc = self.spawn("floor-arq" if floor else "bare-arq", args)
         await wait_worker(self.r(), proc, queue)
         return proc
 

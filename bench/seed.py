@@ -57,26 +57,13 @@ async def users(pool: Pool, n: int, credits: int) -> list[NewUser]:
 async def queued_jobs(pool: Pool, user_ids: list[uuid.UUID], n: int,
                       params: dict[str, Any], model: str = "local/sketch") -> list[uuid.UUID]:
     """``n`` queued jobs with their reservations, spread over ``user_ids``, not yet enqueued:
-    the rows the intake writes, with the same queries."""
-    m = await pool.fetchrow(
-        "SELECT key, provider, price_per_output, params FROM models WHERE key = $1", model
-    )
-    assert m is not None
-    merged = {**m["params"], **params}
-
+    the rows the intake writes, with the same query."""
     async def make(i: int) -> uuid.UUID:
         job_id = uuid.uuid4()
-        user_id = user_ids[i % len(user_ids)]
-        async with pool.acquire() as conn, conn.transaction():
-            r = await ledger.reserve(
-                conn, user_id, m["price_per_output"],
-                expires_at=datetime.now(UTC) + timedelta(hours=1),
-                idempotency_key=f"job:{job_id}", job_id=job_id,
-            )
-            await conn.fetchrow(
-                queries["insert_job"], job_id, user_id, m["key"], m["provider"],
-                f"bench prompt {i}", 1, merged, None, m["price_per_output"], r.id, 3, None,
-            )
+        await pool.fetchrow(
+            queries["submit_job"], job_id, user_ids[i % len(user_ids)], model,
+            f"bench prompt {i}", 1, params, None, 3, None, None, 86400.0, 3600.0,
+        )
         return job_id
 
     return await gather_limited(range(n), make)

@@ -47,9 +47,9 @@ def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.main import worker_command
+    from worker.main import run_worker_command
 
-    return asyncio.run(worker_command(settings))
+    return run_worker_command(settings)
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:

@@ -34,8 +34,19 @@ async def _init_connection(conn: Connection) -> None:
         )
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> Pool:
-    """A pool whose connections encode and decode json/jsonb as Python objects."""
+async def _skip_reset(conn: Connection) -> None:
+    """Release without asyncpg's reset query (see :func:`create_pool`)."""
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, reset_on_release: bool = True
+) -> Pool:
+    """A pool whose connections encode and decode json/jsonb as Python objects.
+
+    By default asyncpg resets every connection it takes back (advisory locks, LISTEN, session
+    settings, cursors): one more round trip per use. ``reset_on_release=False`` skips that
+    query, for code that keeps no session state; an open transaction is still rolled back.
+    """
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -43,6 +54,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> Poo
         init=_init_connection,
         # Connections are reused across very different queries; cached plans are fine.
         command_timeout=60,
+        reset=None if reset_on_release else _skip_reset,
     )
     assert pool is not None
     return pool

@@ -83,7 +83,9 @@ def _map_error(exc: asyncpg.PostgresError) -> Exception | None:
     return None
 
 
-async def _fetchrow(db: Executor, query: str, *args: object) -> asyncpg.Record:
+async def fetchrow(db: Executor, query: str, *args: object) -> asyncpg.Record:
+    """One row of a query that runs ledger functions, their refusals raised as domain errors
+    (as every operation here does; for callers that fold a ledger call into their own)."""
     try:
         row = await db.fetchrow(query, *args)
     except asyncpg.NoDataFoundError as exc:
@@ -117,7 +119,7 @@ async def grant(
 ) -> Grant:
     """Add ``amount`` credits to the account. Replaying the key returns the first grant."""
     _check_positive(amount)
-    row = await _fetchrow(db, queries["ledger_grant"], user_id, amount, idempotency_key, reason)
+    row = await fetchrow(db, queries["ledger_grant"], user_id, amount, idempotency_key, reason)
     return Grant(row["entry_id"], row["balance_after"], row["replayed"])
 
 
@@ -135,7 +137,7 @@ async def reserve(
     Raises :class:`InsufficientCredits` (and writes nothing) if the balance is short.
     """
     _check_positive(amount)
-    row = await _fetchrow(
+    row = await fetchrow(
         db, queries["ledger_reserve"], user_id, amount, idempotency_key, job_id, expires_at
     )
     return Reservation(
@@ -147,12 +149,12 @@ async def capture(db: Executor, reservation_id: uuid.UUID, amount: int) -> Settl
     """Capture ``amount`` (0..reserved) of a reservation and refund the rest, at once."""
     if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
         raise InvalidAmount(f"capture amount must be a non-negative integer, got {amount!r}")
-    return _settlement(await _fetchrow(db, queries["ledger_settle"], reservation_id, amount))
+    return _settlement(await fetchrow(db, queries["ledger_settle"], reservation_id, amount))
 
 
 async def refund(db: Executor, reservation_id: uuid.UUID) -> Settlement:
     """Give back the whole reservation."""
-    return _settlement(await _fetchrow(db, queries["ledger_settle"], reservation_id, 0))
+    return _settlement(await fetchrow(db, queries["ledger_settle"], reservation_id, 0))
 
 
 def _settlement(row: asyncpg.Record) -> Settlement:

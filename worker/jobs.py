@@ -94,27 +94,21 @@ async def finalize(
     pool: Pool, settings: Settings, job: ClaimedJob, outcome: Outcome,
     assets: list[StagedAsset],
 ) -> bool:
-    """In ONE transaction: the terminal status, the asset rows, and the settlement.
+    """In ONE statement (one transaction): the terminal status, the asset rows, and the
+    settlement.
 
     Success captures ``len(assets) x price`` and refunds the rest; failure and cancel refund
     all. Returns False (and writes nothing) if this attempt no longer holds the job.
     """
     made = len(assets) if outcome.status == "succeeded" else 0
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            queries["finish_job"], job.id, job.attempt, outcome.status, made,
-            outcome.error_code, outcome.error_message,
-        )
-        if row is None:
-            return False
-        for asset in assets if made else []:
-            await conn.execute(
-                queries["insert_asset"], job.user_id, job.id, asset.index, asset.media.kind,
-                asset.key, asset.size, asset.media.mime, asset.duration_s, asset.width,
-                asset.height, job.seed, job.prompt, job.model, job.params,
-                float(settings.workspace_ttl_s),
-            )
-        if row["reservation_id"] is not None:
-            await ledger.capture(conn, row["reservation_id"], made * row["price_per_output"])
-    return True
-
+    rows = [
+        {"asset_index": a.index, "asset_type": a.media.kind, "temp_storage_path": a.key,
+         "file_size_bytes": a.size, "mime_type": a.media.mime, "duration_seconds": a.duration_s,
+         "width": a.width, "height": a.height}
+        for a in (assets if made else [])
+    ]
+    row = await ledger.fetchrow(
+        pool, queries["finalize_job"], job.id, job.attempt, outcome.status, made,
+        outcome.error_code, outcome.error_message, rows, float(settings.workspace_ttl_s),
+    )
+    return bool(row["held"])

@@ -18,6 +18,7 @@ import contextlib
 import warnings
 from typing import Any
 
+import uvloop
 from arq import Retry
 from arq.worker import Worker, func
 
@@ -145,3 +146,9 @@ async def worker_command(settings: Settings) -> int:
     finally:
         services.stop()
     return 0
+
+
+def run_worker_command(settings: Settings) -> int:
+    """:func:`worker_command` on a uvloop event loop. arq binds to the loop that runs it (the
+    worker is built inside :func:`serve`), so choosing the loop here is enough."""
+    return uvloop.run(worker_command(settings))

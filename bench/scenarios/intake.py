@@ -1,5 +1,7 @@
 """``POST /v1/jobs`` at 64 concurrent keep-alive connections against one ``genq api`` process,
-against a bare Starlette handler under the same uvicorn settings and the same load generator.
+against a bare Starlette handler under the same uvicorn settings and the same load generator,
+and against the intake floor (the bare handler plus exactly one autocommit INSERT with a pool,
+``bench/floor.py``): what any intake that must write to PostgreSQL per request can reach here.
 
 Each connection submits as its own account (64 accounts, a billion credits each), so the
 balance never runs out and accounts do not queue behind each other's row lock (the hot-account
@@ -57,10 +59,16 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     bare = await _measure(app, plan(int(base.rsplit(":", 1)[1]), keys, duration_s))
     env.stop(app)
 
+    app, base = await env.bare_app(floor=True)
+    floor = await _measure(app, plan(int(base.rsplit(":", 1)[1]), keys, duration_s))
+    env.stop(app)
+
+    keep = ("requests", "client_cpu_share", "server_cpu_share")
     notes = {
         "connections": CONNECTIONS, "duration_s": duration_s,
-        "genq": {k: genq[k] for k in ("requests", "client_cpu_share", "server_cpu_share")},
-        "bare": {k: bare[k] for k in ("requests", "client_cpu_share", "server_cpu_share")},
+        "genq": {k: genq[k] for k in keep},
+        "bare": {k: bare[k] for k in keep},
+        "floor": {k: floor[k] for k in keep},
     }
     return [
         Row("intake", "intake: POST /v1/jobs at 64 connections", genq["rps"], bare["rps"],
@@ -69,4 +77,9 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
             bare["latency_ms"]["p50"], "ms", better="lower"),
         Row("intake", "intake: p99 latency", genq["latency_ms"]["p99"],
             bare["latency_ms"]["p99"], "ms", better="lower"),
+        # The floor in the "genq" column: can any intake that writes to PostgreSQL reach 0.4x?
+        Row("intake", "intake floor (1 PG round trip) vs bare Starlette", floor["rps"],
+            bare["rps"], "req/s"),
+        Row("intake", "intake: genq vs floor (1 PG round trip)", genq["rps"], floor["rps"],
+            "req/s"),
     ]

@@ -1,36 +1,15 @@
 -- The intake API: job submission with Stripe-style idempotency, reads scoped to one user,
 -- cancellation, and workspace assets.
 
--- claim_idempotency_key --
--- Claim an Idempotency-Key for a new job. Returns a row when this request owns the key (new, or
--- the old record is past its TTL); no row when another request holds or already used it. A racer
--- waits here on the primary key until the holder's transaction ends.
--- $1 user_id, $2 key, $3 request_hash, $4 ttl in seconds.
-INSERT INTO idempotency_keys AS k (user_id, key, request_hash)
-VALUES ($1, $2, $3)
-ON CONFLICT (user_id, key) DO UPDATE
-    SET request_hash = excluded.request_hash, job_id = NULL, created_at = now()
-    WHERE k.created_at < now() - make_interval(secs => $4::double precision)
-RETURNING k.key
-
--- get_idempotency_key --
--- $1 user_id, $2 key.
-SELECT request_hash, job_id, created_at FROM idempotency_keys WHERE user_id = $1 AND key = $2
-
--- insert_job --
--- A queued job, linked to its idempotency key when there is one (NULL: nothing to link).
--- $1 id, $2 user_id, $3 model, $4 provider, $5 prompt, $6 num_outputs, $7 params (jsonb),
--- $8 seed, $9 price_per_output, $10 reservation_id, $11 max_attempts, $12 idempotency key.
-WITH job AS (
-    INSERT INTO generation_jobs
-        (id, user_id, model, provider, prompt, num_outputs, params, seed, price_per_output,
-         reservation_id, max_attempts)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-    RETURNING id, created_at
-), link AS (
-    UPDATE idempotency_keys SET job_id = $1 WHERE user_id = $2 AND key = $12
-)
-SELECT id, created_at FROM job
+-- submit_job --
+-- Accept a job in one round trip (genq_submit in 0005_submit.sql): claim the Idempotency-Key
+-- or find the job it made (replayed = true, the other columns NULL), check the model, reserve
+-- the price, insert the queued job. Refusals raise with a named constraint, writing nothing.
+-- $1 job id, $2 user_id, $3 model key, $4 prompt, $5 num_outputs, $6 params (jsonb, merged
+-- over the model's), $7 seed, $8 max_attempts, $9 idempotency key (NULL: none),
+-- $10 request hash (NULL without a key), $11 key TTL seconds, $12 reservation TTL seconds.
+SELECT job_id, replayed, created_at, params, price_per_output, reserved
+FROM genq_submit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 
 -- mark_job_enqueued --
 -- $1 job_id. Only a job still queued: a fast worker may already have claimed it.

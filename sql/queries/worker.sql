@@ -51,25 +51,11 @@ SET provider_prediction_id = $3, updated_at = now()
 WHERE id = $1 AND status = 'running' AND attempt = $2
 RETURNING id
 
--- finish_job --
--- The terminal transition. $1 job_id, $2 attempt, $3 status (succeeded | failed | canceled),
--- $4 outputs_made, $5 error_code (nullable), $6 error_message (nullable).
-UPDATE generation_jobs
-SET status = $3, outputs_made = $4, error_code = $5, error_message = $6,
-    finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-WHERE id = $1 AND status = 'running' AND attempt = $2
-RETURNING id, reservation_id, price_per_output, num_outputs
-
--- insert_asset --
--- One staged output. A replay inserts nothing. $1 user_id, $2 job_id, $3 asset_index,
--- $4 asset_type, $5 temp_storage_path, $6 file_size_bytes, $7 mime_type, $8 duration_seconds,
--- $9 width, $10 height, $11 generation_seed, $12 original_prompt, $13 model_used,
--- $14 generation_settings (jsonb), $15 ttl seconds.
-INSERT INTO workspace_assets (
-    user_id, job_id, asset_index, asset_type, temp_storage_path, file_size_bytes, mime_type,
-    duration_seconds, width, height, generation_seed, original_prompt, model_used,
-    generation_settings, created_at, expires_at
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now(),
-          now() + make_interval(secs => $15))
-ON CONFLICT (user_id, job_id, asset_index) DO NOTHING
+-- finalize_job --
+-- The terminal transition, the asset rows and the settlement in one statement (genq_finalize
+-- in 0006_finalize.sql). held = false: this attempt no longer holds the job; nothing written.
+-- $1 job_id, $2 attempt, $3 status (succeeded | failed | canceled), $4 outputs_made,
+-- $5 error_code (nullable), $6 error_message (nullable), $7 assets (jsonb array, empty unless
+-- succeeded), $8 asset TTL seconds.
+SELECT genq_finalize($1, $2, $3, $4, $5, $6, $7, $8) AS held
 

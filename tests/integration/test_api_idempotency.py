@@ -114,3 +114,31 @@ async def test_a_key_past_its_ttl_can_be_used_again(api: Api) -> None:
     assert "idempotent-replayed" not in other.headers
     assert other.json()["id"] != first.json()["id"]
     assert await api.balance(user) == (7, 3)
+
+
+async def test_a_key_whose_job_is_gone_is_409_and_writes_nothing(api: Api) -> None:
+    # A live key record that no longer points at a job (its holder's job was removed).
+    user = await api.user(credits=10)
+    await api.pool.execute(
+        "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, 'orphan', 'x')",
+        user.id,
+    )
+    r = await api.client.post("/v1/jobs", json=JOB,
+                              headers={**user.headers, "Idempotency-Key": "orphan"})
+    assert r.status_code == 409
+    assert r.json()["error"]["code"] == "conflict"
+    assert await api.balance(user) == (10, 0)
+    assert await api.pool.fetchval("SELECT count(*) FROM generation_jobs") == 0
+
+
+async def test_refused_submit_does_not_use_up_the_key(api: Api) -> None:
+    user = await api.user(credits=10)
+    headers = {**user.headers, "Idempotency-Key": "retry-me"}
+    r = await api.client.post("/v1/jobs", json={**JOB, "num_outputs": 99}, headers=headers)
+    assert r.status_code == 422
+    assert r.json()["error"]["details"] == [
+        {"field": "num_outputs", "message": "local/sketch makes at most 8 outputs per job"}
+    ]
+    assert await api.pool.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+    ok = await api.client.post("/v1/jobs", json=JOB, headers=headers)
+    assert ok.status_code == 202 and "idempotent-replayed" not in ok.headers

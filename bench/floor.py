@@ -1,0 +1,41 @@
+"""The floors: what any design that writes to PostgreSQL (and durable storage) once per job
+can reach on this machine, with nothing of genq in it.
+
+- intake floor: a bare Starlette handler that does exactly one asyncpg round trip per request
+  (one autocommit INSERT of the request body), served like the bare app.
+- worker floor: a bare arq function that writes and fsyncs one small file and then does one
+  autocommit UPDATE per job.
+
+Both use a pool whose connections are not reset on release, so a request or job costs exactly
+one round trip (asyncpg's default reset is a second one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+TABLE = "bench_floor"
+
+CREATE_TABLE = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    id          uuid PRIMARY KEY,
+    body        text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    done_at     timestamptz
+)
+"""
+INSERT_ROW = f"INSERT INTO {TABLE} (id, body) VALUES ($1, $2)"
+MARK_DONE = f"UPDATE {TABLE} SET done_at = now() WHERE id = $1"
+
+
+async def _no_reset(conn: Any) -> None:
+    """Nothing: the floors keep no session state, so there is nothing to reset."""
+
+
+async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool[asyncpg.Record]:
+    """A pool of ``max_size`` connections that costs no round trip on release."""
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=max_size, reset=_no_reset)
+    assert pool is not None
+    return pool
