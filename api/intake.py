@@ -18,7 +18,6 @@ from api.reads import TERMINAL_STATUSES, load_job
 from api.serialize import job_json
 from api.validation import JobCreate, field_error, request_hash
 from shared import ledger
-from shared.db import Connection
 from shared.errors import (
     AccountNotFound,
     Conflict,
@@ -111,9 +110,12 @@ async def submit_job(
                 raise
             raise mapped from exc
         assert row is not None
-        if row["replayed"]:
-            return Submitted(await _replay(ctx, conn, user_id, row["job_id"]), replayed=True)
-        enqueued_at = await _enqueue(ctx, conn, job_id)
+        replayed = await load_job(conn, user_id, row["job_id"]) if row["replayed"] else None
+    # Every enqueue happens with the connection back in the pool: holding one across the Redis
+    # round trip (and the second connection _enqueue takes) could exhaust the pool under load.
+    if replayed is not None:
+        return Submitted(await _enqueue_replay(ctx, replayed), replayed=True)
+    enqueued_at = await _enqueue(ctx, job_id)
     price = row["reserved"]
     log.info("job_accepted", job_id=str(job_id), model=job.model, price=price)
     return Submitted(job_json({
@@ -126,19 +128,16 @@ async def submit_job(
     }), replayed=False)
 
 
-async def _replay(
-    ctx: ApiContext, conn: Connection, user_id: uuid.UUID, job_id: uuid.UUID
-) -> dict[str, Any]:
+async def _enqueue_replay(ctx: ApiContext, found: dict[str, Any]) -> dict[str, Any]:
     """The original job of a replayed request, enqueued again if Redis missed it first."""
-    found = await load_job(conn, user_id, job_id)
     if found["status"] == "queued" and found["enqueued_at"] is None:
-        enqueued_at = await _enqueue(ctx, conn, job_id)
+        enqueued_at = await _enqueue(ctx, uuid.UUID(found["id"]))
         if enqueued_at is not None:
             found["enqueued_at"] = enqueued_at.isoformat()
     return found
 
 
-async def _enqueue(ctx: ApiContext, conn: Connection, job_id: uuid.UUID) -> datetime | None:
+async def _enqueue(ctx: ApiContext, job_id: uuid.UUID) -> datetime | None:
     """Put a committed job on the arq queue and record when; None if Redis is unavailable."""
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
@@ -146,7 +145,7 @@ async def _enqueue(ctx: ApiContext, conn: Connection, job_id: uuid.UUID) -> date
     except _ENQUEUE_ERRORS as exc:
         log.warning("enqueue_failed", job_id=str(job_id), error=repr(exc))
         return None
-    enqueued_at = await conn.fetchval(queries["mark_job_enqueued"], job_id)
+    enqueued_at = await ctx.pool.fetchval(queries["mark_job_enqueued"], job_id)
     assert enqueued_at is None or isinstance(enqueued_at, datetime)
     return enqueued_at
 

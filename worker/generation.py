@@ -57,6 +57,12 @@ class JobRetry(GenqError):
         self.defer_s = defer_s
 
 
+class UnknownModel(NotFound):
+    """The job's model is no longer in the catalog."""
+
+    code = "unknown_model"
+
+
 class LeaseLost(GenqError):
     """Another attempt took the job over; this one must stop without writing."""
 
@@ -138,7 +144,7 @@ class _Run:
     async def _work(self, provider: Provider) -> tuple[Outcome, list[StagedAsset]]:
         job = self.job
         if job.model_ref is None or job.model_timeout_s is None:
-            raise NotFound(f"no model {job.model!r}")
+            raise UnknownModel(f"no model {job.model!r}")
         timeout_s = job.model_timeout_s
         request = GenerationRequest(
             job_id=job.id, model_key=job.model, ref=job.model_ref, prompt=job.prompt,
@@ -245,8 +251,10 @@ class _Run:
     async def _unexpected(self, exc: BaseException) -> str:
         log.error("job_error", error=str(exc), error_type=type(exc).__name__, exc_info=exc)
         job = self.job
-        if isinstance(exc, NotFound):
-            return await self._finish(Outcome("failed", "unknown_model", exc.message))
+        # Only a missing model is permanent; any other NotFound (an account or reservation
+        # gone missing) is unexpected and goes through the retry path below.
+        if isinstance(exc, UnknownModel):
+            return await self._finish(Outcome("failed", exc.code, exc.message))
         if job.attempt < job.max_attempts:
             await self._hand_back("error")
             s = self.wc.settings

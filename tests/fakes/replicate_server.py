@@ -231,7 +231,10 @@ class FakeReplicate:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        # loop="asyncio": with uvloop installed, uvicorn's "auto" would set a process-wide uvloop
+        # policy from this thread under the test's own asyncio loop; a cancelled client request
+        # then took the full 30 s read timeout to unwind.
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", loop="asyncio")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
