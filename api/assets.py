@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import authenticate
-from api.context import context
+from api.context import ApiContext, context
 from api.errors import AssetNotFound, ValidationFailed
 from api.pagination import decode_time_cursor, parse_limit
 from api.reads import list_assets, load_asset, parse_id
@@ -46,15 +46,21 @@ async def get_assets(request: Request) -> Response:
     return JSONResponse({"data": data, "next_cursor": next_cursor})
 
 
-async def get_asset(request: Request) -> Response:
-    """GET /v1/assets/{asset_id}."""
+async def _path_asset(request: Request) -> tuple[ApiContext, Any]:
+    """The caller's asset named by ``{asset_id}``; 404 for a malformed id or another user's."""
     ctx = context(request)
     user_id = await authenticate(ctx, request)
     asset_id = parse_id(request.path_params["asset_id"])
     if asset_id is None:
         raise AssetNotFound(f"no asset {request.path_params['asset_id']}")
     async with ctx.pool.acquire() as conn:
-        return JSONResponse(asset_json(await load_asset(conn, user_id, asset_id)))
+        return ctx, await load_asset(conn, user_id, asset_id)
+
+
+async def get_asset(request: Request) -> Response:
+    """GET /v1/assets/{asset_id}."""
+    _, row = await _path_asset(request)
+    return JSONResponse(asset_json(row))
 
 
 async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
@@ -67,13 +73,8 @@ async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
 
 async def get_asset_content(request: Request) -> Response:
     """GET /v1/assets/{asset_id}/content: the bytes, streamed, with the stored MIME type."""
-    ctx = context(request)
-    user_id = await authenticate(ctx, request)
-    asset_id = parse_id(request.path_params["asset_id"])
-    if asset_id is None:
-        raise AssetNotFound(f"no asset {request.path_params['asset_id']}")
-    async with ctx.pool.acquire() as conn:
-        row = await load_asset(conn, user_id, asset_id)
+    ctx, row = await _path_asset(request)
+    asset_id = row["id"]
     try:
         # Opened before answering: a cleanup that unlinks the file now cannot cut the stream.
         handle = await asyncio.to_thread(ctx.storage.open, row["temp_storage_path"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
@@ -102,7 +102,3 @@ async def migrate(conn: Connection) -> list[str]:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
     return applied
 
-
-def record_to_dict(record: Any) -> dict[str, Any]:
-    """A plain dict of an asyncpg Record (or None passthrough for callers that check)."""
-    return dict(record.items())

@@ -18,9 +18,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from arq.connections import ArqRedis
 
 from shared.db import Pool, create_pool
 from shared.embedded import Services, ensure_services
+from shared.queue import create_arq_pool
 from shared.services import prepare_database
 from shared.settings import Settings, load_settings
 
@@ -131,6 +133,14 @@ async def redis_client(services: Services) -> AsyncIterator[aioredis.Redis]:
     client: aioredis.Redis = aioredis.from_url(services.redis_url)  # type: ignore[no-untyped-call]
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def arq_redis(services: Services) -> AsyncIterator[ArqRedis]:
+    """An arq pool on the session's Redis."""
+    redis = await create_arq_pool(services.redis_url)
+    yield redis
+    await redis.aclose(close_connection_pool=True)
 
 
 @pytest.fixture

@@ -4,10 +4,6 @@
 -- $1 email. Returns the new row; fails on users_email_key if the email is taken.
 INSERT INTO users (email) VALUES ($1) RETURNING id, email, created_at
 
--- get_user --
--- $1 user_id.
-SELECT id, email, created_at FROM users WHERE id = $1
-
 -- create_api_key --
 -- $1 user_id, $2 prefix shown to the user, $3 sha256 of the key.
 INSERT INTO api_keys (user_id, prefix, key_hash) VALUES ($1, $2, $3) RETURNING id, prefix, created_at

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from shared.db import Pool
-from shared.queue import create_arq_pool, enqueue_generation
+from shared.queue import enqueue_generation
 from shared.settings import Settings
 from tests.factories import (
     add_models,
@@ -48,14 +48,6 @@ def fake() -> Iterator[FakeReplicate]:
     server.add_file("a.png", png(40, 30))
     yield server
     server.stop()
-
-
-@pytest.fixture
-async def arq_redis(settings: Settings) -> AsyncIterator[ArqRedis]:
-    assert settings.redis_url is not None
-    redis = await create_arq_pool(settings.redis_url)
-    yield redis
-    await redis.aclose(close_connection_pool=True)
 
 
 class WorkerProcess:

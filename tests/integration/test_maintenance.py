@@ -6,7 +6,6 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,11 @@ from arq.connections import ArqRedis
 
 from shared import ledger
 from shared.db import Pool, create_pool
-from shared.queue import create_arq_pool
 from shared.settings import Settings
 from shared.storage import LocalStorage, asset_key
 from tests.factories import files_on_disk, funded_user, queued_job, stored_assets
 from worker import maintenance
 from worker.scheduler import POOL_MAX_SIZE, TASKS, exclusive, run_task
-
-
-@pytest.fixture
-async def arq_redis(settings: Settings) -> AsyncIterator[ArqRedis]:
-    assert settings.redis_url is not None
-    pool = await create_arq_pool(settings.redis_url)
-    yield pool
-    await pool.aclose()
 
 
 def _storage(tmp_path: Path) -> LocalStorage:

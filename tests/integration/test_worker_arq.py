@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import Job
 from arq.worker import Worker
 
 from shared.db import Pool
-from shared.queue import GENERATION_FUNCTION, create_arq_pool, enqueue_generation
+from shared.queue import GENERATION_FUNCTION, enqueue_generation
 from shared.settings import Settings
 from tests.factories import assert_invariants, create_job, job_row
 from worker.main import close_worker, job_timeout_s, worker_options
-
-
-@pytest.fixture
-async def arq_redis(settings: Settings) -> AsyncIterator[ArqRedis]:
-    assert settings.redis_url is not None
-    redis = await create_arq_pool(settings.redis_url)
-    yield redis
-    await redis.aclose(close_connection_pool=True)
 
 
 async def _burst(settings: Settings) -> Worker:
