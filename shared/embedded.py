@@ -160,6 +160,30 @@ class EmbeddedPostgres:
             digest = hashlib.sha256(str(self.socket_dir).encode()).hexdigest()[:12]
             self.socket_dir = Path(tempfile.gettempdir()) / f"genq-pgsock-{digest}"
 
+    def _reachable(self, bin_dir: Path) -> Path:
+        """``bin_dir``, or a copy of its install the unprivileged user can execute.
+
+        As root with the virtualenv under a folder others cannot enter (``/root``, a 0700 temp
+        folder), ``nobody`` cannot run the bundled binaries; the install (about 40 MB) is copied
+        once to a stable place it can reach, rather than loosening the user's folders.
+        """
+        if self.run_as is None or _traversable_by_others(bin_dir):
+            return bin_dir
+        install = bin_dir.parent
+        digest = hashlib.sha256(str(install).encode()).hexdigest()[:12]
+        target = Path(tempfile.gettempdir()) / f"genq-pginstall-{digest}"
+        if not (target / "bin" / "postgres").exists():
+            partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(install, partial, symlinks=True)
+            partial.chmod(0o755)
+            try:
+                partial.rename(target)
+            except OSError:
+                # Another process copied it first.
+                shutil.rmtree(partial, ignore_errors=True)
+        return target / "bin"
+
     def _run(self, args: list[str]) -> None:
         kwargs: dict[str, object] = {}
         if self.run_as is not None:
@@ -192,7 +216,7 @@ class EmbeddedPostgres:
 
     def start(self) -> EmbeddedServer:
         """Start the cluster (initializing it the first time), or attach to the running one."""
-        bin_dir = postgres_bin_dir()
+        bin_dir = self._reachable(postgres_bin_dir())
         self.root.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.root / "start.lock"):
             running = self._running()
