@@ -170,19 +170,28 @@ class EmbeddedPostgres:
         if self.run_as is None or _traversable_by_others(bin_dir):
             return bin_dir
         install = bin_dir.parent
+        # The binaries find their libraries through an RPATH into the wheel's
+        # ``<package>.libs`` folder in site-packages: copy both, keeping their relative layout.
+        site = install.parent.parent
+        parts = [install, site / f"{install.parent.name}.libs"]
         digest = hashlib.sha256(str(install).encode()).hexdigest()[:12]
         target = Path(tempfile.gettempdir()) / f"genq-pginstall-{digest}"
-        if not (target / "bin" / "postgres").exists():
+        copied_bin = target / install.relative_to(site) / "bin"
+        if not (copied_bin / "postgres").exists():
             partial = target.with_name(f"{target.name}.{os.getpid()}.part")
             shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(install, partial, symlinks=True)
-            partial.chmod(0o755)
+            for part in parts:
+                if part.exists():
+                    shutil.copytree(part, partial / part.relative_to(site), symlinks=True)
+            for folder in [partial, *partial.rglob("*")]:
+                if folder.is_dir():
+                    folder.chmod(0o755)
             try:
                 partial.rename(target)
             except OSError:
                 # Another process copied it first.
                 shutil.rmtree(partial, ignore_errors=True)
-        return target / "bin"
+        return copied_bin
 
     def _run(self, args: list[str]) -> None:
         kwargs: dict[str, object] = {}
