@@ -18,6 +18,7 @@ from api import assets, catalog, credits, health, jobs
 from api.auth import ApiKeyCache
 from api.context import ApiContext
 from api.errors import exception_handlers
+from api.intake import IntakeBatches
 from api.middleware import RequestContextMiddleware
 from api.openapi import build_openapi, openapi_endpoint
 from shared.db import create_pool
@@ -74,12 +75,14 @@ def create_app(settings: Settings) -> Starlette:
         )
         try:
             redis = await create_arq_pool(redis_url)
+            batches = IntakeBatches(pool, redis, settings)
             try:
-                ctx.attach(pool, redis)
+                ctx.attach(pool, redis, batches)
                 log.info("api_started", queue=settings.queue_name)
                 yield
             finally:
                 ctx.detach()
+                await batches.drain()
                 await redis.aclose()
         finally:
             await pool.close()

@@ -13,6 +13,7 @@ from shared.storage import LocalStorage
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
+    from api.intake import IntakeBatches
     from shared.db import Pool
     from shared.settings import Settings
 
@@ -26,14 +27,15 @@ class ApiContext:
     keys: ApiKeyCache
     _pool: Pool | None = field(default=None, repr=False)
     _redis: ArqRedis | None = field(default=None, repr=False)
+    _batches: IntakeBatches | None = field(default=None, repr=False)
 
-    def attach(self, pool: Pool, redis: ArqRedis) -> None:
+    def attach(self, pool: Pool, redis: ArqRedis, batches: IntakeBatches) -> None:
         """Use these connections (called by the lifespan once both are open)."""
-        self._pool, self._redis = pool, redis
+        self._pool, self._redis, self._batches = pool, redis, batches
 
     def detach(self) -> None:
         """Forget the connections (the lifespan closes them)."""
-        self._pool = self._redis = None
+        self._pool = self._redis = self._batches = None
 
     @property
     def pool(self) -> Pool:
@@ -48,6 +50,14 @@ class ApiContext:
         if self._redis is None:
             raise RuntimeError("the Redis pool is not open: is the lifespan running?")
         return self._redis
+
+
+    @property
+    def batches(self) -> IntakeBatches:
+        """The intake's group commit (open between lifespan startup and shutdown)."""
+        if self._batches is None:
+            raise RuntimeError("the intake batches are not open: is the lifespan running?")
+        return self._batches
 
 
 def context(request: Request) -> ApiContext:

@@ -18,6 +18,7 @@ from api.reads import TERMINAL_STATUSES, load_job
 from api.serialize import job_json
 from api.validation import JobCreate, field_error, request_hash
 from shared import ledger
+from shared.batch import Batcher
 from shared.errors import (
     AccountNotFound,
     Conflict,
@@ -26,11 +27,15 @@ from shared.errors import (
     InsufficientCredits,
 )
 from shared.logging import get_logger
-from shared.queue import enqueue_generation
+from shared.queue import enqueue_generations
 from sql import queries
 
 if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
     from api.context import ApiContext
+    from shared.db import Pool
+    from shared.settings import Settings
 
 log = get_logger(__name__)
 
@@ -50,10 +55,49 @@ class Submitted:
     replayed: bool
 
 
-def _submit_error(exc: asyncpg.PostgresError, job: JobCreate) -> GenqError | None:
+# Group commit (shared/batch.py): concurrent submissions share one genq_submit_batch call, and
+# concurrent enqueues one Redis pipeline and one UPDATE. A batch is one transaction and one
+# subtransaction per item; PostgreSQL keeps 64 subtransactions per backend in shared memory
+# before it spills, so batches stay below that.
+SUBMIT_BATCH = 32
+SUBMIT_FLUSHES = 8
+ENQUEUE_BATCH = 64
+ENQUEUE_FLUSHES = 2
+# A lone submission that still meets a deadlock (see 0007_submit_batch.sql) tries again.
+_DEADLOCK_TRIES = 3
+
+
+@dataclass(frozen=True)
+class SubmitItem:
+    """One submission waiting for its batch."""
+
+    job_id: uuid.UUID
+    user_id: uuid.UUID
+    job: JobCreate
+    key: str | None
+    digest: str | None
+
+    def payload(self, item: int) -> dict[str, Any]:
+        """Its entry in genq_submit_batch's items."""
+        job = self.job
+        return {"item": item, "job": str(self.job_id), "user_id": str(self.user_id),
+                "model": job.model, "prompt": job.prompt, "num_outputs": job.num_outputs,
+                "params": job.params, "seed": job.seed, "key": self.key,
+                "request_hash": self.digest}
+
+
+class SubmitRefused(Exception):
+    """genq_submit refused one item: its SQLSTATE, named constraint, detail and message."""
+
+    def __init__(self, state: str, constraint: str | None, detail: str | None,
+                 message: str) -> None:
+        super().__init__(message)
+        self.state, self.constraint, self.detail = state, constraint, detail
+
+
+def _submit_error(refused: SubmitRefused, job: JobCreate) -> GenqError | None:
     """The domain error for a refusal of genq_submit (by its constraint), or None."""
-    constraint = getattr(exc, "constraint_name", None)
-    detail = getattr(exc, "detail", None)
+    constraint, detail = refused.constraint, refused.detail
     if constraint == "idempotency_keys_request_mismatch":
         return IdempotencyConflict(
             "this Idempotency-Key was already used with a different request body"
@@ -80,9 +124,80 @@ def _submit_error(exc: asyncpg.PostgresError, job: JobCreate) -> GenqError | Non
             "not enough credits for this job",
             details={"price": short.get("price"), "balance": short.get("balance")},
         )
-    if isinstance(exc, asyncpg.NoDataFoundError):
-        return AccountNotFound(str(getattr(exc, "message", exc)))
+    if refused.state == NO_DATA_FOUND:
+        return AccountNotFound(str(refused))
     return None
+
+
+NO_DATA_FOUND = "P0002"
+
+
+class IntakeBatches:
+    """The intake's group commit: one per app, opened with its pools."""
+
+    def __init__(self, pool: Pool, redis: ArqRedis, settings: Settings) -> None:
+        self.pool, self.redis, self.settings = pool, redis, settings
+        self.submit: Batcher[SubmitItem, asyncpg.Record] = Batcher(
+            self.submit_many, max_batch=SUBMIT_BATCH, max_flushes=SUBMIT_FLUSHES
+        )
+        self.enqueue: Batcher[uuid.UUID, datetime | None] = Batcher(
+            self._enqueue, max_batch=ENQUEUE_BATCH, max_flushes=ENQUEUE_FLUSHES
+        )
+
+    async def drain(self) -> None:
+        """Let started batches finish (before the pools close)."""
+        await self.submit.drain()
+        await self.enqueue.drain()
+
+    async def submit_many(
+        self, items: list[SubmitItem]
+    ) -> list[asyncpg.Record | BaseException]:
+        """One genq_submit_batch call: a row per accepted or replayed item, a
+        :class:`SubmitRefused` per refused one, in the order of ``items``."""
+        s = self.settings
+        try:
+            rows = await self.pool.fetch(
+                queries["submit_jobs"], [it.payload(i) for i, it in enumerate(items)],
+                s.max_attempts, float(s.idempotency_ttl_s), float(s.reservation_ttl_s),
+            )
+        except asyncpg.DeadlockDetectedError:
+            # The whole batch rolled back. Its items go again one by one, each in its own
+            # transaction, as concurrently as the pool allows.
+            log.warning("submit_batch_deadlock", items=len(items))
+            return list(await asyncio.gather(*(self._submit_alone(it) for it in items),
+                                             return_exceptions=True))
+        by_item = {row["item"]: row for row in rows}
+        results: list[asyncpg.Record | BaseException] = []
+        for i in range(len(items)):
+            row = by_item[i]
+            if row["error_state"] is None:
+                results.append(row)
+            else:
+                results.append(SubmitRefused(row["error_state"], row["error_constraint"],
+                                             row["error_detail"], row["error_message"]))
+        return results
+
+    async def _submit_alone(self, item: SubmitItem) -> asyncpg.Record | BaseException:
+        for attempt in range(1, _DEADLOCK_TRIES + 1):
+            try:
+                return (await self.submit_many([item]))[0]
+            except asyncpg.DeadlockDetectedError:
+                if attempt == _DEADLOCK_TRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _enqueue(self, job_ids: list[uuid.UUID]) -> list[datetime | None]:
+        """Put committed jobs on the arq queue and record when; None for all if Redis is
+        unavailable (the sweeper enqueues them later)."""
+        try:
+            async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
+                await enqueue_generations(self.redis, self.settings.queue_name, job_ids)
+        except _ENQUEUE_ERRORS as exc:
+            log.warning("enqueue_failed", jobs=[str(j) for j in job_ids], error=repr(exc))
+            return [None] * len(job_ids)
+        rows = await self.pool.fetch(queries["mark_jobs_enqueued"], job_ids)
+        marked: dict[uuid.UUID, datetime] = {row["id"]: row["enqueued_at"] for row in rows}
+        return [marked.get(job_id) for job_id in job_ids]
 
 
 async def submit_job(
@@ -90,32 +205,23 @@ async def submit_job(
 ) -> Submitted:
     """Accept a job: reserve its price and queue it. Replays return the original job.
 
-    The database work is one statement (``genq_submit``, in its own transaction); only the
+    The database work is one statement (``genq_submit``, in its batch's transaction); only the
     enqueue and its ``enqueued_at`` hint follow it.
     """
     job_id = uuid.uuid4()
     digest = request_hash(job) if key is not None else None
-    settings = ctx.settings
-    async with ctx.pool.acquire() as conn:
-        try:
-            row = await conn.fetchrow(
-                queries["submit_job"], job_id, user_id, job.model, job.prompt,
-                job.num_outputs, job.params, job.seed, settings.max_attempts, key, digest,
-                float(settings.idempotency_ttl_s), float(settings.reservation_ttl_s),
-            )
-        except (asyncpg.UniqueViolationError, asyncpg.CheckViolationError,
-                asyncpg.NoDataFoundError) as exc:
-            mapped = _submit_error(exc, job)
-            if mapped is None:
-                raise
-            raise mapped from exc
-        assert row is not None
-        replayed = await load_job(conn, user_id, row["job_id"]) if row["replayed"] else None
-    # Every enqueue happens with the connection back in the pool: holding one across the Redis
-    # round trip (and the second connection _enqueue takes) could exhaust the pool under load.
-    if replayed is not None:
+    try:
+        row = await ctx.batches.submit(SubmitItem(job_id, user_id, job, key, digest))
+    except SubmitRefused as exc:
+        mapped = _submit_error(exc, job)
+        if mapped is None:
+            raise
+        raise mapped from exc
+    if row["replayed"]:
+        async with ctx.pool.acquire() as conn:
+            replayed = await load_job(conn, user_id, row["job_id"])
         return Submitted(await _enqueue_replay(ctx, replayed), replayed=True)
-    enqueued_at = await _enqueue(ctx, job_id)
+    enqueued_at = await ctx.batches.enqueue(job_id)
     price = row["reserved"]
     log.info("job_accepted", job_id=str(job_id), model=job.model, price=price)
     return Submitted(job_json({
@@ -131,23 +237,10 @@ async def submit_job(
 async def _enqueue_replay(ctx: ApiContext, found: dict[str, Any]) -> dict[str, Any]:
     """The original job of a replayed request, enqueued again if Redis missed it first."""
     if found["status"] == "queued" and found["enqueued_at"] is None:
-        enqueued_at = await _enqueue(ctx, uuid.UUID(found["id"]))
+        enqueued_at = await ctx.batches.enqueue(uuid.UUID(found["id"]))
         if enqueued_at is not None:
             found["enqueued_at"] = enqueued_at.isoformat()
     return found
-
-
-async def _enqueue(ctx: ApiContext, job_id: uuid.UUID) -> datetime | None:
-    """Put a committed job on the arq queue and record when; None if Redis is unavailable."""
-    try:
-        async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
-            await enqueue_generation(ctx.redis, ctx.settings.queue_name, job_id)
-    except _ENQUEUE_ERRORS as exc:
-        log.warning("enqueue_failed", job_id=str(job_id), error=repr(exc))
-        return None
-    enqueued_at = await ctx.pool.fetchval(queries["mark_job_enqueued"], job_id)
-    assert enqueued_at is None or isinstance(enqueued_at, datetime)
-    return enqueued_at
 
 
 async def cancel_job(

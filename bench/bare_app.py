@@ -29,13 +29,15 @@ async def create(request: Request) -> Response:
     return JSONResponse({"id": "bare", "status": "queued"}, status_code=202)
 
 
-def floor_app(database_url: str, pool_size: int) -> Starlette:
-    """The intake floor: one INSERT of the request body per request, nothing else."""
+def floor_app(database_url: str, pool_size: int, group_commit: bool = False) -> Starlette:
+    """The intake floor: one INSERT of the request body per request, nothing else (with
+    ``group_commit``, concurrent requests share one multi-row INSERT)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.pool = await floor.create_pool(database_url, pool_size)
         await app.state.pool.execute(floor.CREATE_TABLE)
+        app.state.insert = floor.group_commit(app.state.pool, floor.INSERT_ROWS)
         try:
             yield
         finally:
@@ -44,7 +46,10 @@ def floor_app(database_url: str, pool_size: int) -> Starlette:
     async def insert(request: Request) -> Response:
         job_id = uuid.uuid4()
         body = (await request.body()).decode()
-        await request.app.state.pool.execute(floor.INSERT_ROW, job_id, body)
+        if group_commit:
+            await request.app.state.insert((job_id, body))
+        else:
+            await request.app.state.pool.execute(floor.INSERT_ROW, job_id, body)
         return JSONResponse({"id": str(job_id), "status": "queued"}, status_code=202)
 
     return Starlette(routes=[Route("/v1/jobs", insert, methods=["POST"])], lifespan=lifespan)
@@ -60,8 +65,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--pool-size", type=int, default=10)
+    parser.add_argument("--group-commit", action="store_true")
     args = parser.parse_args()
-    served = app if args.database_url is None else floor_app(args.database_url, args.pool_size)
+    served = app if args.database_url is None else floor_app(
+        args.database_url, args.pool_size, args.group_commit
+    )
     config = uvicorn.Config(served, host=args.host, port=args.port, lifespan="on",
                             log_config=None, access_log=False, server_header=False)
     uvicorn.Server(config).run()

@@ -47,6 +47,22 @@ async def floor(ctx: dict[str, Any], row_id: str) -> None:
     await ctx["pool"].execute(floor_db.MARK_DONE, uuid.UUID(row_id))
 
 
+async def floor_file(ctx: dict[str, Any], row_id: str) -> None:
+    """One durable file only."""
+    await asyncio.to_thread(_write_synced, ctx["storage_dir"] / f"{row_id}.bin", b"floor")
+
+
+async def floor_update(ctx: dict[str, Any], row_id: str) -> None:
+    """One UPDATE only."""
+    await ctx["pool"].execute(floor_db.MARK_DONE, uuid.UUID(row_id))
+
+
+async def floor_grouped(ctx: dict[str, Any], row_id: str) -> None:
+    """One durable file and one UPDATE, group-committed with the other running jobs'."""
+    await asyncio.to_thread(_write_synced, ctx["storage_dir"] / f"{row_id}.bin", b"floor")
+    await ctx["mark_done"]((uuid.UUID(row_id),))
+
+
 def main() -> None:
     """Run the worker until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser()
@@ -63,6 +79,7 @@ def main() -> None:
         if args.database_url is not None:
             ctx["pool"] = await floor_db.create_pool(args.database_url, args.pool_size)
             ctx["storage_dir"] = args.storage_dir
+            ctx["mark_done"] = floor_db.group_commit(ctx["pool"], floor_db.MARK_DONE_MANY)
             args.storage_dir.mkdir(parents=True, exist_ok=True)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
@@ -72,7 +89,7 @@ def main() -> None:
     async def serve() -> None:
         # Built and run on the running loop, and on uvloop, as ``genq worker`` is.
         worker = Worker(
-            functions=[noop, sleep, floor],
+            functions=[noop, sleep, floor, floor_grouped, floor_file, floor_update],
             redis_settings=RedisSettings.from_dsn(args.redis_url),
             queue_name=args.queue,
             max_jobs=args.max_jobs,

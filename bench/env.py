@@ -227,7 +227,8 @@ class BenchEnv:
         await wait_http(proc, f"{base}/readyz")
         return proc, base
 
-    async def bare_app(self, *, floor: bool = False) -> tuple[Proc, str]:
+    async def bare_app(self, *, floor: bool = False, group_commit: bool = False
+                       ) -> tuple[Proc, str]:
         """A ready bare Starlette app (or, with ``floor``, the intake floor of
         ``bench/floor.py``, with as many connections as genq's pool) and its base URL."""
         port = free_port()
@@ -235,6 +236,8 @@ class BenchEnv:
         if floor:
             args += ["--database-url", self.database_url,
                      "--pool-size", str(self.settings.db_pool_max_size)]
+            if group_commit:
+                args.append("--group-commit")
         proc = self.spawn("floor-app" if floor else "bare-app", args)
         base = f"http://127.0.0.1:{port}"
         await wait_http(proc, f"{base}/v1/jobs", method="POST")

@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from shared.batch import Batcher
+
 TABLE = "bench_floor"
 
 CREATE_TABLE = f"""
@@ -28,6 +30,20 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 """
 INSERT_ROW = f"INSERT INTO {TABLE} (id, body) VALUES ($1, $2)"
 MARK_DONE = f"UPDATE {TABLE} SET done_at = now() WHERE id = $1"
+INSERT_ROWS = f"INSERT INTO {TABLE} (id, body) SELECT * FROM unnest($1::uuid[], $2::text[])"
+MARK_DONE_MANY = f"UPDATE {TABLE} SET done_at = now() WHERE id = ANY($1::uuid[])"
+
+
+def group_commit(pool: Any, statement: str, max_batch: int = 64) -> Batcher[tuple[Any, ...], None]:
+    """Concurrent calls share one execution of ``statement`` (one array per argument
+    position), with genq's own group commit (``shared/batch.py``)."""
+
+    async def flush(calls: list[tuple[Any, ...]]) -> list[None]:
+        columns = [list(col) for col in zip(*calls, strict=True)]
+        await pool.execute(statement, *columns)
+        return [None] * len(calls)
+
+    return Batcher(flush, max_batch=max_batch, max_flushes=2)
 
 
 async def _no_reset(conn: Any) -> None:

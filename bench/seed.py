@@ -15,6 +15,7 @@ from arq.connections import ArqRedis
 from arq.constants import result_key_prefix
 from arq.jobs import Job
 
+from api.intake import SUBMIT_BATCH
 from shared import ledger
 from shared.db import Pool
 from shared.queue import GENERATION_FUNCTION
@@ -58,15 +59,23 @@ async def queued_jobs(pool: Pool, user_ids: list[uuid.UUID], n: int,
                       params: dict[str, Any], model: str = "local/sketch") -> list[uuid.UUID]:
     """``n`` queued jobs with their reservations, spread over ``user_ids``, not yet enqueued:
     the rows the intake writes, with the same query."""
-    async def make(i: int) -> uuid.UUID:
-        job_id = uuid.uuid4()
-        await pool.fetchrow(
-            queries["submit_job"], job_id, user_ids[i % len(user_ids)], model,
-            f"bench prompt {i}", 1, params, None, 3, None, None, 86400.0, 3600.0,
-        )
-        return job_id
+    ids = [uuid.uuid4() for _ in range(n)]
+    items = [
+        {"item": i, "job": str(job_id), "user_id": str(user_ids[i % len(user_ids)]),
+         "model": model, "prompt": f"bench prompt {i}", "num_outputs": 1, "params": params,
+         "seed": None, "key": None, "request_hash": None}
+        for i, job_id in enumerate(ids)
+    ]
+    batches = [items[i:i + SUBMIT_BATCH] for i in range(0, n, SUBMIT_BATCH)]
 
-    return await gather_limited(range(n), make)
+    async def make(batch: list[dict[str, Any]]) -> None:
+        rows = await pool.fetch(queries["submit_jobs"], batch, 3, 86400.0, 3600.0)
+        refused = [r["error_message"] for r in rows if r["error_state"] is not None]
+        if refused:
+            raise RuntimeError(f"seed: submissions refused: {refused[:3]}")
+
+    await gather_limited(batches, make)
+    return ids
 
 
 async def enqueue_at(redis: ArqRedis, queue: str, calls: list[tuple[str, str, tuple[Any, ...]]],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bench import loadgen, seed
+from bench import cpu, loadgen, seed
 from bench.env import BenchEnv, Proc
 from bench.report import Row
 
@@ -36,9 +36,13 @@ def plan(base_port: int, api_keys: list[str], duration_s: float) -> loadgen.Plan
 
 
 async def _measure(proc: Proc, load: loadgen.Plan) -> dict[str, Any]:
-    cpu0 = proc.cpu_s()
+    before = cpu.Snapshot.take()
     result = await loadgen.in_process(load)
-    result["server_cpu_share"] = (proc.cpu_s() - cpu0) / (load.warmup_s + load.duration_s)
+    cores = cpu.cores_used(before, cpu.Snapshot.take(), proc.pid)
+    result["server_cpu_share"] = cores["server"]
+    result["cores"] = cores
+    # CPU per request, in microseconds, by component (the load generator is in "machine").
+    result["cpu_us_per_request"] = {k: v / result["rps"] * 1e6 for k, v in cores.items()}
     bad = {k: v for k, v in result["statuses"].items() if k not in ("200", "202")}
     if bad or result["errors"]:
         raise RuntimeError(f"intake: unexpected answers {bad}, errors {result['errors']}")
@@ -63,7 +67,11 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     floor = await _measure(app, plan(int(base.rsplit(":", 1)[1]), keys, duration_s))
     env.stop(app)
 
-    keep = ("requests", "client_cpu_share", "server_cpu_share")
+    app, base = await env.bare_app(floor=True, group_commit=True)
+    grouped = await _measure(app, plan(int(base.rsplit(":", 1)[1]), keys, duration_s))
+    env.stop(app)
+
+    keep = ("requests", "client_cpu_share", "server_cpu_share", "cores", "cpu_us_per_request")
     notes = {
         "connections": CONNECTIONS, "duration_s": duration_s,
         "genq": {k: genq[k] for k in keep},
@@ -82,4 +90,6 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
             bare["rps"], "req/s"),
         Row("intake", "intake: genq vs floor (1 PG round trip)", genq["rps"], floor["rps"],
             "req/s"),
+        Row("intake", "intake floor, group commit, vs bare Starlette", grouped["rps"],
+            bare["rps"], "req/s"),
     ]

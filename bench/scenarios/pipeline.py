@@ -14,9 +14,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from bench import floor, seed
+from bench import cpu, floor, seed
 from bench.env import BenchEnv
 from bench.report import Row
+
+
+def _per_job(used_s: dict[str, float], jobs: int) -> dict[str, float]:
+    return {name: seconds / jobs * 1e6 for name, seconds in used_s.items()}
 
 
 async def run(env: BenchEnv, quick: bool) -> list[Row]:
@@ -32,7 +36,9 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     worker = await env.genq_worker(queue)
     cpu0 = worker.cpu_s()
     due = await seed.enqueue_at(redis, queue, seed.generation_calls(ids), lead_s)
+    before = cpu.Snapshot.take()
     done = await seed.wait_jobs(pool, ids, timeout_s)
+    genq_used = cpu.cpu_seconds(before, cpu.Snapshot.take(), worker.pid)
     genq_wall = done["last_finished"] - due
     genq_cpu = worker.cpu_s() - cpu0
     env.stop(worker)
@@ -47,7 +53,9 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
         (uuid.uuid4().hex, "noop", ()) for _ in range(n)
     ]
     due = await seed.enqueue_at(redis, bare_queue, calls, lead_s)
+    before = cpu.Snapshot.take()
     bare_done = await seed.wait_arq(redis, bare_queue, [c[0] for c in calls], timeout_s)
+    bare_used = cpu.cpu_seconds(before, cpu.Snapshot.take(), bare.pid)
     bare_wall = bare_done["last_finished"] - due
     bare_cpu = bare.cpu_s() - cpu0
     env.stop(bare)
@@ -64,20 +72,41 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     floor_done = await seed.wait_arq(redis, floor_queue, [c[0] for c in calls], timeout_s)
     floor_wall = floor_done["last_finished"] - due
     floor_cpu = floor_worker.cpu_s() - cpu0
-    env.stop(floor_worker)
     if floor_done["statuses"]["succeeded"] != n:
         raise RuntimeError(f"pipeline: floor jobs failed: {floor_done['statuses']}")
+
+    walls = {}
+    for fn in ("floor_grouped", "floor_file", "floor_update"):
+        rows = [uuid.uuid4() for _ in range(n)]
+        await pool.executemany(floor.INSERT_ROW, [(r, "pipeline") for r in rows])
+        calls = [(str(r), fn, (str(r),)) for r in rows]
+        due = await seed.enqueue_at(redis, floor_queue, calls, lead_s)
+        fdone = await seed.wait_arq(redis, floor_queue, [c[0] for c in calls], timeout_s)
+        walls[fn] = fdone["last_finished"] - due
+        if fdone["statuses"]["succeeded"] != n:
+            raise RuntimeError(f"pipeline: floor jobs failed: {fdone['statuses']}")
+    grouped_wall = walls["floor_grouped"]
+    env.stop(floor_worker)
 
     return [
         Row("pipeline", "pipeline: jobs/s through one worker", n / genq_wall, n / bare_wall,
             "jobs/s", limit=0.6, target=">= 0.6x bare arq",
             notes={"jobs": n, "genq_wall_s": genq_wall, "bare_wall_s": bare_wall,
                    "floor_wall_s": floor_wall, "genq_worker_cpu_s": genq_cpu,
-                   "bare_worker_cpu_s": bare_cpu, "floor_worker_cpu_s": floor_cpu}),
+                   "bare_worker_cpu_s": bare_cpu, "floor_worker_cpu_s": floor_cpu,
+                   # CPU per job in microseconds, by component
+                   "genq_cpu_us_per_job": _per_job(genq_used, n),
+                   "bare_cpu_us_per_job": _per_job(bare_used, n)}),
         # The floor in the "genq" column: can any worker that records each job durably reach
         # 0.6x bare arq?
         Row("pipeline", "pipeline floor (1 PG UPDATE + 1 fsync) vs bare arq", n / floor_wall,
             n / bare_wall, "jobs/s"),
         Row("pipeline", "pipeline: genq vs floor (1 PG UPDATE + 1 fsync)", n / genq_wall,
             n / floor_wall, "jobs/s"),
+        Row("pipeline", "pipeline floor, group commit, vs bare arq", n / grouped_wall,
+            n / bare_wall, "jobs/s"),
+        Row("pipeline", "pipeline floor, file only, vs bare arq", n / walls["floor_file"],
+            n / bare_wall, "jobs/s"),
+        Row("pipeline", "pipeline floor, UPDATE only, vs bare arq", n / walls["floor_update"],
+            n / bare_wall, "jobs/s"),
     ]

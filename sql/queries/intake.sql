@@ -1,26 +1,28 @@
 -- The intake API: job submission with Stripe-style idempotency, reads scoped to one user,
 -- cancellation, and workspace assets.
 
--- submit_job --
--- Accept a job in one round trip (genq_submit in 0005_submit.sql): claim the Idempotency-Key
--- or find the job it made (replayed = true, the other columns NULL), check the model, reserve
--- the price, insert the queued job. Refusals raise with a named constraint, writing nothing.
--- $1 job id, $2 user_id, $3 model key, $4 prompt, $5 num_outputs, $6 params (jsonb, merged
--- over the model's), $7 seed, $8 max_attempts, $9 idempotency key (NULL: none),
--- $10 request hash (NULL without a key), $11 key TTL seconds, $12 reservation TTL seconds.
-SELECT job_id, replayed, created_at, params, price_per_output, reserved
-FROM genq_submit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+-- submit_jobs --
+-- Accept jobs in one round trip and one transaction (genq_submit_batch in
+-- 0007_submit_batch.sql): for each item, claim its Idempotency-Key or find the job it made
+-- (replayed = true, the job columns NULL), check the model, reserve the price, insert the queued
+-- job. A refusal writes nothing for its item and comes back in the error_* columns (SQLSTATE,
+-- named constraint, detail, message). One row per item, matched by "item".
+-- $1 items (jsonb: [{item, job, user_id, model, prompt, num_outputs, params, seed, key,
+-- request_hash}, ...]), $2 max_attempts, $3 key TTL seconds, $4 reservation TTL seconds.
+SELECT item, job_id, replayed, created_at, params, price_per_output, reserved, error_state,
+       error_constraint, error_detail, error_message
+FROM genq_submit_batch($1, $2, $3, $4)
 
--- mark_job_enqueued --
--- $1 job_id. Only a job still queued: a fast worker may already have claimed it.
--- enqueued_at is a hint (the job is already committed and in Redis), so this write does not wait
--- for its WAL flush: asynchronous commit for this statement's own transaction only. If a
--- Postgres crash loses it, the job keeps enqueued_at NULL, and the sweeper and replays only
--- re-enqueue it, which is idempotent by job id.
+-- mark_jobs_enqueued --
+-- $1 job ids (uuid[]). Only jobs still queued: a fast worker may already have claimed one.
+-- enqueued_at is a hint (the jobs are already committed and in Redis), so this write does not
+-- wait for its WAL flush: asynchronous commit for this statement's own transaction only. If a
+-- Postgres crash loses it, the jobs keep enqueued_at NULL, and the sweeper and replays only
+-- re-enqueue them, which is idempotent by job id.
 UPDATE generation_jobs SET enqueued_at = now(), updated_at = now()
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
-WHERE id = $1 AND status = 'queued'
-RETURNING enqueued_at
+WHERE id = ANY($1::uuid[]) AND status = 'queued'
+RETURNING id, enqueued_at
 
 -- get_job --
 -- One job of one user, with its reservation's settlement. $1 job_id, $2 user_id.

@@ -1,0 +1,82 @@
+"""Where the machine's CPU goes during a measurement: the process under test, PostgreSQL, the
+Redis server, and the whole machine (every core, from ``/proc/stat``), read from ``/proc``.
+
+Divided by a throughput, these give the CPU each request costs per component: the profile that
+says whether a target is reachable at all on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """Busy CPU seconds of all cores since boot (everything but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / _TICKS
+
+
+def _process_cpu_s() -> dict[int, tuple[str, float]]:
+    """(command, user + system CPU seconds) of every process now running."""
+    found: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        comm = raw[raw.index("(") + 1: raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()
+        found[int(entry.name)] = (comm, (int(fields[11]) + int(fields[12])) / _TICKS)
+    return found
+
+
+def _group(comm: str) -> str | None:
+    if comm.startswith("postgres"):
+        return "postgres"
+    if comm.startswith(("valkey", "redis")):
+        return "redis"
+    return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """CPU seconds so far: the process under test, each service, the machine."""
+
+    at: float
+    machine_s: float
+    by_pid: dict[int, tuple[str, float]]
+
+    @classmethod
+    def take(cls) -> Snapshot:
+        """Read ``/proc`` now."""
+        return cls(time.monotonic(), _machine_busy_s(), _process_cpu_s())
+
+
+def cores_used(before: Snapshot, after: Snapshot, server_pid: int) -> dict[str, float]:
+    """Average cores each component used between two snapshots (see :func:`cpu_seconds`)."""
+    elapsed = after.at - before.at
+    return {name: s / elapsed for name, s in cpu_seconds(before, after, server_pid).items()}
+
+
+def cpu_seconds(before: Snapshot, after: Snapshot, server_pid: int) -> dict[str, float]:
+    """CPU seconds each component used between two snapshots: ``server`` (the process under
+    test), ``postgres`` and ``redis`` (every process of theirs, backends included), ``machine``
+    (all cores, everything, the load generator included)."""
+    used = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
+    for pid, (comm, cpu_s) in after.by_pid.items():
+        start = before.by_pid.get(pid)
+        delta = cpu_s - (start[1] if start is not None and start[0] == comm else 0.0)
+        if pid == server_pid:
+            used["server"] += delta
+        elif (group := _group(comm)) is not None:
+            used[group] += delta
+    used["machine"] = after.machine_s - before.machine_s
+    return used
