@@ -1,4 +1,4 @@
-"""Everything a worker process holds open: pool, HTTP client, providers, storage."""
+"""Everything a worker process holds open: pools, HTTP client, providers, storage."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ class WorkerContext:
     providers: dict[str, Provider]
     stager: Stager
     worker_id: str
+    # Lease recovery runs under a session advisory lock: its connections keep asyncpg's reset
+    # on release (pg_advisory_unlock_all and the rest), so a run cut short never leaves the
+    # lock on a pooled connection. Jobs keep no session state, and their pool skips that
+    # extra round trip per use.
+    recovery_pool: Pool
 
     @classmethod
     async def open(cls, settings: Settings, *, worker_id: str | None = None) -> WorkerContext:
@@ -42,14 +47,17 @@ class WorkerContext:
             settings.database_url,
             min_size=settings.db_pool_min_size,
             max_size=settings.db_pool_max_size,
+            reset_on_release=False,
         )
+        # One connection holds the task's lock, one does its work.
+        recovery_pool = await create_pool(settings.database_url, min_size=1, max_size=2)
         # Downloads pick their own address (see staging); env proxies would bypass that check.
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False
         )
         stager = Stager(settings, LocalStorage(settings.storage_root), http)
         return cls(settings, pool, http, build_providers(settings), stager,
-                   worker_id or new_worker_id())
+                   worker_id or new_worker_id(), recovery_pool)
 
     async def close(self) -> None:
         """Close providers, the HTTP client and the pool."""
@@ -57,3 +65,4 @@ class WorkerContext:
             await provider.aclose()
         await self.http.aclose()
         await self.pool.close()
+        await self.recovery_pool.close()

@@ -68,7 +68,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     wc = await WorkerContext.open(settings)
     ctx[CTX_KEY] = wc
     ctx["genq_recovery"] = asyncio.create_task(recovery_loop(
-        wc.pool, ctx["redis"], settings
+        wc.recovery_pool, ctx["redis"], settings
     ))
     log.info("worker_started", worker_id=wc.worker_id, queue=settings.queue_name,
              max_jobs=settings.max_jobs)

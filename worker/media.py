@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 from dataclasses import dataclass
@@ -43,13 +44,15 @@ def sniff(head: bytes) -> MediaType | None:
     return None
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
-    """Width and height from the image header; None if Pillow cannot read it."""
+def image_size(source: Path | bytes) -> tuple[int, int] | None:
+    """Width and height from the image header (of a file, or of bytes in memory); None if
+    Pillow cannot read it."""
     try:
         with warnings.catch_warnings():
             # A huge canvas is still a valid output: we only read the header.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            with opened as image:
                 return int(image.width), int(image.height)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
@@ -81,10 +84,12 @@ def _boxes(f: BinaryIO, start: int, end: int) -> list[tuple[bytes, int, int]]:
     return found
 
 
-def mp4_duration(path: Path) -> float | None:
-    """Seconds from the ``moov/mvhd`` box (best effort; None if absent or odd)."""
+def mp4_duration(source: Path | bytes) -> float | None:
+    """Seconds from the ``moov/mvhd`` box of a file or of bytes in memory (best effort; None
+    if absent or odd)."""
     try:
-        with path.open("rb") as f:
+        opened = io.BytesIO(source) if isinstance(source, bytes) else source.open("rb")
+        with opened as f:
             end = f.seek(0, 2)
             for kind, start, stop in _boxes(f, 0, end):
                 if kind != b"moov":

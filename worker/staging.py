@@ -193,16 +193,18 @@ class Stager:
     async def _store_bytes(
         self, user_id: uuid.UUID, job_id: uuid.UUID, index: int, data: bytes
     ) -> StagedAsset:
-        """An output already in memory: written and measured in one trip to a thread."""
+        """An output already in memory: measured from memory (an unreadable one is never
+        written), then written in one trip to a thread."""
         self._check_size(index, len(data))
         kind = self._kind(index, data[: media.SNIFF_BYTES])
         key = asset_key(user_id, job_id, index, kind.ext)
 
-        def write_and_measure() -> StagedAsset:
+        def measure_and_write() -> StagedAsset:
+            staged = self._measure(index, key, kind, len(data), data)
             self.storage.write_bytes(key, data)
-            return self._measure(index, key, kind, len(data))
+            return staged
 
-        return await asyncio.to_thread(write_and_measure)
+        return await asyncio.to_thread(measure_and_write)
 
     @staticmethod
     def _kind(index: int, head: bytes) -> media.MediaType:
@@ -214,20 +216,24 @@ class Stager:
             )
         return kind
 
-    def _measure(self, index: int, key: str, kind: media.MediaType, size: int) -> StagedAsset:
-        """Read the stored file's dimensions or duration (blocking: call from a thread)."""
+    def _measure(self, index: int, key: str, kind: media.MediaType, size: int,
+                 data: bytes | None = None) -> StagedAsset:
+        """The output's dimensions or duration, read from ``data`` if given, else from the
+        stored file (blocking: call from a thread). An unreadable image is refused, and its
+        stored file deleted."""
         path = self.storage.path(key)
         width = height = None
         duration = None
         if kind.kind == "image":
-            dims = media.image_size(path)
+            dims = media.image_size(path if data is None else data)
             if dims is None:
-                self.storage.delete(key)
+                if data is None:
+                    self.storage.delete(key)
                 raise OutputRejected(f"output {index} is not a readable image",
                                      code="output_type_not_allowed")
             width, height = dims
         else:
-            duration = media.mp4_duration(path)
+            duration = media.mp4_duration(path if data is None else data)
         return StagedAsset(index, key, size, kind, width, height, duration)
 
     def discard(self, user_id: uuid.UUID, job_id: uuid.UUID, assets: list[StagedAsset]) -> None:

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
+from shared.settings import load_settings
+from shared.storage import LocalStorage
 from tests.media_samples import jpeg, mp4, png
 from worker import media
 from worker.backoff import backoff_delay, parse_retry_after
 from worker.netguard import AddressBlocked, is_public, resolve_checked
+from worker.providers.base import BytesOutput
 from worker.providers.replicate import api_base_url
+from worker.staging import OutputRejected, Stager
 
 
 @pytest.mark.parametrize(
@@ -46,6 +52,32 @@ def test_image_size(tmp_path: Path) -> None:
     assert media.image_size(path) == (7, 5)
     path.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     assert media.image_size(path) is None
+
+
+def test_bytes_in_memory_measure_like_files() -> None:
+    assert media.image_size(png(7, 5)) == (7, 5)
+    assert media.image_size(jpeg()) == media.image_size(jpeg())
+    assert media.image_size(b"\x89PNG\r\n\x1a\n garbage") is None
+    assert media.mp4_duration(mp4(2.5)) == pytest.approx(2.5)
+    assert media.mp4_duration(mp4()[:40]) is None
+
+
+async def test_an_unreadable_image_in_memory_is_refused_and_never_written(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(data_dir=tmp_path, _env_file=None)
+    storage = LocalStorage(tmp_path / "assets")
+    async with httpx.AsyncClient() as http:
+        stager = Stager(settings, storage, http)
+        user, job = uuid.uuid4(), uuid.uuid4()
+        with pytest.raises(OutputRejected) as refused:
+            await stager.stage(user, job, 0, BytesOutput(b"\x89PNG\r\n\x1a\n garbage"))
+        assert refused.value.code == "output_type_not_allowed"
+        staged = await stager.stage(user, job, 1, BytesOutput(png(3, 2)))
+    assert (staged.width, staged.height, staged.media.mime) == (3, 2, "image/png")
+    files = sorted(p.relative_to(storage.root).as_posix()
+                   for p in storage.root.rglob("*") if p.is_file())
+    assert files == [f"{user}/{job}/1.png"]
 
 
 @pytest.mark.parametrize(
