@@ -77,7 +77,9 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
         "genq": {k: genq[k] for k in keep},
         "bare": {k: bare[k] for k in keep},
         "floor": {k: floor[k] for k in keep},
+        "group_commit_floor": {k: grouped[k] for k in keep},
     }
+    genq_us, bare_us = genq["cpu_us_per_request"], bare["cpu_us_per_request"]
     return [
         Row("intake", "intake: POST /v1/jobs at 64 connections", genq["rps"], bare["rps"],
             "req/s", limit=0.4, target=">= 0.4x bare Starlette", notes=notes),
@@ -92,4 +94,11 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
             "req/s"),
         Row("intake", "intake floor, group commit, vs bare Starlette", grouped["rps"],
             bare["rps"], "req/s"),
+        # The profile behind the throughput, from /proc: all the machine's CPU per request.
+        Row("intake", "intake: machine CPU per request", genq_us["machine"],
+            bare_us["machine"], "us", better="lower"),
+        # 0.4x bare Starlette on the same cores leaves bare/0.4 of machine CPU per request;
+        # a ratio above 1 means PostgreSQL alone spends more than that.
+        Row("intake", "intake: PostgreSQL CPU per request vs 0.4x budget", genq_us["postgres"],
+            bare_us["machine"] / 0.4, "us", better="lower"),
     ]

@@ -4,9 +4,10 @@
 Jobs are written to Postgres first (as the intake writes them), then all enqueued due at one
 moment, so the figure is the worker's rate, not the enqueuer's: jobs / (last finish - due).
 
-The worker floor runs the same way: a bare arq function that writes and fsyncs one small file and
-does one autocommit UPDATE per job (``bench/floor.py``), what any worker that must record each
-job durably can reach here.
+The worker floors run the same way, each a bare arq function (``bench/bare_arq.py``): one small
+file written and fsynced plus one autocommit UPDATE per job (what any worker that must record
+each job durably can reach here); the same with the UPDATEs group-committed; the file alone; the
+UPDATE alone. CPU per job, by process, comes from ``/proc`` (``bench/cpu.py``).
 """
 
 from __future__ import annotations
@@ -61,32 +62,25 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     env.stop(bare)
 
     await pool.execute(floor.CREATE_TABLE)
-    rows = [uuid.uuid4() for _ in range(n)]
-    await pool.executemany(floor.INSERT_ROW, [(r, "pipeline") for r in rows])
     floor_queue = env.queue("pipeline-floor")
     floor_worker = await env.bare_worker(floor_queue, max_jobs=settings.max_jobs,
                                          poll_delay_s=settings.poll_delay_s, floor=True)
-    cpu0 = floor_worker.cpu_s()
-    calls = [(str(r), "floor", (str(r),)) for r in rows]
-    due = await seed.enqueue_at(redis, floor_queue, calls, lead_s)
-    floor_done = await seed.wait_arq(redis, floor_queue, [c[0] for c in calls], timeout_s)
-    floor_wall = floor_done["last_finished"] - due
-    floor_cpu = floor_worker.cpu_s() - cpu0
-    if floor_done["statuses"]["succeeded"] != n:
-        raise RuntimeError(f"pipeline: floor jobs failed: {floor_done['statuses']}")
-
-    walls = {}
-    for fn in ("floor_grouped", "floor_file", "floor_update"):
+    walls: dict[str, float] = {}
+    floor_cpu = 0.0
+    for fn in ("floor", "floor_grouped", "floor_file", "floor_update"):
         rows = [uuid.uuid4() for _ in range(n)]
         await pool.executemany(floor.INSERT_ROW, [(r, "pipeline") for r in rows])
         calls = [(str(r), fn, (str(r),)) for r in rows]
+        cpu0 = floor_worker.cpu_s()
         due = await seed.enqueue_at(redis, floor_queue, calls, lead_s)
         fdone = await seed.wait_arq(redis, floor_queue, [c[0] for c in calls], timeout_s)
         walls[fn] = fdone["last_finished"] - due
+        if fn == "floor":
+            floor_cpu = floor_worker.cpu_s() - cpu0
         if fdone["statuses"]["succeeded"] != n:
-            raise RuntimeError(f"pipeline: floor jobs failed: {fdone['statuses']}")
-    grouped_wall = walls["floor_grouped"]
+            raise RuntimeError(f"pipeline: {fn} jobs failed: {fdone['statuses']}")
     env.stop(floor_worker)
+    floor_wall, grouped_wall = walls["floor"], walls["floor_grouped"]
 
     return [
         Row("pipeline", "pipeline: jobs/s through one worker", n / genq_wall, n / bare_wall,
@@ -103,6 +97,10 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
             n / bare_wall, "jobs/s"),
         Row("pipeline", "pipeline: genq vs floor (1 PG UPDATE + 1 fsync)", n / genq_wall,
             n / floor_wall, "jobs/s"),
+        # The profile behind the throughput, from /proc: all the machine's CPU per job.
+        Row("pipeline", "pipeline: machine CPU per job",
+            _per_job(genq_used, n)["machine"], _per_job(bare_used, n)["machine"], "us",
+            better="lower"),
         Row("pipeline", "pipeline floor, group commit, vs bare arq", n / grouped_wall,
             n / bare_wall, "jobs/s"),
         Row("pipeline", "pipeline floor, file only, vs bare arq", n / walls["floor_file"],
