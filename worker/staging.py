@@ -193,18 +193,15 @@ class Stager:
     async def _store_bytes(
         self, user_id: uuid.UUID, job_id: uuid.UUID, index: int, data: bytes
     ) -> StagedAsset:
-        """An output already in memory: measured from memory (an unreadable one is never
-        written), then written in one trip to a thread."""
+        """An output already in memory: measured from its header on the event loop (an
+        unreadable one is never written), then written in one trip to a thread, which makes
+        nothing but system calls there."""
         self._check_size(index, len(data))
         kind = self._kind(index, data[: media.SNIFF_BYTES])
         key = asset_key(user_id, job_id, index, kind.ext)
-
-        def measure_and_write() -> StagedAsset:
-            staged = self._measure(index, key, kind, len(data), data)
-            self.storage.write_bytes(key, data)
-            return staged
-
-        return await asyncio.to_thread(measure_and_write)
+        staged = self._measure(index, key, kind, len(data), data)
+        await asyncio.to_thread(self.storage.write_bytes, key, data)
+        return staged
 
     @staticmethod
     def _kind(index: int, head: bytes) -> media.MediaType:
@@ -218,9 +215,9 @@ class Stager:
 
     def _measure(self, index: int, key: str, kind: media.MediaType, size: int,
                  data: bytes | None = None) -> StagedAsset:
-        """The output's dimensions or duration, read from ``data`` if given, else from the
-        stored file (blocking: call from a thread). An unreadable image is refused, and its
-        stored file deleted."""
+        """The output's dimensions or duration, read from the header of ``data`` if given, else
+        from the stored file (blocking: call from a thread). An unreadable image is refused,
+        and its stored file deleted."""
         path = self.storage.path(key)
         width = height = None
         duration = None

@@ -17,6 +17,7 @@ from worker.providers.base import (
     GenerationRequest,
     GenerationResult,
     OnCreated,
+    Output,
     Provider,
     ProviderFailed,
 )
@@ -60,6 +61,21 @@ def render(request: GenerationRequest, index: int) -> bytes:
     return buffer.getvalue()
 
 
+# Images up to this many pixels render on the event loop (about 0.1 ms): a thread hop costs
+# more than that, and a thread running Pillow's Python code holds the GIL that the event loop
+# waits for after each of its own system calls (see the README's Performance section).
+INLINE_MAX_PIXELS = 64 * 64
+
+
+def _is_small(request: GenerationRequest) -> bool:
+    try:
+        width = int(request.params.get("width", 256))
+        height = int(request.params.get("height", 256))
+    except (TypeError, ValueError):
+        return False  # render() refuses it, in a thread like any other
+    return width * height <= INLINE_MAX_PIXELS
+
+
 class LocalProvider(Provider):
     """Renders offline; optional simulated latency and failure rate for testing."""
 
@@ -72,13 +88,18 @@ class LocalProvider(Provider):
     async def generate(
         self, request: GenerationRequest, *, prediction_id: str | None, on_created: OnCreated
     ) -> GenerationResult:
-        """Render every output in a thread; nothing to resume, so ``prediction_id`` is unused."""
+        """Render every output (in a thread unless small); nothing to resume, so
+        ``prediction_id`` is unused."""
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         if self.failure_rate and random.random() < self.failure_rate:
             raise ProviderFailed("the local model failed (simulated)", code="model_failed")
-        outputs = [
-            BytesOutput(await asyncio.to_thread(render, request, i))
-            for i in range(request.num_outputs)
-        ]
-        return GenerationResult(list(outputs))
+        outputs: list[Output]
+        if _is_small(request):
+            outputs = [BytesOutput(render(request, i)) for i in range(request.num_outputs)]
+        else:
+            outputs = [
+                BytesOutput(await asyncio.to_thread(render, request, i))
+                for i in range(request.num_outputs)
+            ]
+        return GenerationResult(outputs)

@@ -1,0 +1,62 @@
+"""``python -m bench`` as a user runs it: a quick run of the intake and pipeline scenarios on
+the test's services, every figure measured against its baseline and written to the JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_bench_measures_every_figure_against_its_baseline(
+    settings: Settings, private_redis_url: str, tmp_path: Path
+) -> None:
+    # A Redis database of its own: the bare arq baseline keeps its results there for an hour.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENQ_")}
+    env.update(GENQ_DATABASE_URL=str(settings.database_url),
+               GENQ_REDIS_URL=private_redis_url, GENQ_DATA_DIR=str(settings.data_dir))
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "pipeline,intake", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    results = json.loads(out.read_text())
+    assert results["quick"] is True and results["failed"] == {}
+    rows = {row["figure"]: row for row in results["rows"]}
+    for figure in ("pipeline: jobs/s through one worker",
+                   "pipeline floor (1 PG UPDATE + 1 fsync) vs bare arq",
+                   "pipeline: machine CPU per job",
+                   "intake: POST /v1/jobs at 64 connections",
+                   "intake floor, group commit, vs bare Starlette",
+                   "intake: PostgreSQL CPU per request vs 0.4x budget"):
+        row = rows[figure]
+        assert row["genq"] > 0 and row["baseline"] > 0, row
+        assert row["ratio"] == row["genq"] / row["baseline"]
+    assert rows["pipeline: jobs/s through one worker"]["target"] == ">= 0.6x bare arq"
+    assert rows["intake: POST /v1/jobs at 64 connections"]["met"] in (True, False)
+    # The table on standard output names every figure.
+    assert all(figure in run.stdout for figure in rows)
+    # Nothing the run started is left running (its processes carry its GENQ_DATA_DIR).
+    assert _processes_with(f"GENQ_DATA_DIR={settings.data_dir}".encode()) == []
+
+
+def _processes_with(variable: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if variable in environ:
+            found.append(int(entry.name))
+    return found
