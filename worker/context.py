@@ -12,6 +12,7 @@ import httpx
 from shared.db import Pool, create_pool
 from shared.settings import Settings
 from shared.storage import LocalStorage
+from worker.jobs import WorkerBatches
 from worker.providers import build_providers
 from worker.providers.base import Provider
 from worker.staging import Stager
@@ -37,6 +38,7 @@ class WorkerContext:
     # lock on a pooled connection. Jobs keep no session state, and their pool skips that
     # extra round trip per use.
     recovery_pool: Pool
+    batches: WorkerBatches
 
     @classmethod
     async def open(cls, settings: Settings, *, worker_id: str | None = None) -> WorkerContext:
@@ -56,11 +58,13 @@ class WorkerContext:
             timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False
         )
         stager = Stager(settings, LocalStorage(settings.storage_root), http)
-        return cls(settings, pool, http, build_providers(settings), stager,
-                   worker_id or new_worker_id(), recovery_pool)
+        worker_id = worker_id or new_worker_id()
+        return cls(settings, pool, http, build_providers(settings), stager, worker_id,
+                   recovery_pool, WorkerBatches(pool, settings, worker_id))
 
     async def close(self) -> None:
-        """Close providers, the HTTP client and the pool."""
+        """Close providers, the HTTP client and the pools."""
+        await self.batches.drain()
         for provider in self.providers.values():
             await provider.aclose()
         await self.http.aclose()

@@ -71,7 +71,7 @@ class LeaseLost(GenqError):
 
 async def process_job(wc: WorkerContext, job_id: uuid.UUID) -> str:
     """Run one delivery of a job; returns what happened (a status, or why nothing was done)."""
-    job = await jobs.claim(wc.pool, job_id, wc.worker_id, wc.settings.lease_s)
+    job = await wc.batches.claim(job_id)
     if job is None:
         found = await jobs.state(wc.pool, job_id)
         if found is None:
@@ -229,7 +229,7 @@ class _Run:
 
     async def _finish(self, outcome: Outcome, assets: list[StagedAsset] | None = None) -> str:
         assets = assets or []
-        if not await jobs.finalize(self.wc.pool, self.wc.settings, self.job, outcome, assets):
+        if not await self.wc.batches.finalize(jobs.Final(self.job, outcome, assets)):
             # Another attempt owns the job now, and output keys are the same for every attempt:
             # these files may be the ones its asset rows point at. Leave them; a file no row
             # claims is removed by the orphan sweep.

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
 from shared import ledger
+from shared.batch import Batcher
 from shared.db import Pool
+from shared.errors import GenqError
+from shared.logging import get_logger
 from shared.settings import Settings
 from sql import queries
 from worker.staging import StagedAsset
+
+log = get_logger(__name__)
+
+# Jobs that reach the claim or the final write together share one statement. A batch holds one
+# connection; at most BATCH_FLUSHES run at once, leaving the rest of the pool to heartbeats.
+BATCH_SIZE = 32
+BATCH_FLUSHES = 4
 
 
 @dataclass(frozen=True)
@@ -55,10 +68,15 @@ class Outcome:
     error_message: str | None = None
 
 
-async def claim(pool: Pool, job_id: uuid.UUID, owner: str, lease_s: float) -> ClaimedJob | None:
-    """``queued -> running`` (or take back an expired lease) in one conditional UPDATE."""
-    row = await pool.fetchrow(queries["claim_job"], job_id, owner, lease_s)
-    return None if row is None else ClaimedJob(**dict(row.items()))
+async def claim_many(
+    pool: Pool, job_ids: list[uuid.UUID], owner: str, lease_s: float
+) -> list[ClaimedJob | None]:
+    """``queued -> running`` (or take back an expired lease) for each job, in one conditional
+    UPDATE; None for a job that was not claimable. An id listed twice (two deliveries of one
+    job in the same batch) is claimed for its first listing only."""
+    rows = await pool.fetch(queries["claim_jobs"], list(dict.fromkeys(job_ids)), owner, lease_s)
+    claimed = {row["id"]: ClaimedJob(**dict(row.items())) for row in rows}
+    return [claimed.pop(job_id, None) for job_id in job_ids]
 
 
 async def state(pool: Pool, job_id: uuid.UUID) -> JobState | None:
@@ -90,25 +108,90 @@ async def set_prediction_id(pool: Pool, job: ClaimedJob, prediction_id: str) -> 
                                prediction_id) is not None
 
 
-async def finalize(
-    pool: Pool, settings: Settings, job: ClaimedJob, outcome: Outcome,
-    assets: list[StagedAsset],
-) -> bool:
+@dataclass(frozen=True)
+class Final:
+    """One job's final write: its terminal outcome and, for a success, its staged assets."""
+
+    job: ClaimedJob
+    outcome: Outcome
+    assets: list[StagedAsset]
+
+    def args(self) -> tuple[int, list[dict[str, Any]]]:
+        """outputs_made and the asset rows (only for a success)."""
+        made = len(self.assets) if self.outcome.status == "succeeded" else 0
+        rows = [
+            {"asset_index": a.index, "asset_type": a.media.kind, "temp_storage_path": a.key,
+             "file_size_bytes": a.size, "mime_type": a.media.mime,
+             "duration_seconds": a.duration_s, "width": a.width, "height": a.height}
+            for a in (self.assets if made else [])
+        ]
+        return made, rows
+
+
+async def finalize(pool: Pool, settings: Settings, final: Final) -> bool:
     """In ONE statement (one transaction): the terminal status, the asset rows, and the
     settlement.
 
     Success captures ``len(assets) x price`` and refunds the rest; failure and cancel refund
     all. Returns False (and writes nothing) if this attempt no longer holds the job.
     """
-    made = len(assets) if outcome.status == "succeeded" else 0
-    rows = [
-        {"asset_index": a.index, "asset_type": a.media.kind, "temp_storage_path": a.key,
-         "file_size_bytes": a.size, "mime_type": a.media.mime, "duration_seconds": a.duration_s,
-         "width": a.width, "height": a.height}
-        for a in (assets if made else [])
-    ]
+    made, rows = final.args()
+    job, outcome = final.job, final.outcome
     row = await ledger.fetchrow(
         pool, queries["finalize_job"], job.id, job.attempt, outcome.status, made,
         outcome.error_code, outcome.error_message, rows, float(settings.workspace_ttl_s),
     )
     return bool(row["held"])
+
+
+async def finalize_many(pool: Pool, settings: Settings, finals: list[Final]) -> list[bool]:
+    """:func:`finalize` for many jobs in one statement and one transaction. Any error writes
+    nothing for any of them: the caller finalizes each alone (see :class:`WorkerBatches`)."""
+    items = []
+    for i, final in enumerate(finals):
+        made, rows = final.args()
+        job, outcome = final.job, final.outcome
+        items.append({"item": i, "job": str(job.id), "user_id": str(job.user_id),
+                      "attempt": job.attempt,
+                      "status": outcome.status, "made": made,
+                      "error_code": outcome.error_code, "error_message": outcome.error_message,
+                      "assets": rows})
+    result = await pool.fetch(queries["finalize_jobs"], items, float(settings.workspace_ttl_s))
+    held = {row["item"]: bool(row["held"]) for row in result}
+    return [held[i] for i in range(len(finals))]
+
+
+class WorkerBatches:
+    """The worker's group commit (shared/batch.py): the claims, and the final writes, of the
+    jobs that reach them at the same moment in this process go to Postgres together."""
+
+    def __init__(self, pool: Pool, settings: Settings, owner: str) -> None:
+        self.pool, self.settings, self.owner = pool, settings, owner
+        flushes = max(1, min(BATCH_FLUSHES, settings.db_pool_max_size // 2))
+        self.claim: Batcher[uuid.UUID, ClaimedJob | None] = Batcher(
+            self._claim, max_batch=BATCH_SIZE, max_flushes=flushes
+        )
+        self.finalize: Batcher[Final, bool] = Batcher(
+            self._finalize, max_batch=BATCH_SIZE, max_flushes=flushes
+        )
+
+    async def drain(self) -> None:
+        """Let started batches finish (before the pool closes)."""
+        await self.claim.drain()
+        await self.finalize.drain()
+
+    async def _claim(self, job_ids: list[uuid.UUID]) -> list[ClaimedJob | None]:
+        return await claim_many(self.pool, job_ids, self.owner, self.settings.lease_s)
+
+    async def _finalize(self, finals: list[Final]) -> list[bool | BaseException]:
+        if len(finals) > 1:
+            try:
+                return list(await finalize_many(self.pool, self.settings, finals))
+            except (asyncpg.PostgresError, GenqError) as exc:
+                # Nothing was written. A deadlock with another batch, or one job's refusal,
+                # must not fail the others: each goes alone, with its own answer.
+                log.warning("finalize_batch_failed", jobs=len(finals), error=repr(exc))
+        return list(await asyncio.gather(
+            *(finalize(self.pool, self.settings, final) for final in finals),
+            return_exceptions=True,
+        ))

@@ -2,11 +2,12 @@
 -- Every write after the claim is fenced by (status = 'running', attempt = the claimed attempt):
 -- a worker whose job was taken back by another claim changes nothing.
 
--- claim_job --
--- Take a job: queued, or running with an expired lease (its worker died or handed it back).
--- Also returns the model's provider ref and timeout (NULL if the model is unknown), which the
--- attempt needs next, so it does not need a second round trip for them.
--- $1 job_id, $2 lease_owner (worker id), $3 lease seconds (float).
+-- claim_jobs --
+-- Take jobs (group commit: the claims waiting in this worker, one statement): each one queued,
+-- or running with an expired lease (its worker died or handed it back). A job not in the
+-- result was not claimable. Also returns the model's provider ref and timeout (NULL if the
+-- model is unknown), which the attempt needs next, so it does not need a second round trip.
+-- $1 job ids (uuid[], no duplicates), $2 lease_owner (worker id), $3 lease seconds (float).
 UPDATE generation_jobs j
 SET status = 'running',
     attempt = j.attempt + 1,
@@ -14,7 +15,7 @@ SET status = 'running',
     lease_expires_at = now() + make_interval(secs => $3),
     started_at = coalesce(j.started_at, now()),
     updated_at = now()
-WHERE j.id = $1
+WHERE j.id = ANY($1::uuid[])
   AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()))
 RETURNING j.id, j.user_id, j.model, j.provider, j.prompt, j.num_outputs, j.params, j.seed,
           j.price_per_output, j.reservation_id, j.provider_prediction_id, j.attempt,
@@ -59,3 +60,9 @@ RETURNING id
 -- succeeded), $8 asset TTL seconds.
 SELECT genq_finalize($1, $2, $3, $4, $5, $6, $7, $8) AS held
 
+-- finalize_jobs --
+-- finalize_job for many jobs in one statement and one transaction (group commit:
+-- genq_finalize_batch in 0008_finalize_batch.sql); any error writes nothing for any of them.
+-- One row per item. $1 items (jsonb: [{item, job, user_id, attempt, status, made, error_code,
+-- error_message, assets}, ...]), $2 asset TTL seconds.
+SELECT item, held FROM genq_finalize_batch($1, $2)
