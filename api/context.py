@@ -51,7 +51,6 @@ class ApiContext:
             raise RuntimeError("the Redis pool is not open: is the lifespan running?")
         return self._redis
 
-
     @property
     def batches(self) -> IntakeBatches:
         """The intake's group commit (open between lifespan startup and shutdown)."""

@@ -65,6 +65,8 @@ ENQUEUE_BATCH = 64
 ENQUEUE_FLUSHES = 2
 # A lone submission that still meets a deadlock (see 0007_submit_batch.sql) tries again.
 _DEADLOCK_TRIES = 3
+# The SQLSTATE genq_submit raises for a user without a credit account.
+NO_DATA_FOUND = "P0002"
 
 
 @dataclass(frozen=True)
@@ -127,9 +129,6 @@ def _submit_error(refused: SubmitRefused, job: JobCreate) -> GenqError | None:
     if refused.state == NO_DATA_FOUND:
         return AccountNotFound(str(refused))
     return None
-
-
-NO_DATA_FOUND = "P0002"
 
 
 class IntakeBatches:

@@ -15,7 +15,8 @@ from arq.connections import ArqRedis
 from arq.constants import result_key_prefix
 from arq.jobs import Job
 
-from api.intake import SUBMIT_BATCH
+from api.intake import SUBMIT_BATCH, SubmitItem
+from api.validation import JobCreate
 from shared import ledger
 from shared.db import Pool
 from shared.queue import GENERATION_FUNCTION
@@ -61,12 +62,12 @@ async def queued_jobs(pool: Pool, user_ids: list[uuid.UUID], n: int,
     the rows the intake writes, with the same query."""
     ids = [uuid.uuid4() for _ in range(n)]
     items = [
-        {"item": i, "job": str(job_id), "user_id": str(user_ids[i % len(user_ids)]),
-         "model": model, "prompt": f"bench prompt {i}", "num_outputs": 1, "params": params,
-         "seed": None, "key": None, "request_hash": None}
+        SubmitItem(job_id, user_ids[i % len(user_ids)],
+                   JobCreate(model=model, prompt=f"bench prompt {i}", params=params), None, None)
         for i, job_id in enumerate(ids)
     ]
-    batches = [items[i:i + SUBMIT_BATCH] for i in range(0, n, SUBMIT_BATCH)]
+    batches = [[item.payload(i) for i, item in enumerate(items[start:start + SUBMIT_BATCH])]
+               for start in range(0, n, SUBMIT_BATCH)]
 
     async def make(batch: list[dict[str, Any]]) -> None:
         rows = await pool.fetch(queries["submit_jobs"], batch, 3, 86400.0, 3600.0)
