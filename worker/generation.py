@@ -6,7 +6,8 @@ arq runs a job at least once, so every step is safe to repeat:
 - the provider's prediction id is stored before waiting, and a later attempt resumes it;
 - outputs land under deterministic keys (a rerun overwrites them atomically);
 - the terminal transition, the asset rows and the ledger settlement are one transaction,
-  fenced by the attempt number, and the ledger settles a reservation exactly once.
+  fenced by the attempt number, and the ledger settles a reservation exactly once; a cancel
+  requested before that transaction commits wins inside it.
 """
 
 from __future__ import annotations
@@ -229,17 +230,22 @@ class _Run:
 
     async def _finish(self, outcome: Outcome, assets: list[StagedAsset] | None = None) -> str:
         assets = assets or []
-        if not await self.wc.batches.finalize(jobs.Final(self.job, outcome, assets)):
+        status = await self.wc.batches.finalize(jobs.Final(self.job, outcome, assets))
+        if status is None:
             # Another attempt owns the job now, and output keys are the same for every attempt:
             # these files may be the ones its asset rows point at. Leave them; a file no row
             # claims is removed by the orphan sweep.
             log.warning("lease_lost_at_finalize")
             return "lease_lost"
-        if outcome.status != "succeeded":
+        if status != "succeeded":
+            # A failure, or a cancel that won at the final write: no asset row points here.
             self.wc.stager.discard(self.job.user_id, self.job.id, self.staged)
-        log.info("job_finished", status=outcome.status, outputs=len(assets),
-                 error_code=outcome.error_code)
-        return outcome.status
+        if status != outcome.status:
+            log.info("cancel_won_at_finalize", outcome=outcome.status)
+        log.info("job_finished", status=status,
+                 outputs=len(assets) if status == "succeeded" else 0,
+                 error_code=outcome.error_code if status == outcome.status else status)
+        return status
 
     async def _hand_back(self, why: str) -> None:
         try:
