@@ -156,9 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=_cmd_credits_grant)
 
     p = sub.add_parser("cleanup", help="run the maintenance tasks once and report what they did",
-                       description="Run maintenance once: delete expired workspace assets, "
-                       "re-enqueue jobs Redis lost, take back jobs whose worker died, settle "
-                       "stale reservations, retire old jobs, delete orphan files.")
+                       description="Run maintenance once: enqueue jobs the intake could not, "
+                       "delete expired workspace assets, re-enqueue jobs Redis lost, take back "
+                       "jobs whose worker died, settle stale reservations, retire old jobs, "
+                       "delete orphan files.")
     p.add_argument("--only", action="append", choices=list(TASKS), metavar="TASK",
                    help=f"run only this task (repeatable): {', '.join(TASKS)}")
     p.set_defaults(handler=_cmd_cleanup)

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     cleanup_batch_size: int = Field(default=500, ge=1, le=100_000)
     requeue_after_s: float = Field(default=60.0, ge=0)
     sweep_interval_s: int = Field(default=60, ge=1, le=3600)
+    # How often the scheduler enqueues jobs the intake could not enqueue (Redis was down).
+    enqueue_sweep_interval_s: int = Field(default=2, ge=1, le=60)
     job_retention_s: int = Field(default=30 * 24 * 3600, ge=3600)
     job_retention_action: Literal["archive", "delete"] = "archive"
 
@@ -114,6 +116,13 @@ class Settings(BaseSettings):
             "must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60) or be whole minutes "
             "dividing an hour (120, 180, 240, 300, 360, 600, 900, 1200, 1800, 3600)"
         )
+
+    @field_validator("enqueue_sweep_interval_s")
+    @classmethod
+    def _check_enqueue_sweep_interval(cls, value: int) -> int:
+        if 60 % value == 0:
+            return value
+        raise ValueError("must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)")
 
     @field_validator("database_url", "redis_url", mode="before")
     @classmethod

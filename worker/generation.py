@@ -6,21 +6,29 @@ arq runs a job at least once, so every step is safe to repeat:
 - the provider's prediction id is stored before waiting, and a later attempt resumes it;
 - outputs land under deterministic keys (a rerun overwrites them atomically);
 - the terminal transition, the asset rows and the ledger settlement are one transaction,
-  fenced by the attempt number, and the ledger settles a reservation exactly once.
+  fenced by the attempt number, and the ledger settles a reservation exactly once; a cancel
+  requested before that transaction commits wins inside it.
+
+Errors: the claim and the final write are retried a few times on connection-class errors
+(``worker.backoff.retry_transient``). Past that, infrastructure trouble (PostgreSQL, Redis, the
+network, the disk) hands the job back to be run again later; anything else a job meets (a
+provider refusing its params, a bug, a bad file) ends it as ``failed`` at once, refunded, with a
+code and a message for the user and the traceback in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
 
-import asyncpg
 from structlog.contextvars import bound_contextvars
 
 from shared.errors import GenqError, NotFound
 from shared.logging import get_logger
 from worker import jobs
-from worker.backoff import backoff_delay
+from worker.backoff import backoff_delay, is_transient, retry_transient
 from worker.context import WorkerContext
 from worker.jobs import ClaimedJob, Outcome
 from worker.providers.base import (
@@ -33,8 +41,15 @@ from worker.staging import OutputRejected, StagedAsset
 
 log = get_logger(__name__)
 
-SAVE_PREDICTION_ATTEMPTS = 5
+T = TypeVar("T")
+
 CANCELED_BY_USER = Outcome("canceled", "canceled", "The job was canceled.")
+INTERNAL_ERROR = Outcome(
+    "failed", "internal_error", "The job failed because of an internal error.",
+)
+# How long a delivery whose claim could not reach PostgreSQL (after its own retries) waits
+# before arq runs it again.
+CLAIM_RETRY_DEFER_S = 2.0
 
 
 class JobBusy(GenqError):
@@ -69,11 +84,23 @@ class LeaseLost(GenqError):
     code = "lease_lost"
 
 
+async def _reach_db(op: Callable[[], Awaitable[T]], what: str) -> T:
+    """``op()`` with :func:`retry_transient`; if PostgreSQL stays out of reach, the delivery is
+    kept (arq runs it again shortly) instead of being dropped."""
+    try:
+        return await retry_transient(op, what=what)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("job_deferred", step=what, error=repr(exc))
+        raise JobRetry(CLAIM_RETRY_DEFER_S) from exc
+
+
 async def process_job(wc: WorkerContext, job_id: uuid.UUID) -> str:
     """Run one delivery of a job; returns what happened (a status, or why nothing was done)."""
-    job = await wc.batches.claim(job_id)
+    job = await _reach_db(lambda: wc.batches.claim(job_id), "claim")
     if job is None:
-        found = await jobs.state(wc.pool, job_id)
+        found = await _reach_db(lambda: jobs.state(wc.pool, job_id), "job_state")
         if found is None:
             log.warning("job_not_found", job_id=str(job_id))
             return "missing"
@@ -103,15 +130,15 @@ class _Run:
         log.info("job_claimed", resume_prediction=self.prediction_id)
         if job.attempt > job.max_attempts:
             await self._cancel_prediction()
-            return await self._finish(Outcome(
+            return await self._finish_or_retry(Outcome(
                 "failed", "attempts_exhausted",
                 f"The job was stopped after {job.max_attempts} attempts.",
             ))
         if self.cancel_requested:
             await self._cancel_prediction()
-            return await self._finish(CANCELED_BY_USER)
+            return await self._finish_or_retry(CANCELED_BY_USER)
         if self.provider is None:
-            return await self._finish(Outcome(
+            return await self._finish_or_retry(Outcome(
                 "failed", "unknown_provider", f"No provider {job.provider!r} is configured.",
             ))
         work = asyncio.create_task(self._work(self.provider))
@@ -128,14 +155,14 @@ class _Run:
                 raise
             if self.cancel_requested:
                 await self._cancel_prediction()
-                return await self._finish(CANCELED_BY_USER)
+                return await self._finish_or_retry(CANCELED_BY_USER)
             log.warning("lease_lost")
             return "lease_lost"
         except LeaseLost:
             await self._cancel_prediction()
             log.warning("lease_lost")
             return "lease_lost"
-        except (asyncpg.PostgresError, OSError, GenqError) as exc:
+        except Exception as exc:
             heartbeat.cancel()
             return await self._unexpected(exc)
         finally:
@@ -163,6 +190,12 @@ class _Run:
             return Outcome("canceled", exc.code, exc.message), []
         except ProviderFailed as exc:
             return Outcome("failed", exc.code, exc.message), []
+        except (TypeError, ValueError) as exc:
+            # A provider handed params it cannot use (``"width": "abc"``, ``null``): the same
+            # job would fail the same way on every attempt.
+            log.warning("provider_rejected_params", error=repr(exc), exc_info=exc)
+            return Outcome("failed", "invalid_params",
+                           f"The model could not use the job's params: {_brief(exc)}"), []
         outputs = result.outputs[: job.num_outputs]
         if not outputs:
             return Outcome("failed", "no_outputs", "The model returned no outputs."), []
@@ -186,17 +219,11 @@ class _Run:
 
     async def _on_created(self, prediction_id: str) -> None:
         self.prediction_id = prediction_id
-        # Losing this write means the next attempt pays for a second prediction: try harder
-        # than for other writes before giving up.
-        for attempt in range(1, SAVE_PREDICTION_ATTEMPTS + 1):
-            try:
-                saved = await jobs.set_prediction_id(self.wc.pool, self.job, prediction_id)
-                break
-            except (asyncpg.PostgresConnectionError, OSError) as exc:
-                if attempt == SAVE_PREDICTION_ATTEMPTS:
-                    raise
-                log.warning("save_prediction_id_retry", attempt=attempt, error=str(exc))
-                await asyncio.sleep(backoff_delay(attempt, 0.2, 2.0))
+        # Losing this write means the next attempt pays for a second prediction.
+        saved = await retry_transient(
+            lambda: jobs.set_prediction_id(self.wc.pool, self.job, prediction_id),
+            what="save_prediction_id",
+        )
         if not saved:
             raise LeaseLost("the job was taken over before the prediction id was saved")
 
@@ -209,9 +236,9 @@ class _Run:
                 ours, cancel_at = await jobs.renew_lease(
                     self.wc.pool, self.job, self.wc.worker_id, s.lease_s
                 )
-            except (asyncpg.PostgresError, OSError) as exc:
+            except Exception as exc:
                 # The attempt number fences our writes if the lease runs out meanwhile.
-                log.warning("heartbeat_failed", error=str(exc))
+                log.warning("heartbeat_failed", error=repr(exc))
                 continue
             if not ours:
                 self.lease_lost = True
@@ -229,37 +256,69 @@ class _Run:
 
     async def _finish(self, outcome: Outcome, assets: list[StagedAsset] | None = None) -> str:
         assets = assets or []
-        if not await self.wc.batches.finalize(jobs.Final(self.job, outcome, assets)):
+        final = jobs.Final(self.job, outcome, assets)
+        status = await retry_transient(lambda: self.wc.batches.finalize(final), what="finalize")
+        if status is None:
             # Another attempt owns the job now, and output keys are the same for every attempt:
             # these files may be the ones its asset rows point at. Leave them; a file no row
             # claims is removed by the orphan sweep.
             log.warning("lease_lost_at_finalize")
             return "lease_lost"
-        if outcome.status != "succeeded":
+        if status != "succeeded":
+            # A failure, or a cancel that won at the final write: no asset row points here.
             self.wc.stager.discard(self.job.user_id, self.job.id, self.staged)
-        log.info("job_finished", status=outcome.status, outputs=len(assets),
-                 error_code=outcome.error_code)
-        return outcome.status
+        if status != outcome.status:
+            log.info("cancel_won_at_finalize", outcome=outcome.status)
+        log.info("job_finished", status=status,
+                 outputs=len(assets) if status == "succeeded" else 0,
+                 error_code=outcome.error_code if status == outcome.status else status)
+        return status
+
+    async def _finish_or_retry(self, outcome: Outcome) -> str:
+        """:meth:`_finish`, with a write that fails handled as any unexpected error."""
+        try:
+            return await self._finish(outcome)
+        except Exception as exc:
+            return await self._unexpected(exc)
 
     async def _hand_back(self, why: str) -> None:
         try:
             await jobs.release_lease(self.wc.pool, self.job)
             log.info("job_handed_back", reason=why, prediction_id=self.prediction_id)
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.warning("hand_back_failed", error=str(exc))
+        except Exception as exc:
+            # The lease runs out on its own and the job is taken back then.
+            log.warning("hand_back_failed", error=repr(exc))
 
-    async def _unexpected(self, exc: BaseException) -> str:
-        log.error("job_error", error=str(exc), error_type=type(exc).__name__, exc_info=exc)
+    async def _retry_later(self, exc: BaseException) -> NoReturn:
+        """Hand the job back and have arq run it again after a backoff (a new attempt; past
+        the last one the next claim fails it as ``attempts_exhausted``, refunded)."""
+        await self._hand_back("error")
+        s = self.wc.settings
+        raise JobRetry(backoff_delay(self.job.attempt, s.provider_backoff_base_s,
+                                     s.provider_backoff_max_s)) from exc
+
+    async def _unexpected(self, exc: Exception) -> str:
+        """Infrastructure trouble is retried (while attempts remain); anything else ends the
+        job as failed now, refunded. If that final write cannot be made either, the job is
+        handed back rather than left running until its lease runs out."""
         job = self.job
-        # Only a missing model is permanent; any other NotFound (an account or reservation
-        # gone missing) is unexpected and goes through the retry path below.
-        if isinstance(exc, UnknownModel):
-            return await self._finish(Outcome("failed", exc.code, exc.message))
-        if job.attempt < job.max_attempts:
-            await self._hand_back("error")
-            s = self.wc.settings
-            raise JobRetry(backoff_delay(job.attempt, s.provider_backoff_base_s,
-                                         s.provider_backoff_max_s)) from exc
-        return await self._finish(Outcome(
-            "failed", "internal_error", "The job failed because of an internal error.",
-        ))
+        if is_transient(exc) and job.attempt < job.max_attempts:
+            log.warning("job_retry", error=repr(exc), error_type=type(exc).__name__)
+            await self._retry_later(exc)
+        log.error("job_error", error=str(exc), error_type=type(exc).__name__, exc_info=exc)
+        # A GenqError (a model gone from the catalog, say) carries a code and a message meant
+        # for the user; anything else is told as an internal error, never as a traceback.
+        outcome = (Outcome("failed", exc.code, exc.message) if isinstance(exc, GenqError)
+                   else INTERNAL_ERROR)
+        try:
+            return await self._finish(outcome)
+        except Exception as again:
+            log.error("finalize_failed", error=repr(again), error_type=type(again).__name__,
+                      exc_info=again)
+            await self._retry_later(again)
+
+
+def _brief(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -128,12 +128,14 @@ class Final:
         return made, rows
 
 
-async def finalize(pool: Pool, settings: Settings, final: Final) -> bool:
+async def finalize(pool: Pool, settings: Settings, final: Final) -> str | None:
     """In ONE statement (one transaction): the terminal status, the asset rows, and the
-    settlement.
+    settlement; returns the status written.
 
     Success captures ``len(assets) x price`` and refunds the rest; failure and cancel refund
-    all. Returns False (and writes nothing) if this attempt no longer holds the job.
+    all. A cancel requested before this write wins: the job is ``canceled``, refunded in full,
+    and no asset row is written, so the caller must discard its files. Returns None (and
+    writes nothing) if this attempt no longer holds the job.
     """
     made, rows = final.args()
     job, outcome = final.job, final.outcome
@@ -141,10 +143,13 @@ async def finalize(pool: Pool, settings: Settings, final: Final) -> bool:
         pool, queries["finalize_job"], job.id, job.attempt, outcome.status, made,
         outcome.error_code, outcome.error_message, rows, float(settings.workspace_ttl_s),
     )
-    return bool(row["held"])
+    status: str | None = row["status"]
+    return status
 
 
-async def finalize_many(pool: Pool, settings: Settings, finals: list[Final]) -> list[bool]:
+async def finalize_many(
+    pool: Pool, settings: Settings, finals: list[Final]
+) -> list[str | None]:
     """:func:`finalize` for many jobs in one statement and one transaction. Any error writes
     nothing for any of them: the caller finalizes each alone (see :class:`WorkerBatches`)."""
     items = []
@@ -157,8 +162,8 @@ async def finalize_many(pool: Pool, settings: Settings, finals: list[Final]) -> 
                       "error_code": outcome.error_code, "error_message": outcome.error_message,
                       "assets": rows})
     result = await pool.fetch(queries["finalize_jobs"], items, float(settings.workspace_ttl_s))
-    held = {row["item"]: bool(row["held"]) for row in result}
-    return [held[i] for i in range(len(finals))]
+    written: dict[int, str | None] = {row["item"]: row["status"] for row in result}
+    return [written[i] for i in range(len(finals))]
 
 
 class WorkerBatches:
@@ -171,7 +176,7 @@ class WorkerBatches:
         self.claim: Batcher[uuid.UUID, ClaimedJob | None] = Batcher(
             self._claim, max_batch=BATCH_SIZE, max_flushes=flushes
         )
-        self.finalize: Batcher[Final, bool] = Batcher(
+        self.finalize: Batcher[Final, str | None] = Batcher(
             self._finalize, max_batch=BATCH_SIZE, max_flushes=flushes
         )
 
@@ -183,7 +188,7 @@ class WorkerBatches:
     async def _claim(self, job_ids: list[uuid.UUID]) -> list[ClaimedJob | None]:
         return await claim_many(self.pool, job_ids, self.owner, self.settings.lease_s)
 
-    async def _finalize(self, finals: list[Final]) -> list[bool | BaseException]:
+    async def _finalize(self, finals: list[Final]) -> list[str | BaseException | None]:
         if len(finals) > 1:
             try:
                 return list(await finalize_many(self.pool, self.settings, finals))

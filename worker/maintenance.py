@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from shared import ledger
 from shared.db import Connection, Pool
 from shared.logging import get_logger
-from shared.queue import enqueue_generation
+from shared.queue import enqueue_generation, enqueue_generations
 from shared.settings import Settings
 from shared.storage import TMP_SUFFIX, LocalStorage
 from sql import queries
@@ -41,6 +41,10 @@ log = get_logger(__name__)
 # Files younger than this are never treated as orphans: a worker may be between writing the file
 # and inserting its row.
 ORPHAN_GRACE_S = 3600.0
+# A job accepted this recently may still be in the intake's hands (its enqueue not yet tried or
+# recorded): the prompt sweep leaves it alone. Enqueueing it anyway would be harmless (arq
+# refuses an id it holds), only wasted.
+NEW_JOB_GRACE_S = 1.0
 
 
 @dataclass
@@ -179,6 +183,35 @@ async def requeue(
     if job_exists:
         return True
     return await enqueue_generation(redis, queue_name, job_id)
+
+
+@_timed("enqueue_new_jobs")
+async def enqueue_new_jobs(
+    report: TaskReport, pool: Pool, redis: ArqRedis, settings: Settings
+) -> None:
+    """Enqueue ``queued`` jobs that were never enqueued: the intake accepted them while Redis
+    was unreachable (``enqueued_at`` NULL). Cheap, so it runs every few seconds, and such jobs
+    start soon after Redis is back instead of waiting for :func:`requeue_lost_jobs`."""
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                queries["unenqueued_jobs"], NEW_JOB_GRACE_S, settings.cleanup_batch_size
+            )
+            if not rows:
+                return
+            ids = [r["id"] for r in rows]
+            try:
+                added = await enqueue_generations(redis, settings.queue_name, ids)
+            except RedisError as exc:
+                report.add("redis_errors")
+                log.warning("enqueue_new_redis_error", error=str(exc))
+                return
+            report.add("enqueued", sum(added))
+            if len(added) > sum(added):
+                report.add("already_in_redis", len(added) - sum(added))
+            await conn.execute(queries["mark_enqueued"], ids)
+        if len(rows) < settings.cleanup_batch_size:
+            return
 
 
 @_timed("requeue_lost_jobs")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -43,6 +44,10 @@ def _sweep_orphans(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable
     return maintenance.sweep_orphan_files(pool, storage, settings.cleanup_batch_size)
 
 
+def _enqueue_new(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
+    return maintenance.enqueue_new_jobs(pool, redis, settings)
+
+
 def _requeue_lost(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
     return maintenance.requeue_lost_jobs(pool, redis, settings)
 
@@ -61,6 +66,7 @@ def _retire_jobs(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[T
 
 # Name -> task, in the order `genq cleanup` runs them.
 TASKS: dict[str, TaskFn] = {
+    "enqueue-new-jobs": _enqueue_new,
     "expire-assets": _expire_assets,
     "requeue-lost-jobs": _requeue_lost,
     "recover-expired-leases": _recover_leases,
@@ -149,11 +155,17 @@ def _cron_for(queue_name: str, name: str, schedule: dict[str, Any]) -> CronJob:
     return cron(job, name=f"{queue_name}:{name}", unique=True, timeout=3600, **schedule)
 
 
+# Tasks not on the sweep interval, with their own schedule.
+_OWN_SCHEDULE = ("enqueue-new-jobs", "sweep-orphan-files")
+
+
 def cron_jobs(settings: Settings) -> list[CronJob]:
-    """Every task on its schedule: recovery on the sweep interval, the orphan scan hourly."""
+    """Every task on its schedule: never-enqueued jobs every few seconds, recovery on the sweep
+    interval, the orphan scan hourly."""
     every = _every(settings.sweep_interval_s)
     q = settings.queue_name
-    jobs = [_cron_for(q, name, every) for name in TASKS if name != "sweep-orphan-files"]
+    jobs = [_cron_for(q, "enqueue-new-jobs", _every(settings.enqueue_sweep_interval_s))]
+    jobs += [_cron_for(q, name, every) for name in TASKS if name not in _OWN_SCHEDULE]
     jobs.append(_cron_for(q, "sweep-orphan-files", {"minute": {17}, "second": {0}}))
     return jobs
 
@@ -183,6 +195,13 @@ async def run_scheduler(settings: Settings, database_url: str, redis_url: str) -
     except asyncio.CancelledError:
         pass
     finally:
-        await worker.close()
-        await pool.close()
+        try:
+            with warnings.catch_warnings():
+                # arq 0.28 closes its Redis pool with redis-py 5's deprecated close().
+                warnings.filterwarnings(
+                    "ignore", message="Call to deprecated close", category=DeprecationWarning
+                )
+                await worker.close()
+        finally:
+            await pool.close()
         log.info("scheduler_stopped")

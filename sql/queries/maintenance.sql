@@ -30,6 +30,19 @@ ORDER BY created_at
 LIMIT $2
 FOR UPDATE SKIP LOCKED
 
+-- unenqueued_jobs --
+-- Queued jobs never enqueued (Redis failed when the intake tried), older than $1 seconds (a
+-- younger one may still be in the intake's hands), oldest first; $2 limit. Locked so two
+-- sweeps do not both enqueue one job.
+SELECT id
+FROM generation_jobs
+WHERE status = 'queued'
+  AND enqueued_at IS NULL
+  AND created_at < now() - make_interval(secs => $1)
+ORDER BY created_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+
 -- mark_enqueued --
 -- $1 uuid[] job ids.
 UPDATE generation_jobs SET enqueued_at = now(), updated_at = now() WHERE id = ANY($1::uuid[])

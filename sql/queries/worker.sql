@@ -54,15 +54,18 @@ RETURNING id
 
 -- finalize_job --
 -- The terminal transition, the asset rows and the settlement in one statement (genq_finalize
--- in 0006_finalize.sql). held = false: this attempt no longer holds the job; nothing written.
+-- in 0011_finalize_cancel_wins.sql). status: the status written, which is `canceled` (all
+-- refunded, no assets) whatever $3 was if a cancel was requested before this write; NULL: this
+-- attempt no longer holds the job, nothing written.
 -- $1 job_id, $2 attempt, $3 status (succeeded | failed | canceled), $4 outputs_made,
 -- $5 error_code (nullable), $6 error_message (nullable), $7 assets (jsonb array, empty unless
 -- succeeded), $8 asset TTL seconds.
-SELECT genq_finalize($1, $2, $3, $4, $5, $6, $7, $8) AS held
+SELECT genq_finalize($1, $2, $3, $4, $5, $6, $7, $8) AS status
 
 -- finalize_jobs --
 -- finalize_job for many jobs in one statement and one transaction (group commit:
--- genq_finalize_batch in 0008_finalize_batch.sql); any error writes nothing for any of them.
--- One row per item. $1 items (jsonb: [{item, job, user_id, attempt, status, made, error_code,
--- error_message, assets}, ...]), $2 asset TTL seconds.
-SELECT item, held FROM genq_finalize_batch($1, $2)
+-- genq_finalize_batch in 0011_finalize_cancel_wins.sql); any error writes nothing for any of
+-- them. One row per item, with the status written (NULL: not held).
+-- $1 items (jsonb: [{item, job, user_id, attempt, status, made, error_code, error_message,
+-- assets}, ...]), $2 asset TTL seconds.
+SELECT item, status FROM genq_finalize_batch($1, $2)

@@ -59,7 +59,7 @@ async def test_one_batch_answers_each_job(pool: Pool, settings: Settings) -> Non
         batches.finalize(Final(claimed[stale.id], Outcome("succeeded"),
                                staged(claimed[stale.id], 2))),
     ))
-    assert held == [True, True, False]
+    assert held == ["succeeded", "failed", None]
     assert (await job_row(pool, ok.id))["status"] == "succeeded"
     assert (await job_row(pool, failed.id))["error_code"] == "model_failed"
     assert (await job_row(pool, stale.id))["status"] == "running"
@@ -87,7 +87,7 @@ async def test_a_failing_batch_writes_nothing_and_each_job_goes_alone(
         results = await asyncio.gather(*(batches.finalize(f) for f in finals),
                                        return_exceptions=True)
     assert any(e["event"] == "finalize_batch_failed" for e in logs)
-    assert results[:3] == [True, True, True]
+    assert results[:3] == ["succeeded"] * 3
     assert isinstance(results[3], GenqError)
     for job in jobs[:3]:
         assert (await job_row(pool, job.id))["status"] == "succeeded"
@@ -116,7 +116,7 @@ async def test_concurrent_batches_over_shared_accounts_never_deadlock(
         held = list(await asyncio.gather(*(
             b.finalize(Final(c, Outcome("succeeded"), staged(c, 1))) for b, c in claimed
         )))
-    assert held == [True] * 150
+    assert held == ["succeeded"] * 150
     assert [e for e in logs if e["event"] == "finalize_batch_failed"] == []
     for user in users:
         account = await assert_invariants(pool, user)

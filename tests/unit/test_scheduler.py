@@ -16,8 +16,19 @@ from worker.scheduler import TASKS, cron_jobs
 def test_ticks_are_evenly_spaced(interval: int, field: str, ticks: set[int]) -> None:
     jobs = cron_jobs(load_settings(sweep_interval_s=interval, _env_file=None))
     assert len(jobs) == len(TASKS)
-    sweep = [j for j in jobs if not j.name.endswith("sweep-orphan-files")]
+    sweep = [j for j in jobs
+             if not j.name.endswith(("sweep-orphan-files", "enqueue-new-jobs"))]
+    assert len(sweep) == len(TASKS) - 2
     assert all(getattr(j, field) == ticks for j in sweep)
+
+
+@pytest.mark.parametrize(("interval", "ticks"), [(2, set(range(0, 60, 2))), (1, set(range(60))),
+                                                 (15, {0, 15, 30, 45})])
+def test_never_enqueued_jobs_are_swept_every_few_seconds(interval: int, ticks: set[int]) -> None:
+    settings = load_settings(enqueue_sweep_interval_s=interval, _env_file=None)
+    [job] = [j for j in cron_jobs(settings) if j.name.endswith(":enqueue-new-jobs")]
+    assert job.second == ticks
+    assert load_settings(_env_file=None).enqueue_sweep_interval_s == 2
 
 
 def test_cron_ids_carry_the_queue_name() -> None:

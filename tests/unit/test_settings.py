@@ -51,6 +51,8 @@ def test_reads_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("GENQ_LOCAL_FAILURE_RATE", "2"),
         ("GENQ_SWEEP_INTERVAL_S", "7"),
         ("GENQ_SWEEP_INTERVAL_S", "90"),
+        ("GENQ_ENQUEUE_SWEEP_INTERVAL_S", "7"),
+        ("GENQ_ENQUEUE_SWEEP_INTERVAL_S", "0"),
     ],
 )
 def test_invalid_setting_names_the_variable(
