@@ -70,16 +70,22 @@ class ModelSpec(BaseModel):
             where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
             raise ValueError(f"params_schema is not a valid JSON Schema at {where}: "
                              f"{exc.message}") from exc
+        above = [t.above_megapixels for t in self.price_tiers]
+        if above != sorted(set(above)):
+            raise ValueError("price_tiers must be in increasing order of above_megapixels")
+        rules = ModelRules.from_spec(self)
         try:
-            problems = ModelRules.from_spec(self).problems(self.params)
+            problems = rules.problems(self.params)
         except referencing.exceptions.Unresolvable as exc:
             raise ValueError(f"params_schema has a $ref that cannot be resolved: {exc}") from exc
         if problems:
             raise ValueError("the default params do not match params_schema: "
                              + "; ".join(f"{f}: {m}" for f, m in problems))
-        above = [t.above_megapixels for t in self.price_tiers]
-        if above != sorted(set(above)):
-            raise ValueError("price_tiers must be in increasing order of above_megapixels")
+        try:
+            rules.price_per_output(self.params)
+        except ValueError as exc:
+            raise ValueError(f"price_tiers need numeric width and height in params ({exc})"
+                             ) from exc
         return self
 
     def effective_schema(self) -> dict[str, Any]:
@@ -275,7 +281,9 @@ def _parse(text: str, origin: str) -> list[ModelSpec]:
         try:
             specs.append(ModelSpec.model_validate(entry))
         except ValidationError as exc:
-            raise ConfigError(f"{origin}: models[{i}]: {exc}") from exc
+            key = entry.get("key") if isinstance(entry, dict) else None
+            name = f"models[{i}] ({key})" if isinstance(key, str) else f"models[{i}]"
+            raise ConfigError(f"{origin}: {name}: {exc}") from exc
     return specs
 
 

@@ -243,7 +243,6 @@ async def test_revoked_key_is_401(api: Api) -> None:
 
 
 async def test_admin_endpoints_without_admin_token_are_403(api: Api) -> None:
-
     settings = api.settings.model_copy(update={"admin_token": None})
     async with running_app(settings) as (_, client):
         r = await client.post("/v1/admin/users", json={"email": "a@example.com"}, headers=ADMIN)
