@@ -197,6 +197,24 @@ class ModelRules:
             return [("params.width", str(exc)), ("params.height", str(exc))]
 
 
+# Compiled schemas of stored models, by revision (a revision names one schema): the worker
+# checks every job's params again before a provider sees them.
+_STORED_RULES: dict[tuple[str, str], ModelRules] = {}
+_STORED_RULES_MAX = 256
+
+
+def stored_params_problems(key: str, revision: str, schema: dict[str, Any],
+                           params: dict[str, Any]) -> list[tuple[str, str]]:
+    """How a job's stored params fail its model's current schema (jobs accepted before the
+    model had one, or under an older one), as :meth:`ModelRules.problems` says it."""
+    rules = _STORED_RULES.get((key, revision))
+    if rules is None:
+        if len(_STORED_RULES) >= _STORED_RULES_MAX:
+            _STORED_RULES.clear()
+        rules = _STORED_RULES[(key, revision)] = ModelRules(key, revision, {}, schema, 0, [])
+    return rules.problems(params)
+
+
 def price_per_output(base: int, tiers: list[PriceTier], params: dict[str, Any]) -> int:
     """The price of one output of a model for its merged params: ``base``, or the price of the
     highest tier whose ``above_megapixels`` the size (width x height / 1e6) is above.
