@@ -13,6 +13,7 @@ import json
 import math
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -70,6 +71,8 @@ class ModelSpec(BaseModel):
             where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
             raise ValueError(f"params_schema is not a valid JSON Schema at {where}: "
                              f"{exc.message}") from exc
+        if (problem := _reference_problem(self.effective_schema())) is not None:
+            raise ValueError(f"params_schema: {problem}")
         above = [t.above_megapixels for t in self.price_tiers]
         if above != sorted(set(above)):
             raise ValueError("price_tiers must be in increasing order of above_megapixels")
@@ -213,6 +216,43 @@ def stored_params_problems(key: str, revision: str, schema: dict[str, Any],
             _STORED_RULES.clear()
         rules = _STORED_RULES[(key, revision)] = ModelRules(key, revision, {}, schema, 0, [])
     return rules.problems(params)
+
+
+def _reference_problem(schema: dict[str, Any]) -> str | None:
+    """Why a ``$ref`` in ``schema`` could fail when a request reaches it: genq resolves no
+    remote schema, so every reference must point into the schema itself."""
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend(node.values())
+        for keyword in ("$ref", "$dynamicRef"):
+            ref = node.get(keyword)
+            if not isinstance(ref, str):
+                continue
+            if not ref.startswith("#"):
+                return f"{keyword} {ref!r} cannot be resolved: only references into the " \
+                       "schema itself (#/...) are"
+            if ref.startswith("#/") and not _pointer_exists(schema, ref[2:]):
+                return f"{keyword} {ref!r} points at nothing in the schema"
+    return None
+
+
+def _pointer_exists(document: Any, pointer: str) -> bool:
+    node = document
+    for raw in pointer.split("/"):
+        part = urllib.parse.unquote(raw).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
 
 
 def price_per_output(base: int, tiers: list[PriceTier], params: dict[str, Any]) -> int:

@@ -76,7 +76,11 @@ def _rules(tmp_path: Path, extra: str) -> ModelRules:
         ('params = { steps = 5 }\nparams_schema = { properties = {} }',
          "params.steps: is not an accepted parameter"),
         ('params_schema = { "$ref" = "https://example.com/schema.json" }',
-         "cannot be resolved"),
+         "$ref 'https://example.com/schema.json' cannot be resolved"),
+        ('params_schema = { properties = { lora = { "$ref" = "lora.json" } } }',
+         "$ref 'lora.json' cannot be resolved"),
+        ('params_schema = { properties = { lora = { "$ref" = "#/$defs/lora" } } }',
+         "$ref '#/$defs/lora' points at nothing in the schema"),
         ("price_tiers = [{ above_megapixels = 2, price_per_output = 4 },"
          " { above_megapixels = 1, price_per_output = 3 }]",
          "price_tiers must be in increasing order"),
@@ -142,6 +146,14 @@ def test_an_operator_may_allow_unknown_keys(tmp_path: Path) -> None:
                              '{ steps = { type = "integer", maximum = 50 } } }\n')
     assert rules.check({"steps": 4, "anything": [1]}) == Checked({"steps": 4, "anything": [1]}, 2)
     assert rules.check({"steps": 51}) == [("params.steps", "must be at most 50")]
+
+
+def test_local_references_are_followed(tmp_path: Path) -> None:
+    rules = _rules(tmp_path, 'params_schema = { properties = { side = { "$ref" = '
+                             '"#/$defs/side" } }, "$defs" = { side = { type = "integer", '
+                             'maximum = 64 } } }\n')
+    assert rules.check({"side": 64}) == Checked({"side": 64}, 2)
+    assert rules.check({"side": 65}) == [("params.side", "must be at most 64")]
 
 
 def test_required_params_are_named(tmp_path: Path) -> None:
