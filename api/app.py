@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from api import assets, catalog, credits, health, jobs
 from api.auth import ApiKeyCache
+from api.catalog import CatalogCache
 from api.context import ApiContext
 from api.errors import exception_handlers
 from api.intake import IntakeBatches
@@ -74,10 +75,12 @@ def create_app(settings: Settings) -> Starlette:
             max_size=settings.db_pool_max_size, reset_on_release=False,
         )
         try:
+            catalog_cache = CatalogCache(pool)
+            await catalog_cache.load()
             redis = await create_arq_pool(redis_url)
             batches = IntakeBatches(pool, redis, settings)
             try:
-                ctx.attach(pool, redis, batches)
+                ctx.attach(pool, redis, batches, catalog_cache)
                 log.info("api_started", queue=settings.queue_name)
                 yield
             finally:

@@ -1,13 +1,66 @@
-"""``/v1/models``: the enabled models clients can ask for, with prices and limits."""
+"""``/v1/models``: the enabled models clients can ask for, with prices, limits and the params
+each accepts; and the intake's snapshot of the catalog's rules."""
 
 from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.auth import authenticate
 from api.context import context
-from shared.catalog import list_models
+from shared.catalog import ModelRules, PriceTier, list_models, load_rules, price_per_output
+from shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from shared.db import Pool
+
+log = get_logger(__name__)
+
+# A model the snapshot does not know makes it reload, at most this often (a client sending
+# made-up model names must not cost a query each).
+MISS_RELOAD_S = 5.0
+
+
+class CatalogCache:
+    """The enabled models' params schemas (compiled once) and pricing, loaded from the database
+    when the app starts, so a submission is checked and priced without a query of its own.
+
+    It is reloaded when ``genq_submit`` finds that a model changed since (the submission is then
+    checked again), and, rate-limited, when a client asks for a model it does not know.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.rules: dict[str, ModelRules] = {}
+        self.generation = 0
+        self._loaded_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        """Read every enabled model's rules."""
+        async with self.pool.acquire() as conn:
+            rules = await load_rules(conn)
+        self.rules, self._loaded_at = rules, time.monotonic()
+        self.generation += 1
+        log.info("catalog_loaded", models=len(rules), generation=self.generation)
+
+    async def refresh(self, seen: int) -> None:
+        """Reload unless another caller already did since generation ``seen``."""
+        async with self._lock:
+            if self.generation == seen:
+                await self.load()
+
+    async def lookup(self, key: str) -> ModelRules | None:
+        """The rules of an enabled model, or None."""
+        rules = self.rules.get(key)
+        if rules is None and time.monotonic() - self._loaded_at >= MISS_RELOAD_S:
+            await self.refresh(self.generation)
+            rules = self.rules.get(key)
+        return rules
 
 
 async def get_models(request: Request) -> Response:
@@ -21,10 +74,17 @@ async def get_models(request: Request) -> Response:
             "key": m.key,
             "provider": m.provider,
             "media_type": m.media_type,
-            "price_per_output": m.price_per_output,
+            # What one output costs with the default params; price_tiers say how the params
+            # change it.
+            "price_per_output": price_per_output(
+                m.price_per_output, [PriceTier.model_validate(t) for t in m.price_tiers],
+                m.params,
+            ),
+            "price_tiers": m.price_tiers,
             "max_outputs": m.max_outputs,
             "timeout_s": m.timeout_s,
             "params": m.params,
+            "params_schema": m.params_schema,
             "description": m.description,
         }
         for m in models

@@ -13,6 +13,7 @@ from shared.storage import LocalStorage
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
+    from api.catalog import CatalogCache
     from api.intake import IntakeBatches
     from shared.db import Pool
     from shared.settings import Settings
@@ -28,14 +29,17 @@ class ApiContext:
     _pool: Pool | None = field(default=None, repr=False)
     _redis: ArqRedis | None = field(default=None, repr=False)
     _batches: IntakeBatches | None = field(default=None, repr=False)
+    _catalog: CatalogCache | None = field(default=None, repr=False)
 
-    def attach(self, pool: Pool, redis: ArqRedis, batches: IntakeBatches) -> None:
+    def attach(self, pool: Pool, redis: ArqRedis, batches: IntakeBatches,
+               catalog: CatalogCache) -> None:
         """Use these connections (called by the lifespan once both are open)."""
         self._pool, self._redis, self._batches = pool, redis, batches
+        self._catalog = catalog
 
     def detach(self) -> None:
         """Forget the connections (the lifespan closes them)."""
-        self._pool = self._redis = self._batches = None
+        self._pool = self._redis = self._batches = self._catalog = None
 
     @property
     def pool(self) -> Pool:
@@ -57,6 +61,14 @@ class ApiContext:
         if self._batches is None:
             raise RuntimeError("the intake batches are not open: is the lifespan running?")
         return self._batches
+
+
+    @property
+    def catalog(self) -> CatalogCache:
+        """The catalog's rules the intake checks and prices with (loaded at startup)."""
+        if self._catalog is None:
+            raise RuntimeError("the catalog is not loaded: is the lifespan running?")
+        return self._catalog
 
 
 def context(request: Request) -> ApiContext:

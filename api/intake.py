@@ -19,6 +19,7 @@ from api.serialize import job_json
 from api.validation import JobCreate, field_error, request_hash
 from shared import ledger
 from shared.batch import Batcher
+from shared.catalog import ModelRules
 from shared.errors import (
     AccountNotFound,
     Conflict,
@@ -69,23 +70,47 @@ _DEADLOCK_TRIES = 3
 NO_DATA_FOUND = "P0002"
 
 
+# The constraint genq_submit names when the model changed since the intake checked the request.
+CATALOG_CHANGED = "genq_submit_catalog_changed"
+# How often a submission is checked again against a reloaded catalog before giving up.
+_CATALOG_TRIES = 3
+
+
 @dataclass(frozen=True)
 class SubmitItem:
-    """One submission waiting for its batch."""
+    """One submission waiting for its batch, its params checked and priced against the model's
+    ``revision``."""
 
     job_id: uuid.UUID
     user_id: uuid.UUID
     job: JobCreate
     key: str | None
     digest: str | None
+    params: dict[str, Any]
+    price_per_output: int
+    revision: str
+
+    @classmethod
+    def checked(cls, job_id: uuid.UUID, user_id: uuid.UUID, job: JobCreate, key: str | None,
+                digest: str | None, rules: ModelRules) -> SubmitItem:
+        """The item for ``job``, checked with ``rules``; :class:`ValidationFailed` naming each
+        bad param otherwise."""
+        checked = rules.check(job.params)
+        if isinstance(checked, list):
+            raise ValidationFailed(
+                "invalid params", details=[field_error(f, m) for f, m in checked]
+            )
+        return cls(job_id, user_id, job, key, digest, checked.params, checked.price_per_output,
+                   rules.revision)
 
     def payload(self, item: int) -> dict[str, Any]:
         """Its entry in genq_submit_batch's items."""
         job = self.job
         return {"item": item, "job": str(self.job_id), "user_id": str(self.user_id),
                 "model": job.model, "prompt": job.prompt, "num_outputs": job.num_outputs,
-                "params": job.params, "seed": job.seed, "key": self.key,
-                "request_hash": self.digest}
+                "params": self.params, "seed": job.seed, "key": self.key,
+                "request_hash": self.digest, "price_per_output": self.price_per_output,
+                "revision": self.revision}
 
 
 class SubmitRefused(Exception):
@@ -108,10 +133,7 @@ def _submit_error(refused: SubmitRefused, job: JobCreate) -> GenqError | None:
         # The holder's row vanished (its job was deleted): rare enough to ask for a new key.
         return Conflict("this Idempotency-Key cannot be reused; send a new one")
     if constraint == "genq_submit_model_unknown":
-        return ValidationFailed(
-            "unknown model",
-            details=[field_error("model", f"no enabled model {job.model!r}; see /v1/models")],
-        )
+        return unknown_model(job)
     if constraint == "genq_submit_too_many_outputs":
         return ValidationFailed(
             "too many outputs",
@@ -129,6 +151,14 @@ def _submit_error(refused: SubmitRefused, job: JobCreate) -> GenqError | None:
     if refused.state == NO_DATA_FOUND:
         return AccountNotFound(str(refused))
     return None
+
+
+def unknown_model(job: JobCreate) -> ValidationFailed:
+    """The 422 for a model that is not in the catalog or not enabled."""
+    return ValidationFailed(
+        "unknown model",
+        details=[field_error("model", f"no enabled model {job.model!r}; see /v1/models")],
+    )
 
 
 class IntakeBatches:
@@ -204,18 +234,32 @@ async def submit_job(
 ) -> Submitted:
     """Accept a job: reserve its price and queue it. Replays return the original job.
 
-    The database work is one statement (``genq_submit``, in its batch's transaction); only the
-    enqueue and its ``enqueued_at`` hint follow it.
+    The params are checked and priced first, against the catalog snapshot, before anything is
+    written. The database work is one statement (``genq_submit``, in its batch's transaction);
+    only the enqueue and its ``enqueued_at`` hint follow it.
     """
     job_id = uuid.uuid4()
     digest = request_hash(job) if key is not None else None
-    try:
-        row = await ctx.batches.submit(SubmitItem(job_id, user_id, job, key, digest))
-    except SubmitRefused as exc:
-        mapped = _submit_error(exc, job)
-        if mapped is None:
-            raise
-        raise mapped from exc
+    for _ in range(_CATALOG_TRIES):
+        generation = ctx.catalog.generation
+        rules = await ctx.catalog.lookup(job.model)
+        if rules is None:
+            raise unknown_model(job)
+        item = SubmitItem.checked(job_id, user_id, job, key, digest, rules)
+        try:
+            row = await ctx.batches.submit(item)
+            break
+        except SubmitRefused as exc:
+            if exc.constraint == CATALOG_CHANGED:
+                # The model changed since the snapshot: check again against the new one.
+                await ctx.catalog.refresh(generation)
+                continue
+            mapped = _submit_error(exc, job)
+            if mapped is None:
+                raise
+            raise mapped from exc
+    else:
+        raise Conflict("the model catalog kept changing during this request; try again")
     if row["replayed"]:
         async with ctx.pool.acquire() as conn:
             replayed = await load_job(conn, user_id, row["job_id"])

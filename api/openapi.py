@@ -109,9 +109,25 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "key": {"type": "string"}, "provider": {"type": "string"},
-            "media_type": {"enum": ["image", "video"]}, "price_per_output": {"type": "integer"},
+            "media_type": {"enum": ["image", "video"]},
+            "price_per_output": {"type": "integer",
+                                 "description": "What one output costs with the default params."},
+            "price_tiers": {
+                "type": "array",
+                "description": "Above a size (width x height / 1e6 of the merged params), one "
+                               "output costs the price of the highest tier it is above.",
+                "items": {"type": "object", "properties": {
+                    "above_megapixels": {"type": "number"},
+                    "price_per_output": {"type": "integer"}}},
+            },
             "max_outputs": {"type": "integer"}, "timeout_s": {"type": "integer"},
-            "params": {"type": "object"}, "description": {"type": "string"},
+            "params": {"type": "object", "description": "The defaults a job's params merge over."},
+            "params_schema": {
+                "type": "object",
+                "description": "JSON Schema (Draft 2020-12) the merged params must match; keys "
+                               "it does not list are refused unless it allows them.",
+            },
+            "description": {"type": "string"},
         },
     },
     "Credits": {"type": "object", "properties": {
@@ -136,8 +152,11 @@ _PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "202": _json(_ref("Job"), "Accepted (or replayed: Idempotent-Replayed: true)"),
                 "400": _error("Malformed JSON"), "402": _error("insufficient_credits"),
-                "409": _error("idempotency_key_reused"), "413": _error("Body too large"),
-                "415": _error("Not application/json"), "422": _error("validation_error"),
+                "409": _error("idempotency_key_reused; or conflict: the model changed during "
+                              "the request, send it again"),
+                "413": _error("Body too large"), "415": _error("Not application/json"),
+                "422": _error("validation_error: details name each failing field, e.g. "
+                              "params.width; nothing was reserved"),
                 **_COMMON,
             },
         },

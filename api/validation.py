@@ -33,7 +33,9 @@ class JobCreate(BaseModel):
     prompt: str = Field(min_length=1, description="What to generate.")
     num_outputs: int = Field(default=1, ge=1, le=100, description="Up to the model's max.")
     params: dict[str, Any] = Field(
-        default_factory=dict, description="Provider parameters, merged over the model's."
+        default_factory=dict,
+        description="Provider parameters, merged over the model's defaults; the result must "
+                    "match the model's params_schema (see /v1/models) and sets its price.",
     )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 

@@ -18,6 +18,7 @@ from arq.jobs import Job
 from api.intake import SUBMIT_BATCH, SubmitItem
 from api.validation import JobCreate
 from shared import ledger
+from shared.catalog import load_rules
 from shared.db import Pool
 from shared.queue import GENERATION_FUNCTION
 from shared.storage import asset_key
@@ -61,9 +62,12 @@ async def queued_jobs(pool: Pool, user_ids: list[uuid.UUID], n: int,
     """``n`` queued jobs with their reservations, spread over ``user_ids``, not yet enqueued:
     the rows the intake writes, with the same query."""
     ids = [uuid.uuid4() for _ in range(n)]
+    async with pool.acquire() as conn:
+        rules = (await load_rules(conn))[model]
     items = [
-        SubmitItem(job_id, user_ids[i % len(user_ids)],
-                   JobCreate(model=model, prompt=f"bench prompt {i}", params=params), None, None)
+        SubmitItem.checked(job_id, user_ids[i % len(user_ids)],
+                           JobCreate(model=model, prompt=f"bench prompt {i}", params=params),
+                           None, None, rules)
         for i, job_id in enumerate(ids)
     ]
     batches = [[item.payload(i) for i, item in enumerate(items[start:start + SUBMIT_BATCH])]

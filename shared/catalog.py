@@ -1,18 +1,45 @@
-"""The model catalog: TOML files an operator edits, synced into the ``models`` table."""
+"""The model catalog: TOML files an operator edits, synced into the ``models`` table.
+
+Each model declares what a client may send as ``params`` (a JSON Schema, Draft 2020-12) and how
+its price per output follows from them (optional tiers on megapixels). :class:`ModelRules` is
+the one place both are applied: the intake checks every submission with it before anything is
+reserved, and the price it computes is what the job reserves and records.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import jsonschema
+import referencing.exceptions
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.db import Connection
 from shared.errors import ConfigError, NotFound
 from sql import queries
+
+# A problem message quotes the client's value; long values are cut to keep the 422 readable.
+MAX_PROBLEM_CHARS = 300
+
+
+class PriceTier(BaseModel):
+    """Above ``above_megapixels`` (width x height / 1e6 of the merged params) one output costs
+    ``price_per_output``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    above_megapixels: float = Field(gt=0, allow_inf_nan=False)
+    price_per_output: int = Field(ge=0, le=1_000_000)
 
 
 class ModelSpec(BaseModel):
@@ -30,8 +57,64 @@ class ModelSpec(BaseModel):
     max_outputs: int = Field(ge=1, le=100)
     timeout_s: int = Field(ge=1, le=24 * 3600)
     params: dict[str, Any] = Field(default_factory=dict)
+    # None: clients may send no params but the defaults' own values (see effective_schema).
+    params_schema: dict[str, Any] | None = None
+    price_tiers: list[PriceTier] = Field(default_factory=list)
     description: str = ""
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _rules_hold(self) -> ModelSpec:
+        try:
+            Draft202012Validator.check_schema(self.effective_schema())
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+            raise ValueError(f"params_schema is not a valid JSON Schema at {where}: "
+                             f"{exc.message}") from exc
+        if (problem := _reference_problem(self.effective_schema())) is not None:
+            raise ValueError(f"params_schema: {problem}")
+        above = [t.above_megapixels for t in self.price_tiers]
+        if above != sorted(set(above)):
+            raise ValueError("price_tiers must be in increasing order of above_megapixels")
+        rules = ModelRules.from_spec(self)
+        try:
+            problems = rules.problems(self.params)
+        except referencing.exceptions.Unresolvable as exc:
+            raise ValueError(f"params_schema has a $ref that cannot be resolved: {exc}") from exc
+        if problems:
+            raise ValueError("the default params do not match params_schema: "
+                             + "; ".join(f"{f}: {m}" for f, m in problems))
+        try:
+            rules.price_per_output(self.params)
+        except ValueError as exc:
+            raise ValueError(f"price_tiers need numeric width and height in params ({exc})"
+                             ) from exc
+        return self
+
+    def effective_schema(self) -> dict[str, Any]:
+        """The schema the merged params must match.
+
+        A declared schema is an object schema that refuses unknown keys unless it says
+        otherwise (``additionalProperties`` or ``unevaluatedProperties``). Without one, the only
+        keys allowed are the defaults', each with its default value: nothing a client sends
+        reaches a provider unchecked.
+        """
+        if self.params_schema is None:
+            return {"type": "object",
+                    "properties": {k: {"const": v} for k, v in self.params.items()},
+                    "additionalProperties": False}
+        schema: dict[str, Any] = {"type": "object"}
+        if not {"additionalProperties", "unevaluatedProperties"} & self.params_schema.keys():
+            schema["additionalProperties"] = False
+        schema.update(self.params_schema)
+        return schema
+
+    def revision(self) -> str:
+        """A digest of everything the intake checks and prices with: a submission checked
+        against one revision is refused by the database once the model has another."""
+        return hashlib.sha256(json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
+        ).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -46,8 +129,201 @@ class CatalogModel:
     max_outputs: int
     timeout_s: int
     params: dict[str, Any] = field(default_factory=dict)
+    params_schema: dict[str, Any] = field(default_factory=dict)
+    price_tiers: list[dict[str, Any]] = field(default_factory=list)
+    revision: str = ""
     description: str = ""
     enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A submission's params, checked: merged over the defaults, and the price per output
+    they imply."""
+
+    params: dict[str, Any]
+    price_per_output: int
+
+
+class ModelRules:
+    """One model's params schema (compiled once) and pricing.
+
+    Pricing is computed here and not in SQL: the schema check needs Python (jsonschema) anyway,
+    so the intake passes the price it computed into ``genq_submit`` together with the model's
+    revision, and the database refuses the submission if the model changed in between. One
+    function prices for the intake, ``/v1/models`` and the tests.
+    """
+
+    def __init__(self, key: str, revision: str, defaults: dict[str, Any],
+                 schema: dict[str, Any], base_price: int, tiers: list[PriceTier]) -> None:
+        self.key, self.revision, self.defaults = key, revision, defaults
+        self.schema, self.base_price, self.tiers = schema, base_price, tiers
+        self.validator = Draft202012Validator(schema)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> ModelRules:
+        """The rules of a catalog entry (as loaded from TOML)."""
+        return cls(spec.key, spec.revision(), spec.params, spec.effective_schema(),
+                   spec.price_per_output, spec.price_tiers)
+
+    @classmethod
+    def from_model(cls, model: CatalogModel) -> ModelRules:
+        """The rules of a stored model (its schema was checked before it was stored)."""
+        return cls(model.key, model.revision, model.params, model.params_schema,
+                   model.price_per_output,
+                   [PriceTier.model_validate(t) for t in model.price_tiers])
+
+    def problems(self, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """Every way ``params`` (merged) fails the schema: ``(field, message)``, the field a
+        path like ``params.width``."""
+        found: list[tuple[str, str]] = []
+        for error in sorted(self.validator.iter_errors(params), key=lambda e: list(e.path)):
+            path = ["params", *(str(p) for p in error.absolute_path)]
+            for name, message in _named(error):
+                found.append((".".join([*path, name] if name else path), _cut(message)))
+        return found
+
+    def price_per_output(self, params: dict[str, Any]) -> int:
+        """The price of one output for these (merged, valid) params (see
+        :func:`price_per_output`)."""
+        return price_per_output(self.base_price, self.tiers, params)
+
+    def check(self, client_params: dict[str, Any]) -> Checked | list[tuple[str, str]]:
+        """The merged params and their price, or every problem with them."""
+        merged = {**self.defaults, **client_params}
+        problems = self.problems(merged)
+        if problems:
+            return problems
+        try:
+            return Checked(merged, self.price_per_output(merged))
+        except ValueError as exc:
+            return [("params.width", str(exc)), ("params.height", str(exc))]
+
+
+# Compiled schemas of stored models, by revision (a revision names one schema): the worker
+# checks every job's params again before a provider sees them.
+_STORED_RULES: dict[tuple[str, str], ModelRules] = {}
+_STORED_RULES_MAX = 256
+
+
+def stored_params_problems(key: str, revision: str, schema: dict[str, Any],
+                           params: dict[str, Any]) -> list[tuple[str, str]]:
+    """How a job's stored params fail its model's current schema (jobs accepted before the
+    model had one, or under an older one), as :meth:`ModelRules.problems` says it."""
+    rules = _STORED_RULES.get((key, revision))
+    if rules is None:
+        if len(_STORED_RULES) >= _STORED_RULES_MAX:
+            _STORED_RULES.clear()
+        rules = _STORED_RULES[(key, revision)] = ModelRules(key, revision, {}, schema, 0, [])
+    return rules.problems(params)
+
+
+def _reference_problem(schema: dict[str, Any]) -> str | None:
+    """Why a ``$ref`` in ``schema`` could fail when a request reaches it: genq resolves no
+    remote schema, so every reference must point into the schema itself."""
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend(node.values())
+        for keyword in ("$ref", "$dynamicRef"):
+            ref = node.get(keyword)
+            if not isinstance(ref, str):
+                continue
+            if not ref.startswith("#"):
+                return f"{keyword} {ref!r} cannot be resolved: only references into the " \
+                       "schema itself (#/...) are"
+            if ref.startswith("#/") and not _pointer_exists(schema, ref[2:]):
+                return f"{keyword} {ref!r} points at nothing in the schema"
+    return None
+
+
+def _pointer_exists(document: Any, pointer: str) -> bool:
+    node = document
+    for raw in pointer.split("/"):
+        part = urllib.parse.unquote(raw).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
+def price_per_output(base: int, tiers: list[PriceTier], params: dict[str, Any]) -> int:
+    """The price of one output of a model for its merged params: ``base``, or the price of the
+    highest tier whose ``above_megapixels`` the size (width x height / 1e6) is above.
+    :class:`ValueError` if tiers are declared and ``width`` / ``height`` are not numbers.
+
+    Every way a price follows from params lives here (per-second prices of video models will
+    too), so the intake, ``/v1/models`` and the tests agree on it.
+    """
+    if not tiers:
+        return base
+    width, height = params.get("width"), params.get("height")
+    if not (_is_number(width) and _is_number(height)):
+        raise ValueError("width and height must be numbers: this model is priced by size")
+    megapixels = float(width) * float(height) / 1e6
+    price = base
+    for tier in tiers:
+        if megapixels > tier.above_megapixels:
+            price = tier.price_per_output
+    return price
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
+
+
+def _cut(message: str) -> str:
+    return message if len(message) <= MAX_PROBLEM_CHARS else message[:MAX_PROBLEM_CHARS] + "..."
+
+
+def _named(error: jsonschema.ValidationError) -> list[tuple[str | None, str]]:
+    """The keys an error is about, when it is about keys of an object: each unexpected key of
+    ``additionalProperties`` and each missing one of ``required``, so the 422 names them."""
+    instance, kind = error.instance, error.validator
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        known = schema.get("properties", {})
+        patterns = list(schema.get("patternProperties", {}))
+        extra = [k for k in instance
+                 if k not in known and not any(re.search(p, k) for p in patterns)]
+        if extra:
+            return [(k, "is not an accepted parameter of this model") for k in sorted(extra)]
+    required = error.validator_value
+    if kind == "required" and isinstance(instance, dict) and isinstance(required, list):
+        missing = [k for k in required if k not in instance]
+        if missing:
+            return [(k, "is required") for k in missing]
+    return [(None, _message(error))]
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    """What the common keywords say in JSON's terms (jsonschema's own messages quote Python
+    values: None, True)."""
+    kind, expected = error.validator, error.validator_value
+    if kind == "type":
+        names = expected if isinstance(expected, list) else [expected]
+        return f"must be of type {' or '.join(str(n) for n in names)}"
+    if kind == "enum" and isinstance(expected, list):
+        return "must be one of " + ", ".join(json.dumps(v) for v in expected)
+    if kind == "const":
+        return f"must be {json.dumps(expected)}"
+    words = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "more than",
+             "exclusiveMaximum": "less than", "minLength": "at least {} characters long",
+             "maxLength": "at most {} characters long", "minItems": "at least {} items long",
+             "maxItems": "at most {} items long"}
+    if isinstance(kind, str) and kind in words:
+        phrase = words[kind]
+        return "must be " + (phrase.format(expected) if "{}" in phrase else f"{phrase} {expected}")
+    return str(error.message)
 
 
 def _parse(text: str, origin: str) -> list[ModelSpec]:
@@ -63,7 +339,9 @@ def _parse(text: str, origin: str) -> list[ModelSpec]:
         try:
             specs.append(ModelSpec.model_validate(entry))
         except ValidationError as exc:
-            raise ConfigError(f"{origin}: models[{i}]: {exc}") from exc
+            key = entry.get("key") if isinstance(entry, dict) else None
+            name = f"models[{i}] ({key})" if isinstance(key, str) else f"models[{i}]"
+            raise ConfigError(f"{origin}: {name}: {exc}") from exc
     return specs
 
 
@@ -88,7 +366,8 @@ async def sync_catalog(conn: Connection, specs: list[ModelSpec]) -> int:
             await conn.execute(
                 queries["upsert_model"], s.key, s.provider, s.ref, s.media_type,
                 s.price_per_output, s.max_outputs, s.timeout_s, s.params, s.description,
-                s.enabled,
+                s.enabled, s.effective_schema(),
+                [t.model_dump(mode="json") for t in s.price_tiers], s.revision(),
             )
         await conn.execute(queries["disable_models_not_in"], [s.key for s in specs])
     return len(specs)
@@ -101,6 +380,11 @@ def _model(row: Any) -> CatalogModel:
 async def list_models(conn: Connection) -> list[CatalogModel]:
     """Every enabled model."""
     return [_model(r) for r in await conn.fetch(queries["list_models"])]
+
+
+async def load_rules(conn: Connection) -> dict[str, ModelRules]:
+    """The rules of every enabled model, by key (compiled once per load)."""
+    return {m.key: ModelRules.from_model(m) for m in await list_models(conn)}
 
 
 async def get_model(conn: Connection, key: str) -> CatalogModel:

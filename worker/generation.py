@@ -25,6 +25,7 @@ from typing import NoReturn, TypeVar
 
 from structlog.contextvars import bound_contextvars
 
+from shared.catalog import stored_params_problems
 from shared.errors import GenqError, NotFound
 from shared.logging import get_logger
 from worker import jobs
@@ -173,6 +174,14 @@ class _Run:
         if job.model_ref is None or job.model_timeout_s is None:
             raise UnknownModel(f"no model {job.model!r}")
         timeout_s = job.model_timeout_s
+        if job.model_params_schema is not None and job.model_revision is not None:
+            problems = stored_params_problems(job.model, job.model_revision,
+                                              job.model_params_schema, job.params)
+            if problems:
+                # Accepted before the model's schema said otherwise: no provider sees it.
+                return Outcome("failed", "invalid_params",
+                               "The job's params do not match the model's params_schema: "
+                               + "; ".join(f"{f}: {m}" for f, m in problems)), []
         request = GenerationRequest(
             job_id=job.id, model_key=job.model, ref=job.model_ref, prompt=job.prompt,
             num_outputs=job.num_outputs, params=dict(job.params), seed=job.seed,

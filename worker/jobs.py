@@ -45,9 +45,12 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     cancel_requested_at: datetime | None
-    # The model's provider ref and timeout, read by the claim; None if the model is unknown.
+    # The model's provider ref, timeout, params schema and revision, read by the claim; None if
+    # the model is unknown.
     model_ref: str | None
     model_timeout_s: int | None
+    model_params_schema: dict[str, Any] | None = None
+    model_revision: str | None = None
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@
 -- claim_jobs --
 -- Take jobs (group commit: the claims waiting in this worker, one statement): each one queued,
 -- or running with an expired lease (its worker died or handed it back). A job not in the
--- result was not claimable. Also returns the model's provider ref and timeout (NULL if the
--- model is unknown), which the attempt needs next, so it does not need a second round trip.
+-- result was not claimable. Also returns the model's provider ref, timeout, params schema and
+-- revision (NULL if the model is unknown), which the attempt needs next, so it does not need a
+-- second round trip.
 -- $1 job ids (uuid[], no duplicates), $2 lease_owner (worker id), $3 lease seconds (float).
 UPDATE generation_jobs j
 SET status = 'running',
@@ -21,7 +22,9 @@ RETURNING j.id, j.user_id, j.model, j.provider, j.prompt, j.num_outputs, j.param
           j.price_per_output, j.reservation_id, j.provider_prediction_id, j.attempt,
           j.max_attempts, j.cancel_requested_at,
           (SELECT m.ref FROM models m WHERE m.key = j.model) AS model_ref,
-          (SELECT m.timeout_s FROM models m WHERE m.key = j.model) AS model_timeout_s
+          (SELECT m.timeout_s FROM models m WHERE m.key = j.model) AS model_timeout_s,
+          (SELECT m.params_schema FROM models m WHERE m.key = j.model) AS model_params_schema,
+          (SELECT m.revision FROM models m WHERE m.key = j.model) AS model_revision
 
 -- get_job_state --
 -- Why a claim found nothing. $1 job_id.

@@ -83,6 +83,18 @@ async def test_models_lists_the_catalog(api: Api) -> None:
         "price_per_output": 3, "max_outputs": 4, "timeout_s": 60,
         "params": {"width": 512, "height": 768, "format": "webp"},
         "description": "Offline WebP renderer with a larger canvas.",
+        "price_tiers": [{"above_megapixels": 1.1, "price_per_output": 6},
+                        {"above_megapixels": 2.2, "price_per_output": 12}],
+        "params_schema": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "width": {"type": "integer", "minimum": 1, "maximum": 2048,
+                          "description": "Pixels."},
+                "height": {"type": "integer", "minimum": 1, "maximum": 2048,
+                           "description": "Pixels."},
+                "format": {"enum": ["png", "webp"], "description": "Image format."},
+            },
+        },
     }
 
 

@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 
 from tests.integration.api_support import ADMIN, Api, api_fixture  # noqa: F401
 
-JOB = {"model": "local/sketch", "prompt": "a red fox", "num_outputs": 2, "params": {"a": 1}}
+JOB = {"model": "local/sketch", "prompt": "a red fox", "num_outputs": 2, "params": {"width": 300}}
 
 
 async def test_same_key_same_body_replays_the_original(api: Api) -> None:
@@ -19,7 +19,7 @@ async def test_same_key_same_body_replays_the_original(api: Api) -> None:
     # Same body, different key order and whitespace: still the same request.
     second = await api.client.post(
         "/v1/jobs",
-        content=b'{ "params": {"a": 1}, "num_outputs": 2, "prompt": "a red fox",'
+        content=b'{ "params": {"width": 300}, "num_outputs": 2, "prompt": "a red fox",'
                 b' "model": "local/sketch" }',
         headers={**headers, "Content-Type": "application/json"},
     )

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.api_support import ADMIN, Api, User, api_fixture  # noqa: F401
+from tests.factories import add_models
+from tests.integration.api_support import (  # noqa: F401
+    ADMIN,
+    Api,
+    User,
+    api_fixture,
+    running_app,
+)
 
 GOOD = {"model": "local/sketch", "prompt": "a cat", "num_outputs": 1}
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -165,14 +172,32 @@ async def test_json_content_type_with_charset_is_fine(api: Api) -> None:
     assert r.status_code == 202
 
 
+# A model whose operator lets any params through (params_schema allows unknown keys).
+OPEN_MODEL = """
+[[models]]
+key = "test/open"
+provider = "local"
+ref = "sketch"
+media_type = "image"
+price_per_output = 1
+max_outputs = 2
+timeout_s = 60
+params_schema = { additionalProperties = true }
+"""
+
+
 async def test_unicode_round_trips(api: Api) -> None:
+    await add_models(api.pool, OPEN_MODEL)
     user = await api.user(credits=100)
     prompt = "一只猫 🐈‍⬛ — קֶצֶב — naïve café \u200d"
     params = {"négatif": "ü", "emoji": ["🎨", {"nested": "ß"}], "big": 10**30, "neg": -5}
-    r = await api.client.post("/v1/jobs", json=_with(prompt=prompt, params=params),
-                              headers=user.headers)
-    assert r.status_code == 202, r.text
-    got = (await api.client.get(f"/v1/jobs/{r.json()['id']}", headers=user.headers)).json()
+    async with running_app(api.settings) as (_, client):  # loads the catalog with test/open
+        r = await client.post(
+            "/v1/jobs", json=_with(model="test/open", prompt=prompt, params=params),
+            headers=user.headers,
+        )
+        assert r.status_code == 202, r.text
+        got = (await client.get(f"/v1/jobs/{r.json()['id']}", headers=user.headers)).json()
     assert got["prompt"] == prompt
     assert {k: got["params"][k] for k in params} == params
 
@@ -218,8 +243,6 @@ async def test_revoked_key_is_401(api: Api) -> None:
 
 
 async def test_admin_endpoints_without_admin_token_are_403(api: Api) -> None:
-    from tests.integration.api_support import running_app
-
     settings = api.settings.model_copy(update={"admin_token": None})
     async with running_app(settings) as (_, client):
         r = await client.post("/v1/admin/users", json={"email": "a@example.com"}, headers=ADMIN)

@@ -28,7 +28,7 @@ async def test_submit_reserves_the_price_and_enqueues(
     user = await api.user(credits=10)
     r = await api.client.post(
         "/v1/jobs",
-        json={**JOB, "params": {"width": 640, "style": "ink"}, "seed": 42},
+        json={**JOB, "params": {"width": 640, "format": "png"}, "seed": 42},
         headers=user.headers,
     )
     assert r.status_code == 202, r.text
@@ -38,7 +38,7 @@ async def test_submit_reserves_the_price_and_enqueues(
     assert job["status"] == "queued"
     assert job["cost"] == {"price_per_output": 3, "reserved": 6, "captured": 0, "refunded": 0}
     # The model's defaults sit under the client's params.
-    assert job["params"] == {"width": 640, "height": 768, "format": "webp", "style": "ink"}
+    assert job["params"] == {"width": 640, "height": 768, "format": "png"}
     assert (job["seed"], job["outputs"], job["error"]) == (42, [], None)
     assert job["enqueued_at"] is not None
 

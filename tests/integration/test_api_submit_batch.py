@@ -13,17 +13,23 @@ from structlog.testing import capture_logs
 
 from api.intake import IntakeBatches, SubmitItem, SubmitRefused
 from api.validation import JobCreate, request_hash
+from shared.catalog import ModelRules, load_catalog
 from shared.db import Pool
 from shared.queue import create_arq_pool
 from shared.settings import Settings
 from tests.factories import assert_invariants, funded_user
 from tests.integration.api_support import Api, api_fixture  # noqa: F401
 
+RULES = {spec.key: ModelRules.from_spec(spec) for spec in load_catalog(None)}
+
 
 def item(user: uuid.UUID, *, model: str = "local/sketch", outputs: int = 1,
          key: str | None = None, prompt: str = "a lighthouse") -> SubmitItem:
+    """As the intake makes it: checked and priced with the built-in model's rules (an unknown
+    model borrows local/sketch's, so that the database refuses it)."""
     job = JobCreate(model=model, prompt=prompt, num_outputs=outputs)
-    return SubmitItem(uuid.uuid4(), user, job, key, request_hash(job) if key else None)
+    return SubmitItem.checked(uuid.uuid4(), user, job, key, request_hash(job) if key else None,
+                              RULES.get(model, RULES["local/sketch"]))
 
 
 async def open_batches(settings: Settings, pool: Pool) -> tuple[IntakeBatches, ArqRedis]:
