@@ -34,6 +34,7 @@ from worker.context import WorkerContext
 from worker.jobs import ClaimedJob, Outcome
 from worker.providers.base import (
     GenerationRequest,
+    Output,
     Provider,
     ProviderCanceled,
     ProviderFailed,
@@ -174,14 +175,9 @@ class _Run:
         if job.model_ref is None or job.model_timeout_s is None:
             raise UnknownModel(f"no model {job.model!r}")
         timeout_s = job.model_timeout_s
-        if job.model_params_schema is not None and job.model_revision is not None:
-            problems = stored_params_problems(job.model, job.model_revision,
-                                              job.model_params_schema, job.params)
-            if problems:
-                # Accepted before the model's schema said otherwise: no provider sees it.
-                return Outcome("failed", "invalid_params",
-                               "The job's params do not match the model's params_schema: "
-                               + "; ".join(f"{f}: {m}" for f, m in problems)), []
+        refused = self._params_refused()
+        if refused is not None:
+            return refused, []
         request = GenerationRequest(
             job_id=job.id, model_key=job.model, ref=job.model_ref, prompt=job.prompt,
             num_outputs=job.num_outputs, params=dict(job.params), seed=job.seed,
@@ -208,6 +204,25 @@ class _Run:
         outputs = result.outputs[: job.num_outputs]
         if not outputs:
             return Outcome("failed", "no_outputs", "The model returned no outputs."), []
+        return await self._stage(outputs)
+
+    def _params_refused(self) -> Outcome | None:
+        """A failure if the stored params no longer match the model's schema (accepted before
+        the schema said otherwise): no provider sees them."""
+        job = self.job
+        if job.model_params_schema is None or job.model_revision is None:
+            return None
+        problems = stored_params_problems(job.model, job.model_revision,
+                                          job.model_params_schema, job.params)
+        if not problems:
+            return None
+        return Outcome("failed", "invalid_params",
+                       "The job's params do not match the model's params_schema: "
+                       + "; ".join(f"{f}: {m}" for f, m in problems))
+
+    async def _stage(self, outputs: list[Output]) -> tuple[Outcome, list[StagedAsset]]:
+        """Copy the outputs into storage; fail only if none of them could be kept."""
+        job = self.job
         results = await asyncio.gather(
             *(self.wc.stager.stage(job.user_id, job.id, i, out) for i, out in enumerate(outputs)),
             return_exceptions=True,

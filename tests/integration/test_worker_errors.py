@@ -34,6 +34,8 @@ media_type = "image"
 price_per_output = 2
 max_outputs = 4
 timeout_s = 60
+# Accepts any params at the intake, so a wrongly typed one reaches the provider.
+params_schema = { additionalProperties = true }
 """
 
 
