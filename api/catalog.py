@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.auth import authenticate
 from api.context import context
+from api.query import QueryParams
 from shared.catalog import list_models
 
 
@@ -14,6 +15,7 @@ async def get_models(request: Request) -> Response:
     """GET /v1/models."""
     ctx = context(request)
     await authenticate(ctx, request)
+    QueryParams(request, ())  # takes no parameters: any is a 422, not silently ignored
     async with ctx.pool.acquire() as conn:
         models = await list_models(conn)
     return JSONResponse({"data": [
