@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.errors import ValidationFailed
+from shared.ledger import MAX_BALANCE
 
 MAX_SEED = 2**63 - 1
 MAX_PARAMS_DEPTH = 16
-MAX_GRANT = 2**62
+# No account holds more than MAX_BALANCE, so no single grant can be larger.
+MAX_GRANT = MAX_BALANCE
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 M = TypeVar("M", bound=BaseModel)
