@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from api.errors import ValidationFailed
 from shared.ledger import MAX_BALANCE
@@ -26,6 +26,20 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 M = TypeVar("M", bound=BaseModel)
 
 
+def _integral_float(value: Any) -> Any:
+    """``3.0`` as ``3``: JSON Schema counts a number with a zero fraction as an integer, and
+    the OpenAPI document says ``"type": "integer"``. Anything else is left for the strict
+    integer check to refuse (``3.5``, ``true``, ``"3"``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Metadata of every integer field of a request body, after its bounds (so the bounds stay in
+# the JSON Schema as minimum/maximum): a JSON integer, or a number with a zero fraction.
+INTEGRAL = BeforeValidator(_integral_float)
+
+
 class JobCreate(BaseModel):
     """``POST /v1/jobs``."""
 
@@ -33,11 +47,13 @@ class JobCreate(BaseModel):
 
     model: str = Field(min_length=1, max_length=200, description="A model key from /v1/models.")
     prompt: str = Field(min_length=1, description="What to generate.")
-    num_outputs: int = Field(default=1, ge=1, le=100, description="Up to the model's max.")
+    num_outputs: Annotated[int, Field(ge=1, le=100), INTEGRAL] = Field(
+        default=1, description="Up to the model's max."
+    )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Provider parameters, merged over the model's."
     )
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), INTEGRAL] | None = None
 
 
 class UserCreate(BaseModel):
@@ -45,7 +61,10 @@ class UserCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    # No whitespace or control characters (NUL included), so the schema says what is refused.
+    email: str = Field(
+        min_length=3, max_length=320, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
+    )
 
 
 class CreditGrant(BaseModel):
@@ -53,7 +72,7 @@ class CreditGrant(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    amount: int = Field(ge=1, le=MAX_GRANT)
+    amount: Annotated[int, Field(ge=1, le=MAX_GRANT), INTEGRAL]
     reason: str | None = Field(default=None, max_length=500)
 
 
