@@ -65,6 +65,14 @@ _ADMIN = {"401": _error("Missing or wrong admin token"),
           "403": _error("Admin endpoints disabled (no GENQ_ADMIN_TOKEN)"),
           "503": _error("Postgres or Redis unavailable")}
 
+# Where a created job leads (OpenAPI links: clients and API test tools follow them).
+_JOB_LINKS = {
+    "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
+    "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}},
+    "ListJobAssets": {"operationId": "listAssets",
+                      "parameters": {"job_id": "$response.body#/id"}},
+}
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object", "required": ["error"],
@@ -145,7 +153,9 @@ _PATHS: dict[str, dict[str, Any]] = {
             "summary": "Submit a generation job", "operationId": "createJob",
             "parameters": [_IDEMPOTENCY], "requestBody": _body(JobCreate),
             "responses": {
-                "202": _json(_ref("Job"), "Accepted (or replayed: Idempotent-Replayed: true)"),
+                "202": {**_json(_ref("Job"),
+                                "Accepted (or replayed: Idempotent-Replayed: true)"),
+                        "links": _JOB_LINKS},
                 "402": _error("insufficient_credits"), "409": _error("idempotency_key_reused"),
                 "422": _error("validation_error"), **_BODY_ERRORS, **_COMMON,
             },
@@ -223,7 +233,9 @@ _PATHS: dict[str, dict[str, Any]] = {
     "/v1/admin/users": {
         "post": {"summary": "Create a user and API key (admin)", "operationId": "createUser",
                  "requestBody": _body(UserCreate),
-                 "responses": {"201": _json(_ref("NewUser"), "Created"),
+                 "responses": {"201": {**_json(_ref("NewUser"), "Created"), "links": {
+                     "GrantCredits": {"operationId": "grantCredits",
+                                      "parameters": {"user_id": "$response.body#/id"}}}},
                                "409": _error("email_taken"), "422": _error("validation_error"),
                                **_BODY_ERRORS, **_ADMIN}},
     },
