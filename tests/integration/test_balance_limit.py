@@ -7,11 +7,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 
 from shared import ledger
-from shared.db import Pool
+from shared.db import Pool, connect, migrate
 from shared.errors import GenqError
+from sql import load_migrations
 from tests.factories import assert_invariants, funded_user
 from tests.integration.api_support import ADMIN, Api, User, api_fixture  # noqa: F401
 
@@ -96,3 +98,37 @@ async def test_held_credits_count_and_a_refund_at_the_limit_goes_through(api: Ap
     cancel = await api.client.post(f"/v1/jobs/{job.json()['id']}/cancel", headers=user.headers)
     assert cancel.status_code == 200, cancel.text
     assert await api.balance(user) == (LIMIT, 0)
+
+
+async def test_the_migration_stops_with_a_message_on_an_account_over_the_limit(
+    empty_database_url: str,
+) -> None:
+    conn = await connect(empty_database_url)
+    try:
+        for migration in load_migrations():
+            if migration.name.startswith("0010_"):
+                break
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS genq_migrations (version integer PRIMARY KEY, "
+                    "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+                await conn.execute("INSERT INTO genq_migrations (version, name) VALUES ($1, $2)",
+                                   migration.version, migration.name)
+        user = await conn.fetchval("INSERT INTO users (email) VALUES ('big@example.com') "
+                                   "RETURNING id")
+        await conn.execute("INSERT INTO credit_accounts (user_id) VALUES ($1)", user)
+        await conn.fetchrow("SELECT * FROM genq_grant($1, $2, NULL, NULL)", user, 2**62)
+
+        over = r"1 credit account\(s\) hold more than 10\^15"
+        with pytest.raises(asyncpg.RaiseError, match=over):
+            await migrate(conn)
+        assert await conn.fetchval(
+            "SELECT count(*) FROM genq_migrations WHERE name LIKE '0010_%'") == 0
+
+        await conn.execute("UPDATE credit_accounts SET balance = $1", LIMIT)
+        assert "0010_balance_limit.sql" in await migrate(conn)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE credit_accounts SET balance = balance + 1")
+    finally:
+        await conn.close()
