@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
 
@@ -12,11 +13,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import authenticate
 from api.context import ApiContext, context
-from api.errors import AssetNotFound, ValidationFailed
-from api.pagination import decode_time_cursor, parse_limit
+from api.errors import AssetNotFound
+from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse_limit
+from api.query import QueryParams, invalid
 from api.reads import list_assets, load_asset, parse_id
 from api.serialize import asset_json
-from api.validation import field_error
 from shared.logging import get_logger
 from shared.storage import StorageKeyError
 
@@ -27,18 +28,21 @@ _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
                "image/gif": "gif", "video/mp4": "mp4", "video/webm": "webm"}
 
 
+def _job_id(raw: str) -> uuid.UUID:
+    job_id = parse_id(raw)
+    if job_id is None:
+        raise invalid("job_id", "must be a UUID")
+    return job_id
+
+
 async def get_assets(request: Request) -> Response:
     """GET /v1/assets: newest first, optionally ``?job_id=``."""
     ctx = context(request)
     user_id = await authenticate(ctx, request)
-    raw_job = request.query_params.get("job_id")
-    job_id = parse_id(raw_job) if raw_job else None
-    if raw_job and job_id is None:
-        raise ValidationFailed(
-            "invalid job_id filter", details=[field_error("job_id", "must be a UUID")]
-        )
-    limit = parse_limit(request.query_params.get("limit"))
-    after = decode_time_cursor(request.query_params.get("cursor"))
+    query = QueryParams(request, ("job_id", *PAGE_PARAMS))
+    job_id = query.get("job_id", _job_id)
+    limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
+    after = query.get("cursor", decode_time_cursor)
     async with ctx.pool.acquire() as conn:
         data, next_cursor = await list_assets(
             conn, user_id, job_id=job_id, after=after, limit=limit

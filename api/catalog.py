@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.auth import authenticate
 from api.context import context
+from api.query import QueryParams
 from shared.catalog import ModelRules, PriceTier, list_models, load_rules, price_per_output
 from shared.logging import get_logger
 
@@ -67,6 +68,7 @@ async def get_models(request: Request) -> Response:
     """GET /v1/models."""
     ctx = context(request)
     await authenticate(ctx, request)
+    QueryParams(request, ())  # takes no parameters: any is a 422, not silently ignored
     async with ctx.pool.acquire() as conn:
         models = await list_models(conn)
     return JSONResponse({"data": [

@@ -10,7 +10,14 @@ from api.body import read_json
 from api.context import context
 from api.errors import UserNotFound
 from api.jobs import REPLAYED_HEADER
-from api.pagination import decode_id_cursor, encode_id_cursor, parse_limit
+from api.pagination import (
+    DEFAULT_LIMIT,
+    PAGE_PARAMS,
+    decode_id_cursor,
+    encode_id_cursor,
+    parse_limit,
+)
+from api.query import QueryParams
 from api.reads import parse_id
 from api.serialize import ledger_entry_json
 from api.validation import CreditGrant, UserCreate, idempotency_key, parse_body
@@ -35,8 +42,9 @@ async def get_ledger(request: Request) -> Response:
     """GET /v1/credits/ledger: entries newest first, cursor-paginated."""
     ctx = context(request)
     user_id = await authenticate(ctx, request)
-    limit = parse_limit(request.query_params.get("limit"))
-    before = decode_id_cursor(request.query_params.get("cursor"))
+    query = QueryParams(request, PAGE_PARAMS)
+    limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
+    before = query.get("cursor", decode_id_cursor)
     rows = await ctx.pool.fetch(queries["list_ledger_entries"], user_id, before, limit + 1)
     page = rows[:limit]
     next_cursor = encode_id_cursor(page[-1]["id"]) if len(rows) > limit else None

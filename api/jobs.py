@@ -8,11 +8,12 @@ from starlette.responses import JSONResponse, Response
 from api.auth import authenticate
 from api.body import read_json
 from api.context import context
-from api.errors import JobNotFound, ValidationFailed
+from api.errors import JobNotFound
 from api.intake import cancel_job, submit_job
-from api.pagination import decode_time_cursor, parse_limit
+from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse_limit
+from api.query import QueryParams, one_of
 from api.reads import JOB_STATUSES, list_jobs, load_job, parse_id
-from api.validation import JobCreate, check_job, field_error, idempotency_key, parse_body
+from api.validation import JobCreate, check_job, idempotency_key, parse_body
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -39,14 +40,10 @@ async def get_jobs(request: Request) -> Response:
     """GET /v1/jobs: the caller's jobs, newest first."""
     ctx = context(request)
     user_id = await authenticate(ctx, request)
-    status = request.query_params.get("status") or None
-    if status is not None and status not in JOB_STATUSES:
-        raise ValidationFailed(
-            "invalid status filter",
-            details=[field_error("status", f"must be one of {', '.join(JOB_STATUSES)}")],
-        )
-    limit = parse_limit(request.query_params.get("limit"))
-    after = decode_time_cursor(request.query_params.get("cursor"))
+    query = QueryParams(request, ("status", *PAGE_PARAMS))
+    status = query.get("status", one_of("status", JOB_STATUSES))
+    limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
+    after = query.get("cursor", decode_time_cursor)
     async with ctx.pool.acquire() as conn:
         data, next_cursor = await list_jobs(
             conn, user_id, status=status, after=after, limit=limit

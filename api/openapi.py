@@ -43,16 +43,35 @@ _TIME = {"type": ["string", "null"], "format": "date-time"}
 _ID_PARAM = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 _PAGE_PARAMS = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 20},
-     "description": "Page size; values above 100 are treated as 100."},
-    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+     "description": "Page size (ASCII digits); values above 100 are treated as 100."},
+    {"name": "cursor", "in": "query", "schema": {"type": "string", "minLength": 1},
      "description": "The next_cursor of the previous page (opaque)."},
 ]
+# Said on every list operation: its query string is checked as a whole.
+_QUERY_RULES = ("Takes only the query parameters listed, each at most once and none empty; "
+                "anything else is 422 validation_error naming the parameter.")
+_BAD_QUERY = _error("validation_error: an unknown, repeated or empty query parameter, or a "
+                    "bad value")
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "schema": {
-    "type": "string", "minLength": 1, "maxLength": 255}}
+    "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+    "description": "1 to 255 printable ASCII characters."}
 _COMMON = {"401": _error("Missing or invalid credentials"),
            "503": _error("Postgres or Redis unavailable")}
+# Every operation that reads a JSON body can answer these.
+_BODY_ERRORS = {"400": _error("invalid_json: malformed or empty JSON"),
+                "413": _error("payload_too_large: the body is larger than GENQ_MAX_BODY_BYTES"),
+                "415": _error("unsupported_media_type: not sent as application/json")}
 _ADMIN = {"401": _error("Missing or wrong admin token"),
-          "403": _error("Admin endpoints disabled (no GENQ_ADMIN_TOKEN)")}
+          "403": _error("Admin endpoints disabled (no GENQ_ADMIN_TOKEN)"),
+          "503": _error("Postgres or Redis unavailable")}
+
+# Where a created job leads (OpenAPI links: clients and API test tools follow them).
+_JOB_LINKS = {
+    "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
+    "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}},
+    "ListJobAssets": {"operationId": "listAssets",
+                      "parameters": {"job_id": "$response.body#/id"}},
+}
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -150,23 +169,25 @@ _PATHS: dict[str, dict[str, Any]] = {
             "summary": "Submit a generation job", "operationId": "createJob",
             "parameters": [_IDEMPOTENCY], "requestBody": _body(JobCreate),
             "responses": {
-                "202": _json(_ref("Job"), "Accepted (or replayed: Idempotent-Replayed: true)"),
-                "400": _error("Malformed JSON"), "402": _error("insufficient_credits"),
+                "202": {**_json(_ref("Job"),
+                                "Accepted (or replayed: Idempotent-Replayed: true)"),
+                        "links": _JOB_LINKS},
+                "402": _error("insufficient_credits"),
                 "409": _error("idempotency_key_reused; or conflict: the model changed during "
                               "the request, send it again"),
-                "413": _error("Body too large"), "415": _error("Not application/json"),
                 "422": _error("validation_error: details name each failing field, e.g. "
                               "params.width; nothing was reserved"),
-                **_COMMON,
+                **_BODY_ERRORS, **_COMMON,
             },
         },
         "get": {
             "summary": "List the caller's jobs, newest first", "operationId": "listJobs",
+            "description": _QUERY_RULES,
             "parameters": [{"name": "status", "in": "query", "schema": {
                 "enum": ["queued", "running", "succeeded", "failed", "canceled"]}},
                 *_PAGE_PARAMS],
-            "responses": {"200": _json(_page("Job"), "A page of jobs"),
-                          "422": _error("Bad filter or cursor"), **_COMMON},
+            "responses": {"200": _json(_page("Job"), "A page of jobs"), "422": _BAD_QUERY,
+                          **_COMMON},
         },
     },
     "/v1/jobs/{job_id}": {
@@ -194,23 +215,25 @@ _PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/credits/ledger": {
         "get": {"summary": "Ledger entries, newest first", "operationId": "listLedger",
-                "parameters": _PAGE_PARAMS,
+                "description": _QUERY_RULES, "parameters": _PAGE_PARAMS,
                 "responses": {"200": _json(_page("LedgerEntry"), "A page of entries"),
-                              "422": _error("Bad cursor"), **_COMMON}},
+                              "422": _BAD_QUERY, **_COMMON}},
     },
     "/v1/models": {
         "get": {"summary": "The model catalog", "operationId": "listModels",
+                "description": "Takes no query parameters: any is 422 validation_error.",
                 "responses": {"200": _json(
                     {"type": "object", "properties": {
                         "data": {"type": "array", "items": _ref("Model")}}},
-                    "Enabled models"), **_COMMON}},
+                    "Enabled models"), "422": _BAD_QUERY, **_COMMON}},
     },
     "/v1/assets": {
         "get": {"summary": "The caller's workspace assets", "operationId": "listAssets",
+                "description": _QUERY_RULES,
                 "parameters": [{"name": "job_id", "in": "query",
                                 "schema": {"type": "string", "format": "uuid"}}, *_PAGE_PARAMS],
                 "responses": {"200": _json(_page("Asset"), "A page of assets"),
-                              "422": _error("Bad filter or cursor"), **_COMMON}},
+                              "422": _BAD_QUERY, **_COMMON}},
     },
     "/v1/assets/{asset_id}": {
         "get": {"summary": "Get an asset", "operationId": "getAsset",
@@ -230,9 +253,11 @@ _PATHS: dict[str, dict[str, Any]] = {
     "/v1/admin/users": {
         "post": {"summary": "Create a user and API key (admin)", "operationId": "createUser",
                  "requestBody": _body(UserCreate),
-                 "responses": {"201": _json(_ref("NewUser"), "Created"),
+                 "responses": {"201": {**_json(_ref("NewUser"), "Created"), "links": {
+                     "GrantCredits": {"operationId": "grantCredits",
+                                      "parameters": {"user_id": "$response.body#/id"}}}},
                                "409": _error("email_taken"), "422": _error("validation_error"),
-                               **_ADMIN}},
+                               **_BODY_ERRORS, **_ADMIN}},
     },
     "/v1/admin/users/{user_id}/credits": {
         "post": {"summary": "Grant credits (admin, idempotent)", "operationId": "grantCredits",
@@ -241,7 +266,9 @@ _PATHS: dict[str, dict[str, Any]] = {
                  "responses": {"200": _json(_ref("GrantResult"), "Granted (or replayed)"),
                                "404": _error("No such user"),
                                "409": _error("idempotency_key_reused"),
-                               "422": _error("validation_error"), **_ADMIN}},
+                               "422": _error("validation_error, or balance_limit_exceeded: "
+                                             "the account would hold more than 10^15 credits"),
+                               **_BODY_ERRORS, **_ADMIN}},
     },
     "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz", "security": [],
                          "responses": {"200": {"description": "The process answers"}}}},

@@ -1,7 +1,8 @@
 """Opaque cursors and page sizes for the list endpoints.
 
 A cursor is URL-safe base64 of a small JSON array (the last row's sort key). Clients must treat
-it as opaque; the server rejects anything it did not make.
+it as opaque; the server rejects anything it did not make. The parsers here take a value the
+client did send (:class:`api.query.QueryParams` has already refused empty ones).
 """
 
 from __future__ import annotations
@@ -10,31 +11,25 @@ import base64
 import binascii
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from api.errors import ValidationFailed
+from api.query import invalid as _invalid
 
+PAGE_PARAMS = ("limit", "cursor")
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 _MAX_CURSOR_CHARS = 200
 
 
-def _invalid(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed(
-        f"invalid {field}", details=[{"field": field, "message": message}]
-    )
-
-
-def parse_limit(raw: str | None) -> int:
-    """``?limit=``: default 20, values above 100 are capped to 100, below 1 rejected."""
-    if raw is None or raw == "":
-        return DEFAULT_LIMIT
-    if not raw.isdigit() or len(raw) > 9:
-        raise _invalid("limit", "must be an integer from 1 to 100")
-    value = int(raw)
-    if value < 1:
-        raise _invalid("limit", "must be an integer from 1 to 100")
-    return min(value, MAX_LIMIT)
+def parse_limit(raw: str) -> int:
+    """``?limit=``: ASCII digits (not ``²``, ``①`` or ``٣``, which ``str.isdigit`` also takes),
+    at least 1; values above 100 are treated as 100, however many digits they have."""
+    if not (raw.isascii() and raw.isdigit()):
+        raise _invalid("limit", "must be an integer of ASCII digits, at least 1")
+    digits = raw.lstrip("0")
+    if not digits:
+        raise _invalid("limit", "must be an integer of ASCII digits, at least 1")
+    return MAX_LIMIT if len(digits) > 3 else min(int(digits), MAX_LIMIT)
 
 
 def _encode(payload: list[str | int]) -> str:
@@ -57,10 +52,10 @@ def encode_time_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
     return _encode([created_at.isoformat(), str(row_id)])
 
 
-def decode_time_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    """(created_at, id) from a cursor; None for the first page."""
-    if cursor is None or cursor == "":
-        return None
+def decode_time_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """(created_at, id) from a cursor. The server writes times in UTC (``+00:00``), so any
+    other offset is forged; refusing it also keeps a time near year 1 or 9999 from overflowing
+    when it is converted to UTC."""
     payload = _decode(cursor)
     bad = _invalid("cursor", "not a cursor this server made")
     if not (
@@ -74,7 +69,7 @@ def decode_time_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
         row_id = uuid.UUID(payload[1])
     except ValueError as exc:
         raise bad from exc
-    if created_at.tzinfo is None:
+    if created_at.utcoffset() != timedelta(0):
         raise bad
     return created_at, row_id
 
@@ -84,10 +79,8 @@ def encode_id_cursor(row_id: int) -> str:
     return _encode([row_id])
 
 
-def decode_id_cursor(cursor: str | None) -> int | None:
-    """The id from a cursor; None for the first page."""
-    if cursor is None or cursor == "":
-        return None
+def decode_id_cursor(cursor: str) -> int:
+    """The id from a cursor."""
     payload = _decode(cursor)
     if (
         not isinstance(payload, list)

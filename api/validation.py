@@ -10,18 +10,34 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from api.errors import ValidationFailed
+from shared.ledger import MAX_BALANCE
 
 MAX_SEED = 2**63 - 1
 MAX_PARAMS_DEPTH = 16
-MAX_GRANT = 2**62
+# No account holds more than MAX_BALANCE, so no single grant can be larger.
+MAX_GRANT = MAX_BALANCE
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _integral_float(value: Any) -> Any:
+    """``3.0`` as ``3``: JSON Schema counts a number with a zero fraction as an integer, and
+    the OpenAPI document says ``"type": "integer"``. Anything else is left for the strict
+    integer check to refuse (``3.5``, ``true``, ``"3"``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Metadata of every integer field of a request body, after its bounds (so the bounds stay in
+# the JSON Schema as minimum/maximum): a JSON integer, or a number with a zero fraction.
+INTEGRAL = BeforeValidator(_integral_float)
 
 
 class JobCreate(BaseModel):
@@ -31,13 +47,23 @@ class JobCreate(BaseModel):
 
     model: str = Field(min_length=1, max_length=200, description="A model key from /v1/models.")
     prompt: str = Field(min_length=1, description="What to generate.")
-    num_outputs: int = Field(default=1, ge=1, le=100, description="Up to the model's max.")
+    num_outputs: Annotated[int, Field(ge=1, le=100), INTEGRAL] = Field(
+        default=1, description="Up to the model's max."
+    )
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="Provider parameters, merged over the model's defaults; the result must "
                     "match the model's params_schema (see /v1/models) and sets its price.",
     )
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), INTEGRAL] | None = None
+
+
+# One side of an email address: no "@", no control character (NUL included) and no white space,
+# each listed by code point so that this server and any JSON Schema (ECMA-262) validator refuse
+# exactly the same characters (their "\s" differ on U+0085 and U+FEFF).
+_EMAIL_PART = (
+    r"[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+"
+)
 
 
 class UserCreate(BaseModel):
@@ -45,7 +71,9 @@ class UserCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    email: str = Field(
+        min_length=3, max_length=320, pattern=f"^{_EMAIL_PART}@{_EMAIL_PART}$"
+    )
 
 
 class CreditGrant(BaseModel):
@@ -53,7 +81,7 @@ class CreditGrant(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    amount: int = Field(ge=1, le=MAX_GRANT)
+    amount: Annotated[int, Field(ge=1, le=MAX_GRANT), INTEGRAL]
     reason: str | None = Field(default=None, max_length=500)
 
 

@@ -37,6 +37,13 @@ class InsufficientCredits(GenqError):
     status = 402
 
 
+class BalanceLimitExceeded(GenqError):
+    """An account holds at most 10^15 credits, spendable plus reserved."""
+
+    code = "balance_limit_exceeded"
+    status = 422
+
+
 class IdempotencyConflict(GenqError):
     """This idempotency key was already used with different parameters."""
 

@@ -18,12 +18,17 @@ import asyncpg
 from shared.db import Connection, Pool
 from shared.errors import (
     AccountNotFound,
+    BalanceLimitExceeded,
     IdempotencyConflict,
     InsufficientCredits,
     InvalidAmount,
     ReservationNotFound,
 )
 from sql import queries
+
+# The most credits one account holds, balance + reserved: the credit_accounts_balance_limit
+# constraint (sql/migrations/0010_balance_limit.sql), which only a grant can run into.
+MAX_BALANCE = 10**15
 
 _CONSTRAINT_ERRORS: dict[str, type[Exception]] = {
     "credit_accounts_balance_nonnegative": InsufficientCredits,
@@ -78,6 +83,12 @@ class Account:
 
 def _map_error(exc: asyncpg.PostgresError) -> Exception | None:
     constraint = getattr(exc, "constraint_name", None)
+    if constraint == "credit_accounts_balance_limit":
+        return BalanceLimitExceeded(
+            f"an account holds at most {MAX_BALANCE} credits (spendable plus reserved); "
+            "this grant would take it past that",
+            details={"max_balance": MAX_BALANCE},
+        )
     if constraint in _CONSTRAINT_ERRORS:
         return _CONSTRAINT_ERRORS[constraint](str(getattr(exc, "message", exc)))
     return None

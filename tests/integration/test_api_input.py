@@ -50,7 +50,7 @@ INVALID_FIELDS: list[tuple[str, dict[str, Any], str]] = [
     ("num_outputs over the model's max", _with(num_outputs=9), "num_outputs"),
     ("num_outputs huge", _with(num_outputs=10**40), "num_outputs"),
     ("num_outputs float", _with(num_outputs=1.5), "num_outputs"),
-    ("num_outputs integral float", _with(num_outputs=2.0), "num_outputs"),
+    ("num_outputs fractional", _with(num_outputs=2.5), "num_outputs"),
     ("num_outputs string", _with(num_outputs="2"), "num_outputs"),
     ("num_outputs bool", _with(num_outputs=True), "num_outputs"),
     ("params a list", _with(params=[1, 2]), "params"),
@@ -63,7 +63,7 @@ INVALID_FIELDS: list[tuple[str, dict[str, Any], str]] = [
     ("seed negative", _with(seed=-1), "seed"),
     ("seed too big", _with(seed=2**63), "seed"),
     ("seed huge", _with(seed=10**100), "seed"),
-    ("seed float", _with(seed=1.0), "seed"),
+    ("seed fractional", _with(seed=1.5), "seed"),
     ("seed string", _with(seed="7"), "seed"),
     ("seed bool", _with(seed=False), "seed"),
 ]
