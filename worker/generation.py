@@ -52,20 +52,21 @@ INTERNAL_ERROR = Outcome(
 CLAIM_RETRY_DEFER_S = 2.0
 
 
-class JobBusy(GenqError):
-    """Another worker holds a live lease on this job: look again when it runs out."""
+class WorkerSignal(Exception):
+    """Base of the worker's control-flow signals: how one step tells the arq job what to do
+    next. Not errors for a user: none of them carries an error code or reaches a job row."""
 
-    code = "job_busy"
+
+class JobBusy(WorkerSignal):
+    """Another worker holds a live lease on this job: look again when it runs out."""
 
     def __init__(self, retry_after_s: float) -> None:
         super().__init__(f"another worker holds the job for {retry_after_s:.1f} s more")
         self.retry_after_s = retry_after_s
 
 
-class JobRetry(GenqError):
+class JobRetry(WorkerSignal):
     """This attempt hit an unexpected error and handed the job back; run it again later."""
-
-    code = "job_retry"
 
     def __init__(self, defer_s: float) -> None:
         super().__init__(f"retry in {defer_s:.1f} s")
@@ -78,10 +79,8 @@ class UnknownModel(NotFound):
     code = "unknown_model"
 
 
-class LeaseLost(GenqError):
+class LeaseLost(WorkerSignal):
     """Another attempt took the job over; this one must stop without writing."""
-
-    code = "lease_lost"
 
 
 async def _reach_db(op: Callable[[], Awaitable[T]], what: str) -> T:
