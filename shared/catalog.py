@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.db import Connection
 from shared.errors import ConfigError, NotFound
+from shared.types import AssetType
 from sql import queries
 
 
@@ -25,7 +26,7 @@ class ModelSpec(BaseModel):
     )
     provider: str = Field(min_length=1, max_length=50)
     ref: str = Field(min_length=1, max_length=500)
-    media_type: str = Field(pattern=r"^(image|video)$")
+    media_type: AssetType
     price_per_output: int = Field(ge=0, le=1_000_000)
     max_outputs: int = Field(ge=1, le=100)
     timeout_s: int = Field(ge=1, le=24 * 3600)

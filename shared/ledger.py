@@ -23,6 +23,7 @@ from shared.errors import (
     InvalidAmount,
     ReservationNotFound,
 )
+from shared.types import ReservationStatus
 from sql import queries
 
 _CONSTRAINT_ERRORS: dict[str, type[Exception]] = {
@@ -60,7 +61,7 @@ class Settlement:
 
     reservation_id: uuid.UUID
     user_id: uuid.UUID
-    status: str
+    status: ReservationStatus
     captured: int
     refunded: int
     balance_after: int
@@ -161,7 +162,7 @@ def _settlement(row: asyncpg.Record) -> Settlement:
     return Settlement(
         reservation_id=row["reservation_id"],
         user_id=row["user_id"],
-        status=row["status"],
+        status=ReservationStatus(row["status"]),
         captured=row["captured"],
         refunded=row["refunded"],
         balance_after=row["balance_after"],

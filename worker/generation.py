@@ -27,6 +27,7 @@ from structlog.contextvars import bound_contextvars
 
 from shared.errors import GenqError, NotFound
 from shared.logging import get_logger
+from shared.types import JobStatus
 from worker import jobs
 from worker.backoff import backoff_delay, is_transient, retry_transient
 from worker.context import WorkerContext
@@ -43,9 +44,9 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-CANCELED_BY_USER = Outcome("canceled", "canceled", "The job was canceled.")
+CANCELED_BY_USER = Outcome(JobStatus.CANCELED, "canceled", "The job was canceled.")
 INTERNAL_ERROR = Outcome(
-    "failed", "internal_error", "The job failed because of an internal error.",
+    JobStatus.FAILED, "internal_error", "The job failed because of an internal error.",
 )
 # How long a delivery whose claim could not reach PostgreSQL (after its own retries) waits
 # before arq runs it again.
@@ -103,7 +104,7 @@ async def process_job(wc: WorkerContext, job_id: uuid.UUID) -> str:
         if found is None:
             log.warning("job_not_found", job_id=str(job_id))
             return "missing"
-        if found.status == "running" and (found.lease_left_s or 0) > 0:
+        if found.status == JobStatus.RUNNING and (found.lease_left_s or 0) > 0:
             raise JobBusy(found.lease_left_s or 0)
         log.info("job_not_claimed", job_id=str(job_id), status=found.status)
         return f"skipped:{found.status}"
@@ -130,7 +131,7 @@ class _Run:
         if job.attempt > job.max_attempts:
             await self._cancel_prediction()
             return await self._finish_or_retry(Outcome(
-                "failed", "attempts_exhausted",
+                JobStatus.FAILED, "attempts_exhausted",
                 f"The job was stopped after {job.max_attempts} attempts.",
             ))
         if self.cancel_requested:
@@ -138,7 +139,8 @@ class _Run:
             return await self._finish_or_retry(CANCELED_BY_USER)
         if self.provider is None:
             return await self._finish_or_retry(Outcome(
-                "failed", "unknown_provider", f"No provider {job.provider!r} is configured.",
+                JobStatus.FAILED, "unknown_provider",
+                f"No provider {job.provider!r} is configured.",
             ))
         work = asyncio.create_task(self._work(self.provider))
         heartbeat = asyncio.create_task(self._heartbeat(work))
@@ -183,21 +185,21 @@ class _Run:
                 )
         except TimeoutError:
             await self._cancel_prediction()
-            return Outcome("failed", "timeout",
+            return Outcome(JobStatus.FAILED, "timeout",
                            f"The model did not finish within {timeout_s} s."), []
         except ProviderCanceled as exc:
-            return Outcome("canceled", exc.code, exc.message), []
+            return Outcome(JobStatus.CANCELED, exc.code, exc.message), []
         except ProviderFailed as exc:
-            return Outcome("failed", exc.code, exc.message), []
+            return Outcome(JobStatus.FAILED, exc.code, exc.message), []
         except (TypeError, ValueError) as exc:
             # A provider handed params it cannot use (``"width": "abc"``, ``null``): the same
             # job would fail the same way on every attempt.
             log.warning("provider_rejected_params", error=repr(exc), exc_info=exc)
-            return Outcome("failed", "invalid_params",
+            return Outcome(JobStatus.FAILED, "invalid_params",
                            f"The model could not use the job's params: {_brief(exc)}"), []
         outputs = result.outputs[: job.num_outputs]
         if not outputs:
-            return Outcome("failed", "no_outputs", "The model returned no outputs."), []
+            return Outcome(JobStatus.FAILED, "no_outputs", "The model returned no outputs."), []
         results = await asyncio.gather(
             *(self.wc.stager.stage(job.user_id, job.id, i, out) for i, out in enumerate(outputs)),
             return_exceptions=True,
@@ -213,8 +215,8 @@ class _Run:
                 raise item
         if not self.staged:
             first = rejected[0]
-            return Outcome("failed", first.code, first.message), []
-        return Outcome("succeeded"), list(self.staged)
+            return Outcome(JobStatus.FAILED, first.code, first.message), []
+        return Outcome(JobStatus.SUCCEEDED), list(self.staged)
 
     async def _on_created(self, prediction_id: str) -> None:
         self.prediction_id = prediction_id
@@ -263,13 +265,13 @@ class _Run:
             # claims is removed by the orphan sweep.
             log.warning("lease_lost_at_finalize")
             return "lease_lost"
-        if status != "succeeded":
+        if status != JobStatus.SUCCEEDED:
             # A failure, or a cancel that won at the final write: no asset row points here.
             self.wc.stager.discard(self.job.user_id, self.job.id, self.staged)
         if status != outcome.status:
             log.info("cancel_won_at_finalize", outcome=outcome.status)
         log.info("job_finished", status=status,
-                 outputs=len(assets) if status == "succeeded" else 0,
+                 outputs=len(assets) if status == JobStatus.SUCCEEDED else 0,
                  error_code=outcome.error_code if status == outcome.status else status)
         return status
 
@@ -307,7 +309,7 @@ class _Run:
         log.error("job_error", error=str(exc), error_type=type(exc).__name__, exc_info=exc)
         # A GenqError (a model gone from the catalog, say) carries a code and a message meant
         # for the user; anything else is told as an internal error, never as a traceback.
-        outcome = (Outcome("failed", exc.code, exc.message) if isinstance(exc, GenqError)
+        outcome = (Outcome(JobStatus.FAILED, exc.code, exc.message) if isinstance(exc, GenqError)
                    else INTERNAL_ERROR)
         try:
             return await self._finish(outcome)

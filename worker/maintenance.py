@@ -34,6 +34,7 @@ from shared.logging import get_logger
 from shared.queue import enqueue_generation, enqueue_generations
 from shared.settings import Settings
 from shared.storage import TMP_SUFFIX, LocalStorage
+from shared.types import ACTIVE_STATUSES
 from sql import queries
 
 log = get_logger(__name__)
@@ -302,7 +303,7 @@ async def settle_stale_reservations(report: TaskReport, pool: Pool, batch_size: 
         async with pool.acquire() as conn, conn.transaction():
             if row["job_id"] is not None:
                 job = await conn.fetchrow(queries["lock_job"], row["job_id"])
-                if job is not None and job["status"] in ("queued", "running"):
+                if job is not None and job["status"] in ACTIVE_STATUSES:
                     await conn.execute(
                         queries["fail_job"], row["job_id"], "reservation_expired",
                         "the job did not finish before its credit hold expired; "

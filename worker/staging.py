@@ -21,6 +21,7 @@ from shared.errors import GenqError
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.storage import LocalStorage, asset_key
+from shared.types import AssetType
 from worker import media
 from worker.backoff import backoff_delay
 from worker.netguard import AddressBlocked, resolve_checked
@@ -221,7 +222,7 @@ class Stager:
         path = self.storage.path(key)
         width = height = None
         duration = None
-        if kind.kind == "image":
+        if kind.kind == AssetType.IMAGE:
             dims = media.image_size(path if data is None else data)
             if dims is None:
                 if data is None:
