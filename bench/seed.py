@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from arq.connections import ArqRedis
-from arq.constants import result_key_prefix
 from arq.jobs import Job
 
 from api.intake import SUBMIT_BATCH, SubmitItem
 from api.validation import JobCreate
 from shared import ledger
 from shared.db import Pool
-from shared.queue import GENERATION_FUNCTION
+from shared.queue import GENERATION_FUNCTION, RESULT_KEY_PREFIX
 from shared.storage import asset_key
 from shared.types import AssetType, JobStatus
 from shared.users import NewUser, create_user
@@ -141,7 +140,7 @@ async def wait_arq(redis: ArqRedis, queue: str, job_ids: list[str], timeout_s: f
     while True:
         async with redis.pipeline(transaction=False) as pipe:
             for jid in job_ids:
-                pipe.exists(result_key_prefix + jid)
+                pipe.exists(RESULT_KEY_PREFIX + jid)
             done = sum(await pipe.execute())
         if done == len(job_ids):
             break
