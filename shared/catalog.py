@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.db import Connection
-from shared.errors import ConfigError, NotFound
+from shared.errors import ConfigError
 from shared.types import AssetType
 from sql import queries
 
@@ -102,11 +102,3 @@ def _model(row: Any) -> CatalogModel:
 async def list_models(conn: Connection) -> list[CatalogModel]:
     """Every enabled model."""
     return [_model(r) for r in await conn.fetch(queries["list_models"])]
-
-
-async def get_model(conn: Connection, key: str) -> CatalogModel:
-    """One model by key, enabled or not; :class:`NotFound` if unknown."""
-    row = await conn.fetchrow(queries["get_model"], key)
-    if row is None:
-        raise NotFound(f"no model {key!r}")
-    return _model(row)

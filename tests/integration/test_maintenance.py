@@ -17,7 +17,7 @@ from shared.db import Pool, create_pool
 from shared.queue import requeue_generation
 from shared.settings import Settings
 from shared.storage import LocalStorage, asset_key
-from tests.factories import files_on_disk, funded_user, queued_job, stored_assets
+from tests.factories import files_on_disk, funded_user, queued_job, reserve, stored_assets
 from worker import maintenance
 from worker.scheduler import POOL_MAX_SIZE, TASKS, exclusive, run_task
 
@@ -178,7 +178,7 @@ async def test_stale_reservations_fail_the_job_and_refund(pool: Pool) -> None:
     current = await queued_job(pool, user, num_outputs=2)
     from datetime import UTC, datetime, timedelta
 
-    orphan = await ledger.reserve(
+    orphan = await reserve(
         pool, user, 5, expires_at=datetime.now(UTC) - timedelta(seconds=1)
     )
 
