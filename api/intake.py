@@ -28,6 +28,7 @@ from shared.errors import (
 )
 from shared.logging import get_logger
 from shared.queue import enqueue_generations
+from shared.retry import retry
 from shared.types import TERMINAL_STATUSES, JobStatus
 from sql import queries
 
@@ -178,13 +179,14 @@ class IntakeBatches:
         return results
 
     async def _submit_alone(self, item: SubmitItem) -> asyncpg.Record | BaseException:
-        for attempt in range(1, _DEADLOCK_TRIES + 1):
-            try:
-                return (await self.submit_many([item]))[0]
-            except asyncpg.DeadlockDetectedError:
-                if attempt == _DEADLOCK_TRIES:
-                    raise
-        raise AssertionError("unreachable")
+        async def once() -> asyncpg.Record | BaseException:
+            return (await self.submit_many([item]))[0]
+
+        # At once: the other transaction of a deadlock has been let through.
+        return await retry(
+            once, what="submit", attempts=_DEADLOCK_TRIES, base_s=0.0, max_s=0.0,
+            retry_on=lambda exc: isinstance(exc, asyncpg.DeadlockDetectedError),
+        )
 
     async def _enqueue(self, job_ids: list[uuid.UUID]) -> list[datetime | None]:
         """Put committed jobs on the arq queue and record when; None for all if Redis is

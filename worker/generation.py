@@ -10,7 +10,7 @@ arq runs a job at least once, so every step is safe to repeat:
   requested before that transaction commits wins inside it.
 
 Errors: the claim and the final write are retried a few times on connection-class errors
-(``worker.backoff.retry_transient``). Past that, infrastructure trouble (PostgreSQL, Redis, the
+(``shared.retry.retry_transient``). Past that, infrastructure trouble (PostgreSQL, Redis, the
 network, the disk) hands the job back to be run again later; anything else a job meets (a
 provider refusing its params, a bug, a bad file) ends it as ``failed`` at once, refunded, with a
 code and a message for the user and the traceback in the log.
@@ -27,9 +27,9 @@ from structlog.contextvars import bound_contextvars
 
 from shared.errors import GenqError, NotFound
 from shared.logging import get_logger
+from shared.retry import backoff_delay, is_transient, retry_transient
 from shared.types import JobStatus
 from worker import jobs
-from worker.backoff import backoff_delay, is_transient, retry_transient
 from worker.context import WorkerContext
 from worker.jobs import ClaimedJob, Outcome
 from worker.providers.base import (

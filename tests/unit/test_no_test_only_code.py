@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = ("api", "worker", "genq", "shared")
-MODULES = ["shared.ledger", "shared.catalog", "shared.queue"]
+MODULES = ["shared.ledger", "shared.catalog", "shared.queue", "shared.retry"]
 
 
 def _names_used_by_production() -> Counter[str]:
