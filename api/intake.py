@@ -14,7 +14,7 @@ import asyncpg
 import redis.exceptions
 
 from api.errors import JobNotCancelable, JobNotFound, ValidationFailed
-from api.reads import TERMINAL_STATUSES, load_job
+from api.reads import load_job
 from api.serialize import job_json
 from api.validation import JobCreate, field_error, request_hash
 from shared import ledger
@@ -29,6 +29,8 @@ from shared.errors import (
 )
 from shared.logging import get_logger
 from shared.queue import enqueue_generations
+from shared.retry import retry
+from shared.types import TERMINAL_STATUSES, JobStatus
 from sql import queries
 
 if TYPE_CHECKING:
@@ -207,13 +209,14 @@ class IntakeBatches:
         return results
 
     async def _submit_alone(self, item: SubmitItem) -> asyncpg.Record | BaseException:
-        for attempt in range(1, _DEADLOCK_TRIES + 1):
-            try:
-                return (await self.submit_many([item]))[0]
-            except asyncpg.DeadlockDetectedError:
-                if attempt == _DEADLOCK_TRIES:
-                    raise
-        raise AssertionError("unreachable")
+        async def once() -> asyncpg.Record | BaseException:
+            return (await self.submit_many([item]))[0]
+
+        # At once: the other transaction of a deadlock has been let through.
+        return await retry(
+            once, what="submit", attempts=_DEADLOCK_TRIES, base_s=0.0, max_s=0.0,
+            retry_on=lambda exc: isinstance(exc, asyncpg.DeadlockDetectedError),
+        )
 
     async def _enqueue(self, job_ids: list[uuid.UUID]) -> list[datetime | None]:
         """Put committed jobs on the arq queue and record when; None for all if Redis is
@@ -268,7 +271,7 @@ async def submit_job(
     price = row["reserved"]
     log.info("job_accepted", job_id=str(job_id), model=job.model, price=price)
     return Submitted(job_json({
-        "id": job_id, "status": "queued", "model": job.model, "prompt": job.prompt,
+        "id": job_id, "status": JobStatus.QUEUED, "model": job.model, "prompt": job.prompt,
         "num_outputs": job.num_outputs, "params": row["params"], "seed": job.seed,
         "price_per_output": row["price_per_output"], "error_code": None,
         "error_message": None, "created_at": row["created_at"], "started_at": None,
@@ -279,7 +282,7 @@ async def submit_job(
 
 async def _enqueue_replay(ctx: ApiContext, found: dict[str, Any]) -> dict[str, Any]:
     """The original job of a replayed request, enqueued again if Redis missed it first."""
-    if found["status"] == "queued" and found["enqueued_at"] is None:
+    if found["status"] == JobStatus.QUEUED and found["enqueued_at"] is None:
         enqueued_at = await ctx.batches.enqueue(uuid.UUID(found["id"]))
         if enqueued_at is not None:
             found["enqueued_at"] = enqueued_at.isoformat()

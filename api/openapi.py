@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.validation import CreditGrant, JobCreate, UserCreate
+from shared.types import AssetType, JobStatus, LedgerKind
 
 _REF = "#/components/schemas/{model}"
 
@@ -86,7 +87,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "id": {"type": "string", "format": "uuid"}, "job_id": {"type": "string"},
-            "index": {"type": "integer"}, "type": {"enum": ["image", "video"]},
+            "index": {"type": "integer"}, "type": {"enum": list(AssetType)},
             "mime_type": {"type": "string"}, "size_bytes": {"type": "integer"},
             "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
             "duration_seconds": {"type": ["number", "null"]},
@@ -98,7 +99,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "id": {"type": "string", "format": "uuid"},
-            "status": {"enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+            "status": {"enum": list(JobStatus)},
             "model": {"type": "string"}, "prompt": {"type": "string"},
             "num_outputs": {"type": "integer"}, "params": {"type": "object"},
             "seed": {"type": ["integer", "null"]},
@@ -116,7 +117,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "id": {"type": "integer"},
-            "kind": {"enum": ["grant", "reserve", "capture", "refund"]},
+            "kind": {"enum": list(LedgerKind)},
             "amount": {"type": "integer", "description": "Signed change to the balance."},
             "reserved_delta": {"type": "integer"}, "balance_after": {"type": "integer"},
             "job_id": {"type": ["string", "null"]},
@@ -128,7 +129,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "key": {"type": "string"}, "provider": {"type": "string"},
-            "media_type": {"enum": ["image", "video"]},
+            "media_type": {"enum": list(AssetType)},
             "price_per_output": {"type": "integer",
                                  "description": "What one output costs with the default params."},
             "price_tiers": {
@@ -184,7 +185,7 @@ _PATHS: dict[str, dict[str, Any]] = {
             "summary": "List the caller's jobs, newest first", "operationId": "listJobs",
             "description": _QUERY_RULES,
             "parameters": [{"name": "status", "in": "query", "schema": {
-                "enum": ["queued", "running", "succeeded", "failed", "canceled"]}},
+                "enum": list(JobStatus)}},
                 *_PAGE_PARAMS],
             "responses": {"200": _json(_page("Job"), "A page of jobs"), "422": _BAD_QUERY,
                           **_COMMON},

@@ -11,10 +11,10 @@ from api.errors import AssetNotFound, JobNotFound
 from api.pagination import encode_time_cursor
 from api.serialize import asset_json, job_json
 from shared.db import Connection
+from shared.types import JobStatus
 from sql import queries
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+JOB_STATUSES = tuple(JobStatus)
 
 
 def parse_id(raw: str) -> uuid.UUID | None:

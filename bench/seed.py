@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from arq.connections import ArqRedis
-from arq.constants import result_key_prefix
 from arq.jobs import Job
 
 from api.intake import SUBMIT_BATCH, SubmitItem
@@ -20,8 +19,9 @@ from api.validation import JobCreate
 from shared import ledger
 from shared.catalog import load_rules
 from shared.db import Pool
-from shared.queue import GENERATION_FUNCTION
+from shared.queue import GENERATION_FUNCTION, RESULT_KEY_PREFIX
 from shared.storage import asset_key
+from shared.types import AssetType, JobStatus
 from shared.users import NewUser, create_user
 from sql import queries
 
@@ -144,7 +144,7 @@ async def wait_arq(redis: ArqRedis, queue: str, job_ids: list[str], timeout_s: f
     while True:
         async with redis.pipeline(transaction=False) as pipe:
             for jid in job_ids:
-                pipe.exists(result_key_prefix + jid)
+                pipe.exists(RESULT_KEY_PREFIX + jid)
             done = sum(await pipe.execute())
         if done == len(job_ids):
             break
@@ -167,15 +167,15 @@ async def expired_assets(pool: Pool, storage_dir: Path, user_ids: list[uuid.UUID
     assets = []
     for j in range((n + per_job - 1) // per_job):
         job_id, user_id = uuid.uuid4(), user_ids[j % len(user_ids)]
-        jobs.append((job_id, user_id, "local/sketch", "local", "succeeded", "bench", per_job,
-                     0, now - timedelta(days=8), now - timedelta(days=8)))
+        jobs.append((job_id, user_id, "local/sketch", "local", JobStatus.SUCCEEDED, "bench",
+                     per_job, 0, now - timedelta(days=8), now - timedelta(days=8)))
         for index in range(min(per_job, n - j * per_job)):
             key = asset_key(user_id, job_id, index, "png")
             path = storage_dir / key
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"\x89PNG\r\n\x1a\n" + index.to_bytes(4, "big"))
-            assets.append((uuid.uuid4(), user_id, job_id, index, "image", key, 12, "image/png",
-                           now - timedelta(days=8), now - timedelta(days=1)))
+            assets.append((uuid.uuid4(), user_id, job_id, index, AssetType.IMAGE, key, 12,
+                           "image/png", now - timedelta(days=8), now - timedelta(days=1)))
     await pool.copy_records_to_table(
         "generation_jobs", records=jobs,
         columns=["id", "user_id", "model", "provider", "status", "prompt", "num_outputs",

@@ -18,8 +18,8 @@ import httpx
 
 from genq.stack import Stack, pick_port
 from shared.settings import Settings
+from shared.types import TERMINAL_STATUSES, JobStatus
 
-TERMINAL = {"succeeded", "failed", "canceled"}
 DEMO_CREDITS = 100
 DEMO_JOBS: list[tuple[str, str, int]] = [
     ("local/sketch", "a lighthouse at dusk, ink wash", 2),
@@ -98,7 +98,7 @@ class Demo:
         while time.monotonic() < deadline:
             for job_id in ids:
                 jobs[job_id] = _ok(self._user().get(f"/v1/jobs/{job_id}"))
-            done = sum(j["status"] in TERMINAL for j in jobs.values())
+            done = sum(j["status"] in TERMINAL_STATUSES for j in jobs.values())
             if live:
                 if drawn:
                     self.out.write(f"\x1b[{drawn}A")
@@ -200,8 +200,8 @@ def run_demo(settings: Settings, out: TextIO = sys.stdout) -> int:
         demo.say("  (amount: change to the spendable balance; held: change to the credits "
                  "reserved for running jobs; a capture spends held credits)")
         ok = (
-            all(jobs[i]["status"] == "succeeded" for i in ids if i != canceled)
-            and jobs[canceled]["status"] == "canceled"
+            all(jobs[i]["status"] == JobStatus.SUCCEEDED for i in ids if i != canceled)
+            and jobs[canceled]["status"] == JobStatus.CANCELED
             and jobs[canceled]["cost"]["captured"] == 0
             and after["balance"] == before["balance"] - captured
             and after["reserved"] == 0

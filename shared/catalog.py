@@ -25,7 +25,8 @@ from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.db import Connection
-from shared.errors import ConfigError, NotFound
+from shared.errors import ConfigError
+from shared.types import AssetType
 from sql import queries
 
 # A problem message quotes the client's value; long values are cut to keep the 422 readable.
@@ -52,7 +53,7 @@ class ModelSpec(BaseModel):
     )
     provider: str = Field(min_length=1, max_length=50)
     ref: str = Field(min_length=1, max_length=500)
-    media_type: str = Field(pattern=r"^(image|video)$")
+    media_type: AssetType
     price_per_output: int = Field(ge=0, le=1_000_000)
     max_outputs: int = Field(ge=1, le=100)
     timeout_s: int = Field(ge=1, le=24 * 3600)
@@ -386,10 +387,3 @@ async def load_rules(conn: Connection) -> dict[str, ModelRules]:
     """The rules of every enabled model, by key (compiled once per load)."""
     return {m.key: ModelRules.from_model(m) for m in await list_models(conn)}
 
-
-async def get_model(conn: Connection, key: str) -> CatalogModel:
-    """One model by key, enabled or not; :class:`NotFound` if unknown."""
-    row = await conn.fetchrow(queries["get_model"], key)
-    if row is None:
-        raise NotFound(f"no model {key!r}")
-    return _model(row)

@@ -1,16 +1,32 @@
-"""The two-phase credit ledger: grant, reserve, capture, refund.
+"""The two-phase credit ledger, the Python face of its PL/pgSQL functions.
 
-Each operation is one call of a PL/pgSQL function (sql/migrations/0001_schema.sql) that locks the
-account row, so it is atomic, serialized per account, and composable inside a caller's
-transaction. Each is idempotent: grants and reserves by key, settlements by reservation (a
-reservation is settled exactly once; settling again returns the first result).
+The rules (a balance never below zero, every hold settled exactly once, an append-only ledger
+whose sums match the account) live in the database, in functions that lock the account row
+first, so each operation is atomic, serialized per account and composable inside a caller's
+transaction. Each is idempotent: grants and reserves by key, settlements by reservation
+(settling again returns the first result). Where each operation runs in production:
+
+- **grant**: :func:`grant` here, which calls ``genq_grant`` (sql/migrations/0001_schema.sql);
+  used by the admin API (api/credits.py) and ``genq credits grant``.
+- **reserve**: inside the database. The intake's one statement, ``genq_submit``
+  (sql/migrations/0005_submit.sql; ``genq_submit_batch`` in 0007_submit_batch.sql runs it per
+  item), inserts the job and calls ``genq_reserve`` for its price in the same transaction; no
+  Python calls it alone.
+- **capture**: inside the database. The worker's final write, ``genq_finalize`` and
+  ``genq_finalize_batch`` (sql/migrations/0011_finalize_cancel_wins.sql, run by worker/jobs.py
+  through :func:`fetchrow`), writes the job's terminal status and calls ``genq_settle`` with
+  what the job made, refunding the rest, in one transaction.
+- **refund**: :func:`refund` here (``genq_settle`` capturing nothing), for a queued job canceled
+  at the API, a stale hold and a job whose worker was lost (worker/maintenance.py).
+
+Refusals come back as named constraints and ``no_data_found`` errors, which :func:`fetchrow`
+raises as the domain errors of :mod:`shared.errors`.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TypeAlias
 
 import asyncpg
@@ -24,6 +40,7 @@ from shared.errors import (
     InvalidAmount,
     ReservationNotFound,
 )
+from shared.types import ReservationStatus
 from sql import queries
 
 # The most credits one account holds, balance + reserved: the credit_accounts_balance_limit
@@ -50,22 +67,12 @@ class Grant:
 
 
 @dataclass(frozen=True)
-class Reservation:
-    """An open reservation as returned by :func:`reserve`."""
-
-    id: uuid.UUID
-    entry_id: int
-    balance_after: int
-    replayed: bool
-
-
-@dataclass(frozen=True)
 class Settlement:
     """How a reservation was settled. ``replayed`` is true if it already was."""
 
     reservation_id: uuid.UUID
     user_id: uuid.UUID
-    status: str
+    status: ReservationStatus
     captured: int
     refunded: int
     balance_after: int
@@ -134,45 +141,24 @@ async def grant(
     return Grant(row["entry_id"], row["balance_after"], row["replayed"])
 
 
-async def reserve(
-    db: Executor,
-    user_id: uuid.UUID,
-    amount: int,
-    *,
-    expires_at: datetime,
-    idempotency_key: str | None = None,
-    job_id: uuid.UUID | None = None,
-) -> Reservation:
-    """Hold ``amount`` credits until ``expires_at``.
-
-    Raises :class:`InsufficientCredits` (and writes nothing) if the balance is short.
-    """
-    _check_positive(amount)
-    row = await fetchrow(
-        db, queries["ledger_reserve"], user_id, amount, idempotency_key, job_id, expires_at
-    )
-    return Reservation(
-        row["reservation_id"], row["entry_id"], row["balance_after"], row["replayed"]
-    )
-
-
-async def capture(db: Executor, reservation_id: uuid.UUID, amount: int) -> Settlement:
-    """Capture ``amount`` (0..reserved) of a reservation and refund the rest, at once."""
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
-        raise InvalidAmount(f"capture amount must be a non-negative integer, got {amount!r}")
-    return _settlement(await fetchrow(db, queries["ledger_settle"], reservation_id, amount))
+async def settle(db: Executor, reservation_id: uuid.UUID, captured: int) -> Settlement:
+    """Settle a reservation (``genq_settle``): spend ``captured`` (0..reserved) of it and
+    refund the rest, at once. A settled reservation is left as it is (``replayed``)."""
+    if not isinstance(captured, int) or isinstance(captured, bool) or captured < 0:
+        raise InvalidAmount(f"capture amount must be a non-negative integer, got {captured!r}")
+    return _settlement(await fetchrow(db, queries["ledger_settle"], reservation_id, captured))
 
 
 async def refund(db: Executor, reservation_id: uuid.UUID) -> Settlement:
     """Give back the whole reservation."""
-    return _settlement(await fetchrow(db, queries["ledger_settle"], reservation_id, 0))
+    return await settle(db, reservation_id, 0)
 
 
 def _settlement(row: asyncpg.Record) -> Settlement:
     return Settlement(
         reservation_id=row["reservation_id"],
         user_id=row["user_id"],
-        status=row["status"],
+        status=ReservationStatus(row["status"]),
         captured=row["captured"],
         refunded=row["refunded"],
         balance_after=row["balance_after"],

@@ -1,17 +1,37 @@
-"""The Redis transport: how a job id becomes an arq job. Postgres stays the source of truth."""
+"""The Redis transport: how a job id becomes an arq job. Postgres stays the source of truth.
+
+This is the one module that knows arq's private Redis layout (arq 0.28): the key names below,
+the job record arq's ``serialize_job`` makes and the enqueue that writes it
+(:func:`enqueue_generations`, arq's ``enqueue_job`` in one round trip), and the requeue of a job
+arq lost or a dead worker holds (:func:`requeue_generation`). Everything else talks to arq
+through its public API (``Worker``, ``ArqRedis``, ``Job``).
+
+tests/integration/test_arq_layout.py pins this layout against the installed arq: the key names
+must equal ``arq.constants``, and what :func:`enqueue_generations` writes must be what arq's own
+``enqueue_job`` writes (keys, expiry, queue score, the deserialized record). An arq upgrade that
+changes any of it fails that test instead of production.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.exceptions import NoScriptError
+
+# arq's Redis layout (arq.constants): a job's record, its result, the mark of a worker running
+# it, its try counter, and the sorted set of jobs asked to abort.
+JOB_KEY_PREFIX = "arq:job:"
+RESULT_KEY_PREFIX = "arq:result:"
+IN_PROGRESS_KEY_PREFIX = "arq:in-progress:"
+RETRY_KEY_PREFIX = "arq:retry:"
+ABORT_JOBS_KEY = "arq:abort"
 
 # The arq function every generation job runs as; the worker registers it under this name.
 GENERATION_FUNCTION = "run_generation"
@@ -51,7 +71,7 @@ def _enqueue_args(redis: ArqRedis, queue_name: str, job_id: uuid.UUID) -> list[A
                         serializer=redis.job_serializer)
     # redis-py types script arguments as str (it sends the pickled job's bytes unchanged);
     # hence Any.
-    return [job_key_prefix + arq_id, result_key_prefix + arq_id, queue_name,
+    return [JOB_KEY_PREFIX + arq_id, RESULT_KEY_PREFIX + arq_id, queue_name,
             redis.expires_extra_ms, job, arq_id, enqueue_time_ms]
 
 
@@ -87,3 +107,33 @@ async def enqueue_generations(
 async def enqueue_generation(redis: ArqRedis, queue_name: str, job_id: uuid.UUID) -> bool:
     """:func:`enqueue_generations` for one job."""
     return (await enqueue_generations(redis, queue_name, [job_id]))[0]
+
+
+async def requeue_generation(
+    redis: ArqRedis, queue_name: str, job_id: uuid.UUID, *, force: bool = False
+) -> bool:
+    """Make sure arq will run the job; True if this call put it (back) on the queue.
+
+    A job arq holds (waiting, or running under an in-progress key) is left alone, unless
+    ``force``: Postgres says nobody is working on the job (its lease expired, or it has been
+    ``queued`` for longer than a worker takes to claim what it picks up), so the in-progress key
+    is a dead worker's and would keep every other worker away until arq's own timeout.
+    """
+    jid = str(job_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.exists(JOB_KEY_PREFIX + jid)
+        pipe.zscore(queue_name, jid)
+        pipe.exists(IN_PROGRESS_KEY_PREFIX + jid)
+        job_exists, score, in_progress = await pipe.execute()
+    if job_exists and score is not None and not (force and in_progress):
+        return False
+    async with redis.pipeline(transaction=True) as pipe:
+        # A kept result, retry counter or stale abort mark would block or spoil the new run.
+        pipe.delete(RESULT_KEY_PREFIX + jid, RETRY_KEY_PREFIX + jid, IN_PROGRESS_KEY_PREFIX + jid)
+        pipe.zrem(ABORT_JOBS_KEY, jid)
+        if job_exists:
+            pipe.zadd(queue_name, {jid: int(time.time() * 1000)})
+        await pipe.execute()
+    if job_exists:
+        return True
+    return await enqueue_generation(redis, queue_name, job_id)

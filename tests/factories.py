@@ -9,10 +9,46 @@ from typing import Any
 
 from shared import ledger
 from shared.catalog import _parse, load_catalog, sync_catalog
-from shared.db import Pool
+from shared.db import Connection, Pool
 from shared.storage import LocalStorage, asset_key
 from shared.users import create_user
 from sql import queries
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """An open reservation as :func:`reserve` made it."""
+
+    id: uuid.UUID
+    entry_id: int
+    balance_after: int
+    replayed: bool
+
+
+# Production reserves inside genq_submit (sql/migrations/0005_submit.sql); tests that need a
+# hold of their own call genq_reserve as genq_submit does.
+RESERVE_SQL = (
+    "SELECT reservation_id, entry_id, balance_after, replayed"
+    " FROM genq_reserve($1, $2, $3, $4, $5)"
+)
+
+
+async def reserve(
+    db: Connection | Pool,
+    user_id: uuid.UUID,
+    amount: int,
+    *,
+    expires_at: datetime,
+    idempotency_key: str | None = None,
+    job_id: uuid.UUID | None = None,
+) -> Reservation:
+    """Hold ``amount`` credits until ``expires_at`` (``genq_reserve``), its refusals raised as
+    the domain errors production sees (:class:`InsufficientCredits`, ...)."""
+    row = await ledger.fetchrow(db, RESERVE_SQL, user_id, amount, idempotency_key, job_id,
+                                expires_at)
+    return Reservation(
+        row["reservation_id"], row["entry_id"], row["balance_after"], row["replayed"]
+    )
 
 
 @dataclass(frozen=True)
@@ -77,7 +113,7 @@ async def create_job(
             job_id, user_id, model, m["provider"], prompt, num_outputs, merged, seed,
             m["price_per_output"], max_attempts, created,
         )
-        r = await ledger.reserve(
+        r = await reserve(
             conn, user_id, m["price_per_output"] * num_outputs,
             expires_at=datetime.now(UTC) + timedelta(seconds=reservation_ttl_s),
             idempotency_key=f"job:{job_id}", job_id=job_id,

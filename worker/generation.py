@@ -10,7 +10,7 @@ arq runs a job at least once, so every step is safe to repeat:
   requested before that transaction commits wins inside it.
 
 Errors: the claim and the final write are retried a few times on connection-class errors
-(``worker.backoff.retry_transient``). Past that, infrastructure trouble (PostgreSQL, Redis, the
+(``shared.retry.retry_transient``). Past that, infrastructure trouble (PostgreSQL, Redis, the
 network, the disk) hands the job back to be run again later; anything else a job meets (a
 provider refusing its params, a bug, a bad file) ends it as ``failed`` at once, refunded, with a
 code and a message for the user and the traceback in the log.
@@ -28,8 +28,9 @@ from structlog.contextvars import bound_contextvars
 from shared.catalog import stored_params_problems
 from shared.errors import GenqError, NotFound
 from shared.logging import get_logger
+from shared.retry import backoff_delay, is_transient, retry_transient
+from shared.types import JobStatus
 from worker import jobs
-from worker.backoff import backoff_delay, is_transient, retry_transient
 from worker.context import WorkerContext
 from worker.jobs import ClaimedJob, Outcome
 from worker.providers.base import (
@@ -45,29 +46,30 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-CANCELED_BY_USER = Outcome("canceled", "canceled", "The job was canceled.")
+CANCELED_BY_USER = Outcome(JobStatus.CANCELED, "canceled", "The job was canceled.")
 INTERNAL_ERROR = Outcome(
-    "failed", "internal_error", "The job failed because of an internal error.",
+    JobStatus.FAILED, "internal_error", "The job failed because of an internal error.",
 )
 # How long a delivery whose claim could not reach PostgreSQL (after its own retries) waits
 # before arq runs it again.
 CLAIM_RETRY_DEFER_S = 2.0
 
 
-class JobBusy(GenqError):
-    """Another worker holds a live lease on this job: look again when it runs out."""
+class WorkerSignal(Exception):
+    """Base of the worker's control-flow signals: how one step tells the arq job what to do
+    next. Not errors for a user: none of them carries an error code or reaches a job row."""
 
-    code = "job_busy"
+
+class JobBusy(WorkerSignal):
+    """Another worker holds a live lease on this job: look again when it runs out."""
 
     def __init__(self, retry_after_s: float) -> None:
         super().__init__(f"another worker holds the job for {retry_after_s:.1f} s more")
         self.retry_after_s = retry_after_s
 
 
-class JobRetry(GenqError):
+class JobRetry(WorkerSignal):
     """This attempt hit an unexpected error and handed the job back; run it again later."""
-
-    code = "job_retry"
 
     def __init__(self, defer_s: float) -> None:
         super().__init__(f"retry in {defer_s:.1f} s")
@@ -80,10 +82,8 @@ class UnknownModel(NotFound):
     code = "unknown_model"
 
 
-class LeaseLost(GenqError):
+class LeaseLost(WorkerSignal):
     """Another attempt took the job over; this one must stop without writing."""
-
-    code = "lease_lost"
 
 
 async def _reach_db(op: Callable[[], Awaitable[T]], what: str) -> T:
@@ -106,7 +106,7 @@ async def process_job(wc: WorkerContext, job_id: uuid.UUID) -> str:
         if found is None:
             log.warning("job_not_found", job_id=str(job_id))
             return "missing"
-        if found.status == "running" and (found.lease_left_s or 0) > 0:
+        if found.status == JobStatus.RUNNING and (found.lease_left_s or 0) > 0:
             raise JobBusy(found.lease_left_s or 0)
         log.info("job_not_claimed", job_id=str(job_id), status=found.status)
         return f"skipped:{found.status}"
@@ -133,7 +133,7 @@ class _Run:
         if job.attempt > job.max_attempts:
             await self._cancel_prediction()
             return await self._finish_or_retry(Outcome(
-                "failed", "attempts_exhausted",
+                JobStatus.FAILED, "attempts_exhausted",
                 f"The job was stopped after {job.max_attempts} attempts.",
             ))
         if self.cancel_requested:
@@ -141,7 +141,8 @@ class _Run:
             return await self._finish_or_retry(CANCELED_BY_USER)
         if self.provider is None:
             return await self._finish_or_retry(Outcome(
-                "failed", "unknown_provider", f"No provider {job.provider!r} is configured.",
+                JobStatus.FAILED, "unknown_provider",
+                f"No provider {job.provider!r} is configured.",
             ))
         work = asyncio.create_task(self._work(self.provider))
         heartbeat = asyncio.create_task(self._heartbeat(work))
@@ -189,21 +190,21 @@ class _Run:
                 )
         except TimeoutError:
             await self._cancel_prediction()
-            return Outcome("failed", "timeout",
+            return Outcome(JobStatus.FAILED, "timeout",
                            f"The model did not finish within {timeout_s} s."), []
         except ProviderCanceled as exc:
-            return Outcome("canceled", exc.code, exc.message), []
+            return Outcome(JobStatus.CANCELED, exc.code, exc.message), []
         except ProviderFailed as exc:
-            return Outcome("failed", exc.code, exc.message), []
+            return Outcome(JobStatus.FAILED, exc.code, exc.message), []
         except (TypeError, ValueError) as exc:
             # A provider handed params it cannot use (``"width": "abc"``, ``null``): the same
             # job would fail the same way on every attempt.
             log.warning("provider_rejected_params", error=repr(exc), exc_info=exc)
-            return Outcome("failed", "invalid_params",
+            return Outcome(JobStatus.FAILED, "invalid_params",
                            f"The model could not use the job's params: {_brief(exc)}"), []
         outputs = result.outputs[: job.num_outputs]
         if not outputs:
-            return Outcome("failed", "no_outputs", "The model returned no outputs."), []
+            return Outcome(JobStatus.FAILED, "no_outputs", "The model returned no outputs."), []
         return await self._stage(outputs)
 
     def _params_refused(self) -> Outcome | None:
@@ -216,7 +217,7 @@ class _Run:
                                           job.model_params_schema, job.params)
         if not problems:
             return None
-        return Outcome("failed", "invalid_params",
+        return Outcome(JobStatus.FAILED, "invalid_params",
                        "The job's params do not match the model's params_schema: "
                        + "; ".join(f"{f}: {m}" for f, m in problems))
 
@@ -238,8 +239,8 @@ class _Run:
                 raise item
         if not self.staged:
             first = rejected[0]
-            return Outcome("failed", first.code, first.message), []
-        return Outcome("succeeded"), list(self.staged)
+            return Outcome(JobStatus.FAILED, first.code, first.message), []
+        return Outcome(JobStatus.SUCCEEDED), list(self.staged)
 
     async def _on_created(self, prediction_id: str) -> None:
         self.prediction_id = prediction_id
@@ -288,13 +289,13 @@ class _Run:
             # claims is removed by the orphan sweep.
             log.warning("lease_lost_at_finalize")
             return "lease_lost"
-        if status != "succeeded":
+        if status != JobStatus.SUCCEEDED:
             # A failure, or a cancel that won at the final write: no asset row points here.
             self.wc.stager.discard(self.job.user_id, self.job.id, self.staged)
         if status != outcome.status:
             log.info("cancel_won_at_finalize", outcome=outcome.status)
         log.info("job_finished", status=status,
-                 outputs=len(assets) if status == "succeeded" else 0,
+                 outputs=len(assets) if status == JobStatus.SUCCEEDED else 0,
                  error_code=outcome.error_code if status == outcome.status else status)
         return status
 
@@ -332,7 +333,7 @@ class _Run:
         log.error("job_error", error=str(exc), error_type=type(exc).__name__, exc_info=exc)
         # A GenqError (a model gone from the catalog, say) carries a code and a message meant
         # for the user; anything else is told as an internal error, never as a traceback.
-        outcome = (Outcome("failed", exc.code, exc.message) if isinstance(exc, GenqError)
+        outcome = (Outcome(JobStatus.FAILED, exc.code, exc.message) if isinstance(exc, GenqError)
                    else INTERNAL_ERROR)
         try:
             return await self._finish(outcome)

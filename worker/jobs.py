@@ -16,6 +16,7 @@ from shared.db import Pool
 from shared.errors import GenqError
 from shared.logging import get_logger
 from shared.settings import Settings
+from shared.types import JobStatus
 from sql import queries
 from worker.staging import StagedAsset
 
@@ -57,7 +58,7 @@ class ClaimedJob:
 class JobState:
     """Where a job stands when a claim found nothing."""
 
-    status: str
+    status: JobStatus
     lease_owner: str | None
     lease_left_s: float | None
 
@@ -66,7 +67,7 @@ class JobState:
 class Outcome:
     """The terminal state a job is being moved to."""
 
-    status: str  # succeeded | failed | canceled
+    status: JobStatus  # a terminal one
     error_code: str | None = None
     error_message: str | None = None
 
@@ -87,7 +88,7 @@ async def state(pool: Pool, job_id: uuid.UUID) -> JobState | None:
     row = await pool.fetchrow(queries["get_job_state"], job_id)
     if row is None:
         return None
-    return JobState(row["status"], row["lease_owner"], row["lease_left_s"])
+    return JobState(JobStatus(row["status"]), row["lease_owner"], row["lease_left_s"])
 
 
 async def renew_lease(
@@ -121,7 +122,7 @@ class Final:
 
     def args(self) -> tuple[int, list[dict[str, Any]]]:
         """outputs_made and the asset rows (only for a success)."""
-        made = len(self.assets) if self.outcome.status == "succeeded" else 0
+        made = len(self.assets) if self.outcome.status == JobStatus.SUCCEEDED else 0
         rows = [
             {"asset_index": a.index, "asset_type": a.media.kind, "temp_storage_path": a.key,
              "file_size_bytes": a.size, "mime_type": a.media.mime,

@@ -19,21 +19,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
-from arq.constants import (
-    abort_jobs_ss,
-    in_progress_key_prefix,
-    job_key_prefix,
-    result_key_prefix,
-    retry_key_prefix,
-)
 from redis.exceptions import RedisError
 
 from shared import ledger
 from shared.db import Connection, Pool
 from shared.logging import get_logger
-from shared.queue import enqueue_generation, enqueue_generations
+from shared.queue import enqueue_generations, requeue_generation
 from shared.settings import Settings
 from shared.storage import TMP_SUFFIX, LocalStorage
+from shared.types import ACTIVE_STATUSES
 from sql import queries
 
 log = get_logger(__name__)
@@ -155,36 +149,6 @@ async def sweep_orphan_files(
             report.add("partial_files_deleted", sum(k.endswith(TMP_SUFFIX) for k in orphans))
 
 
-async def requeue(
-    redis: ArqRedis, queue_name: str, job_id: uuid.UUID, *, force: bool = False
-) -> bool:
-    """Make sure arq will run the job; True if this call put it (back) on the queue.
-
-    A job arq holds (waiting, or running under an in-progress key) is left alone, unless
-    ``force``: Postgres says nobody is working on the job (its lease expired, or it has been
-    ``queued`` for longer than a worker takes to claim what it picks up), so the in-progress key
-    is a dead worker's and would keep every other worker away until arq's own timeout.
-    """
-    jid = str(job_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.exists(job_key_prefix + jid)
-        pipe.zscore(queue_name, jid)
-        pipe.exists(in_progress_key_prefix + jid)
-        job_exists, score, in_progress = await pipe.execute()
-    if job_exists and score is not None and not (force and in_progress):
-        return False
-    async with redis.pipeline(transaction=True) as pipe:
-        # A kept result, retry counter or stale abort mark would block or spoil the new run.
-        pipe.delete(result_key_prefix + jid, retry_key_prefix + jid, in_progress_key_prefix + jid)
-        pipe.zrem(abort_jobs_ss, jid)
-        if job_exists:
-            pipe.zadd(queue_name, {jid: int(time.time() * 1000)})
-        await pipe.execute()
-    if job_exists:
-        return True
-    return await enqueue_generation(redis, queue_name, job_id)
-
-
 @_timed("enqueue_new_jobs")
 async def enqueue_new_jobs(
     report: TaskReport, pool: Pool, redis: ArqRedis, settings: Settings
@@ -240,7 +204,7 @@ async def requeue_lost_jobs(
             try:
                 for row in rows:
                     force = row["waited_s"] >= settings.lease_s
-                    report.add("requeued" if await requeue(
+                    report.add("requeued" if await requeue_generation(
                         redis, settings.queue_name, row["id"], force=force) else "still_in_redis")
             except RedisError as exc:
                 report.add("redis_errors")
@@ -282,7 +246,7 @@ async def recover_expired_leases(
                     report.add("failed_refunded")
         for job_id in to_enqueue:
             try:
-                await requeue(redis, settings.queue_name, job_id, force=True)
+                await requeue_generation(redis, settings.queue_name, job_id, force=True)
             except RedisError as exc:
                 # The job is queued in Postgres; requeue_lost_jobs will enqueue it later.
                 report.add("redis_errors")
@@ -302,7 +266,7 @@ async def settle_stale_reservations(report: TaskReport, pool: Pool, batch_size: 
         async with pool.acquire() as conn, conn.transaction():
             if row["job_id"] is not None:
                 job = await conn.fetchrow(queries["lock_job"], row["job_id"])
-                if job is not None and job["status"] in ("queued", "running"):
+                if job is not None and job["status"] in ACTIVE_STATUSES:
                     await conn.execute(
                         queries["fail_job"], row["job_id"], "reservation_expired",
                         "the job did not finish before its credit hold expired; "

@@ -11,6 +11,8 @@ from typing import BinaryIO
 
 from PIL import Image
 
+from shared.types import AssetType
+
 # Enough leading bytes to recognise every allowed type.
 SNIFF_BYTES = 12
 
@@ -21,13 +23,13 @@ class MediaType:
 
     mime: str
     ext: str
-    kind: str  # image | video
+    kind: AssetType
 
 
-PNG = MediaType("image/png", "png", "image")
-JPEG = MediaType("image/jpeg", "jpg", "image")
-WEBP = MediaType("image/webp", "webp", "image")
-MP4 = MediaType("video/mp4", "mp4", "video")
+PNG = MediaType("image/png", "png", AssetType.IMAGE)
+JPEG = MediaType("image/jpeg", "jpg", AssetType.IMAGE)
+WEBP = MediaType("image/webp", "webp", AssetType.IMAGE)
+MP4 = MediaType("video/mp4", "mp4", AssetType.VIDEO)
 ALLOWED = (PNG, JPEG, WEBP, MP4)
 
 

@@ -19,10 +19,11 @@ import httpx
 
 from shared.errors import GenqError
 from shared.logging import get_logger
+from shared.retry import retry
 from shared.settings import Settings
 from shared.storage import LocalStorage, asset_key
+from shared.types import AssetType
 from worker import media
-from worker.backoff import backoff_delay
 from worker.netguard import AddressBlocked, resolve_checked
 from worker.providers.base import BytesOutput, Output, UrlOutput
 
@@ -91,20 +92,19 @@ class Stager:
     async def _download(
         self, user_id: uuid.UUID, job_id: uuid.UUID, index: int, url: str
     ) -> StagedAsset:
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                return await self._download_once(user_id, job_id, index, httpx.URL(url))
-            except (_Transient, httpx.TransportError) as exc:
-                if attempt == DOWNLOAD_ATTEMPTS:
-                    raise OutputRejected(
-                        f"output {index} could not be downloaded: {exc or type(exc).__name__}",
-                        code="output_download_failed",
-                    ) from exc
-                delay = backoff_delay(attempt, self.settings.provider_backoff_base_s,
-                                      self.settings.provider_backoff_max_s)
-                log.warning("download_retry", index=index, attempt=attempt, error=str(exc))
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return await retry(
+                lambda: self._download_once(user_id, job_id, index, httpx.URL(url)),
+                what="download", attempts=DOWNLOAD_ATTEMPTS,
+                retry_on=lambda exc: isinstance(exc, (_Transient, httpx.TransportError)),
+                base_s=self.settings.provider_backoff_base_s,
+                max_s=self.settings.provider_backoff_max_s, event="download_retry", index=index,
+            )
+        except (_Transient, httpx.TransportError) as exc:
+            raise OutputRejected(
+                f"output {index} could not be downloaded: {exc or type(exc).__name__}",
+                code="output_download_failed",
+            ) from exc
 
     async def _download_once(
         self, user_id: uuid.UUID, job_id: uuid.UUID, index: int, url: httpx.URL
@@ -221,7 +221,7 @@ class Stager:
         path = self.storage.path(key)
         width = height = None
         duration = None
-        if kind.kind == "image":
+        if kind.kind == AssetType.IMAGE:
             dims = media.image_size(path if data is None else data)
             if dims is None:
                 if data is None:

@@ -21,6 +21,7 @@ from bench import seed
 from bench.env import BenchEnv
 from bench.report import Row
 from bench.stats import percentile
+from shared.types import JobStatus
 
 POLL_S = 0.002
 WARMUP = 5
@@ -55,7 +56,7 @@ async def _genq(env: BenchEnv, n: int) -> list[float]:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"latency: job {job_id} did not finish")
                 await asyncio.sleep(POLL_S)
-            if row["status"] != "succeeded":
+            if row["status"] != JobStatus.SUCCEEDED:
                 raise RuntimeError(f"latency: job {job_id} ended {row['status']}")
             if i >= WARMUP:
                 samples.append(row["finished"] - started)

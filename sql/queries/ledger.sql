@@ -1,13 +1,9 @@
--- Credit ledger: the four two-phase operations (functions in 0001_schema.sql) and reads.
+-- Credit ledger: grant and settle (functions in 0001_schema.sql; reserving happens inside
+-- genq_submit) and reads.
 
 -- ledger_grant --
 -- Add credits. $1 user_id, $2 amount (> 0), $3 idempotency_key (nullable), $4 reason.
 SELECT entry_id, balance_after, replayed FROM genq_grant($1, $2, $3, $4)
-
--- ledger_reserve --
--- Hold credits. $1 user_id, $2 amount (> 0), $3 idempotency_key (nullable), $4 job_id
--- (nullable), $5 expires_at (the reservation's deadline).
-SELECT reservation_id, entry_id, balance_after, replayed FROM genq_reserve($1, $2, $3, $4, $5)
 
 -- ledger_settle --
 -- Settle a reservation exactly once. $1 reservation_id, $2 amount to capture (0 = refund all).

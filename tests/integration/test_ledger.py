@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
 from shared import ledger
@@ -20,7 +21,7 @@ from shared.errors import (
     ReservationNotFound,
 )
 from sql import queries
-from tests.factories import assert_invariants, funded_user
+from tests.factories import assert_invariants, funded_user, reserve
 
 
 def _deadline() -> datetime:
@@ -36,12 +37,12 @@ async def test_grant_reserve_capture_flow(pool: Pool) -> None:
     g = await ledger.grant(pool, user, 100, idempotency_key="g1", reason="welcome")
     assert (g.balance_after, g.replayed) == (100, False)
 
-    r = await ledger.reserve(pool, user, 30, expires_at=_deadline(), idempotency_key="r1")
+    r = await reserve(pool, user, 30, expires_at=_deadline(), idempotency_key="r1")
     assert r.balance_after == 70
     account = await assert_invariants(pool, user)
     assert (account.balance, account.reserved) == (70, 30)
 
-    s = await ledger.capture(pool, r.id, 20)
+    s = await ledger.settle(pool, r.id, 20)
     assert (s.status, s.captured, s.refunded, s.balance_after) == ("captured", 20, 10, 80)
     account = await assert_invariants(pool, user)
     assert (account.balance, account.reserved) == (80, 0)
@@ -60,9 +61,9 @@ async def test_grant_reserve_capture_flow(pool: Pool) -> None:
 
 async def test_full_capture_and_full_refund(pool: Pool) -> None:
     user = await _user(pool, 10)
-    r1 = await ledger.reserve(pool, user, 4, expires_at=_deadline())
-    r2 = await ledger.reserve(pool, user, 6, expires_at=_deadline())
-    s1 = await ledger.capture(pool, r1.id, 4)
+    r1 = await reserve(pool, user, 4, expires_at=_deadline())
+    r2 = await reserve(pool, user, 6, expires_at=_deadline())
+    s1 = await ledger.settle(pool, r1.id, 4)
     s2 = await ledger.refund(pool, r2.id)
     assert (s1.status, s1.captured, s1.refunded) == ("captured", 4, 0)
     assert (s2.status, s2.captured, s2.refunded) == ("refunded", 0, 6)
@@ -72,8 +73,8 @@ async def test_full_capture_and_full_refund(pool: Pool) -> None:
 
 async def test_capture_zero_is_a_refund(pool: Pool) -> None:
     user = await _user(pool, 5)
-    r = await ledger.reserve(pool, user, 5, expires_at=_deadline())
-    s = await ledger.capture(pool, r.id, 0)
+    r = await reserve(pool, user, 5, expires_at=_deadline())
+    s = await ledger.settle(pool, r.id, 0)
     assert (s.status, s.refunded) == ("refunded", 5)
     assert (await assert_invariants(pool, user)).balance == 5
 
@@ -82,7 +83,7 @@ async def test_short_balance_writes_nothing(pool: Pool) -> None:
     user = await _user(pool, 5)
     before = await pool.fetchval("SELECT count(*) FROM credit_ledger WHERE user_id = $1", user)
     with pytest.raises(InsufficientCredits):
-        await ledger.reserve(pool, user, 6, expires_at=_deadline(), idempotency_key="big")
+        await reserve(pool, user, 6, expires_at=_deadline(), idempotency_key="big")
     after = await pool.fetchval("SELECT count(*) FROM credit_ledger WHERE user_id = $1", user)
     assert before == after
     assert await pool.fetchval("SELECT count(*) FROM credit_reservations") == 0
@@ -90,7 +91,7 @@ async def test_short_balance_writes_nothing(pool: Pool) -> None:
     assert (account.balance, account.reserved) == (5, 0)
     # The key was not consumed by the failure: it works once credits arrive.
     await ledger.grant(pool, user, 1)
-    r = await ledger.reserve(pool, user, 6, expires_at=_deadline(), idempotency_key="big")
+    r = await reserve(pool, user, 6, expires_at=_deadline(), idempotency_key="big")
     assert r.replayed is False
 
 
@@ -99,18 +100,25 @@ async def test_invalid_amounts_are_rejected(pool: Pool, amount: int) -> None:
     user = await _user(pool, 5)
     with pytest.raises(InvalidAmount):
         await ledger.grant(pool, user, amount)
-    with pytest.raises(InvalidAmount):
-        await ledger.reserve(pool, user, amount, expires_at=_deadline())
     await assert_invariants(pool, user)
+
+
+@pytest.mark.parametrize("amount", [0, -1])
+async def test_the_database_refuses_to_hold_nothing(pool: Pool, amount: int) -> None:
+    user = await _user(pool, 5)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await reserve(pool, user, amount, expires_at=_deadline())
+    account = await assert_invariants(pool, user)
+    assert (account.balance, account.reserved) == (5, 0)
 
 
 async def test_capture_more_than_reserved_is_rejected(pool: Pool) -> None:
     user = await _user(pool, 5)
-    r = await ledger.reserve(pool, user, 3, expires_at=_deadline())
+    r = await reserve(pool, user, 3, expires_at=_deadline())
     with pytest.raises(InvalidAmount):
-        await ledger.capture(pool, r.id, 4)
+        await ledger.settle(pool, r.id, 4)
     with pytest.raises(InvalidAmount):
-        await ledger.capture(pool, r.id, -1)
+        await ledger.settle(pool, r.id, -1)
     reservation = await pool.fetchrow(queries["get_reservation"], r.id)
     assert reservation is not None and reservation["status"] == "open"
     await assert_invariants(pool, user)
@@ -120,7 +128,7 @@ async def test_unknown_account_and_reservation(pool: Pool) -> None:
     with pytest.raises(AccountNotFound):
         await ledger.grant(pool, uuid.uuid4(), 5)
     with pytest.raises(AccountNotFound):
-        await ledger.reserve(pool, uuid.uuid4(), 5, expires_at=_deadline())
+        await reserve(pool, uuid.uuid4(), 5, expires_at=_deadline())
     with pytest.raises(ReservationNotFound):
         await ledger.refund(pool, uuid.uuid4())
 
@@ -131,7 +139,7 @@ async def test_key_reused_with_other_parameters_conflicts(pool: Pool) -> None:
     with pytest.raises(IdempotencyConflict):
         await ledger.grant(pool, user, 6, idempotency_key="k")
     with pytest.raises(IdempotencyConflict):
-        await ledger.reserve(pool, user, 5, expires_at=_deadline(), idempotency_key="k")
+        await reserve(pool, user, 5, expires_at=_deadline(), idempotency_key="k")
     account = await assert_invariants(pool, user)
     assert account.balance == 15
 
@@ -149,7 +157,7 @@ async def test_200_concurrent_reserves_against_50_credits(pool: Pool) -> None:
 
     async def one(i: int) -> str:
         try:
-            await ledger.reserve(pool, user, 1, expires_at=_deadline(), idempotency_key=f"r{i}")
+            await reserve(pool, user, 1, expires_at=_deadline(), idempotency_key=f"r{i}")
         except InsufficientCredits:
             return "short"
         return "ok"
@@ -173,14 +181,14 @@ async def test_concurrent_replays_change_nothing(pool: Pool) -> None:
     assert sum(not g.replayed for g in grants) == 1
 
     reserves = await asyncio.gather(*(
-        ledger.reserve(pool, user, 3, expires_at=_deadline(), idempotency_key="hold-once")
+        reserve(pool, user, 3, expires_at=_deadline(), idempotency_key="hold-once")
         for _ in range(50)
     ))
     assert len({r.id for r in reserves}) == 1
     assert sum(not r.replayed for r in reserves) == 1
 
     settles = await asyncio.gather(
-        *(ledger.capture(pool, reserves[0].id, 2) for _ in range(25)),
+        *(ledger.settle(pool, reserves[0].id, 2) for _ in range(25)),
         *(ledger.refund(pool, reserves[0].id) for _ in range(25)),
     )
     first = [s for s in settles if not s.replayed]
@@ -216,7 +224,7 @@ async def test_random_concurrent_mix_keeps_invariants(pool: Pool) -> None:
                 key = f"g{rng.randrange(i + 1)}:{user}"
                 await ledger.grant(pool, user, 1 + hash(key) % 5, idempotency_key=key)
             elif choice < 0.6:
-                r = await ledger.reserve(
+                r = await reserve(
                     pool, user, rng.randint(1, 6), expires_at=_deadline(),
                     idempotency_key=f"r{i}",
                 )
@@ -227,7 +235,7 @@ async def test_random_concurrent_mix_keeps_invariants(pool: Pool) -> None:
                 row = await pool.fetchrow(queries["get_reservation"], rid)
                 assert row is not None
                 if choice < 0.8:
-                    s = await ledger.capture(pool, rid, rng.randint(0, row["amount"]))
+                    s = await ledger.settle(pool, rid, rng.randint(0, row["amount"]))
                 else:
                     s = await ledger.refund(pool, rid)
                 if not s.replayed:

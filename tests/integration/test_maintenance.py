@@ -14,9 +14,10 @@ from arq.connections import ArqRedis
 
 from shared import ledger
 from shared.db import Pool, create_pool
+from shared.queue import requeue_generation
 from shared.settings import Settings
 from shared.storage import LocalStorage, asset_key
-from tests.factories import files_on_disk, funded_user, queued_job, stored_assets
+from tests.factories import files_on_disk, funded_user, queued_job, reserve, stored_assets
 from worker import maintenance
 from worker.scheduler import POOL_MAX_SIZE, TASKS, exclusive, run_task
 
@@ -121,7 +122,7 @@ async def test_requeue_skips_jobs_still_in_redis(
 ) -> None:
     user = await funded_user(pool, 100)
     job = await queued_job(pool, user, created_ago_s=600)
-    assert await maintenance.requeue(arq_redis, settings.queue_name, job)
+    assert await requeue_generation(arq_redis, settings.queue_name, job)
     await pool.execute(
         "UPDATE generation_jobs SET enqueued_at = now() - interval '1 hour' WHERE id = $1", job
     )
@@ -177,7 +178,7 @@ async def test_stale_reservations_fail_the_job_and_refund(pool: Pool) -> None:
     current = await queued_job(pool, user, num_outputs=2)
     from datetime import UTC, datetime, timedelta
 
-    orphan = await ledger.reserve(
+    orphan = await reserve(
         pool, user, 5, expires_at=datetime.now(UTC) - timedelta(seconds=1)
     )
 
@@ -237,13 +238,13 @@ async def test_expired_lease_frees_a_dead_workers_arq_job(
 ) -> None:
     user = await funded_user(pool, 100)
     job = await queued_job(pool, user)
-    assert await maintenance.requeue(arq_redis, settings.queue_name, job)
+    assert await requeue_generation(arq_redis, settings.queue_name, job)
     # What a SIGKILLed arq worker leaves: the job key, its queue entry, its in-progress key.
     await redis_client.set(f"arq:in-progress:{job}", b"1", px=600_000)
     await redis_client.set(f"arq:retry:{job}", b"3")
     await _expire_lease(pool, job, attempt=1)
     # Without force, a job arq holds is left alone.
-    assert not await maintenance.requeue(arq_redis, settings.queue_name, job)
+    assert not await requeue_generation(arq_redis, settings.queue_name, job)
 
     report = await maintenance.recover_expired_leases(pool, arq_redis, settings)
 
@@ -278,7 +279,7 @@ async def test_queued_job_a_dead_worker_picked_up_is_requeued(
     user = await funded_user(pool, 100)
     dead, claiming = [await queued_job(pool, user) for _ in range(2)]
     for job, waited_s in ((dead, 3600.0), (claiming, 10.0)):
-        assert await maintenance.requeue(arq_redis, settings.queue_name, job)
+        assert await requeue_generation(arq_redis, settings.queue_name, job)
         # A worker took it from arq and has not claimed it in Postgres yet: still queued there,
         # in progress in arq (for its whole job timeout).
         await redis_client.set(f"arq:in-progress:{job}", b"1", px=600_000)

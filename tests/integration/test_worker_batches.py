@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from shared.db import Pool
 from shared.errors import GenqError
 from shared.settings import Settings
+from shared.types import JobStatus
 from tests.factories import assert_invariants, create_job, funded_user, job_row, ledger_kinds
 from worker import media
 from worker.jobs import ClaimedJob, Final, Outcome, WorkerBatches
@@ -54,9 +55,11 @@ async def test_one_batch_answers_each_job(pool: Pool, settings: Settings) -> Non
     await pool.execute("UPDATE generation_jobs SET attempt = attempt + 1 WHERE id = $1", stale.id)
 
     held = list(await asyncio.gather(
-        batches.finalize(Final(claimed[ok.id], Outcome("succeeded"), staged(claimed[ok.id], 1))),
-        batches.finalize(Final(claimed[failed.id], Outcome("failed", "model_failed", "no"), [])),
-        batches.finalize(Final(claimed[stale.id], Outcome("succeeded"),
+        batches.finalize(Final(claimed[ok.id], Outcome(JobStatus.SUCCEEDED),
+                               staged(claimed[ok.id], 1))),
+        batches.finalize(Final(claimed[failed.id],
+                               Outcome(JobStatus.FAILED, "model_failed", "no"), [])),
+        batches.finalize(Final(claimed[stale.id], Outcome(JobStatus.SUCCEEDED),
                                staged(claimed[stale.id], 2))),
     ))
     assert held == ["succeeded", "failed", None]
@@ -81,8 +84,8 @@ async def test_a_failing_batch_writes_nothing_and_each_job_goes_alone(
                if c is not None]
     # The last one claims more outputs than were reserved: its settlement is refused, and
     # with it the whole statement. The other three still land, each alone.
-    finals = [Final(c, Outcome("succeeded"), staged(c, 1)) for c in claimed[:3]]
-    finals.append(Final(claimed[3], Outcome("succeeded"), staged(claimed[3], 3)))
+    finals = [Final(c, Outcome(JobStatus.SUCCEEDED), staged(c, 1)) for c in claimed[:3]]
+    finals.append(Final(claimed[3], Outcome(JobStatus.SUCCEEDED), staged(claimed[3], 3)))
     with capture_logs() as logs:
         results = await asyncio.gather(*(batches.finalize(f) for f in finals),
                                        return_exceptions=True)
@@ -114,7 +117,7 @@ async def test_concurrent_batches_over_shared_accounts_never_deadlock(
     random.Random(7).shuffle(claimed)
     with capture_logs() as logs:
         held = list(await asyncio.gather(*(
-            b.finalize(Final(c, Outcome("succeeded"), staged(c, 1))) for b, c in claimed
+            b.finalize(Final(c, Outcome(JobStatus.SUCCEEDED), staged(c, 1))) for b, c in claimed
         )))
     assert held == ["succeeded"] * 150
     assert [e for e in logs if e["event"] == "finalize_batch_failed"] == []

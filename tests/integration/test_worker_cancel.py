@@ -9,6 +9,7 @@ import uuid
 from shared.db import Pool
 from shared.settings import Settings
 from shared.storage import LocalStorage
+from shared.types import JobStatus
 from tests.factories import (
     assert_invariants,
     assets_of,
@@ -79,7 +80,8 @@ async def test_a_batch_of_final_writes_lets_each_cancel_win(
         "UPDATE generation_jobs SET cancel_requested_at = now() WHERE id = $1", canceled.id)
 
     written = await asyncio.gather(*(
-        batches.finalize(Final(claimed[j.id], Outcome("succeeded"), staged(claimed[j.id], 2)))
+        batches.finalize(Final(claimed[j.id], Outcome(JobStatus.SUCCEEDED),
+                               staged(claimed[j.id], 2)))
         for j in (done, canceled)))
     assert written == ["succeeded", "canceled"]
     assert len(await assets_of(pool, done.id)) == 2

@@ -7,11 +7,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.retry import backoff_delay, parse_retry_after
 from shared.settings import load_settings
 from shared.storage import LocalStorage
 from tests.media_samples import jpeg, mp4, png
 from worker import media
-from worker.backoff import backoff_delay, parse_retry_after
 from worker.netguard import AddressBlocked, is_public, resolve_checked
 from worker.providers.base import BytesOutput
 from worker.providers.replicate import api_base_url

@@ -19,8 +19,8 @@ from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ReplicateError
 
 from shared.logging import get_logger
+from shared.retry import parse_retry_after, retry
 from shared.settings import Settings
-from worker.backoff import backoff_delay, parse_retry_after
 from worker.providers.base import (
     GenerationRequest,
     GenerationResult,
@@ -103,32 +103,30 @@ class ReplicateProvider(Provider):
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         s = self.settings
-        for attempt in range(1, s.provider_max_attempts + 1):
-            box: list[float | None] = [None]
+        box: list[float | None] = [None]
+
+        async def once() -> T:
+            # The transport puts this attempt's Retry-After here, if the answer had one.
+            box[0] = None
             _retry_after.set(box)
-            try:
-                return await asyncio.wait_for(fn(), s.provider_request_timeout_s)
-            except (ReplicateError, httpx.TransportError, TimeoutError) as exc:
-                if not _is_transient(exc):
-                    raise ProviderFailed(
-                        f"Replicate refused the request ({_describe(exc)})",
-                        code="provider_rejected",
-                    ) from exc
-                if attempt == s.provider_max_attempts:
-                    raise ProviderUnavailable(
-                        f"Replicate was unavailable after {attempt} attempts "
-                        f"({_describe(exc)})"
-                    ) from exc
-                retry_after = box[0]
-                delay = (
-                    retry_after
-                    if retry_after is not None
-                    else backoff_delay(attempt, s.provider_backoff_base_s, s.provider_backoff_max_s)
-                )
-                log.warning("provider_retry", call=what, attempt=attempt, delay_s=round(delay, 3),
-                            error=_describe(exc))
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+            return await asyncio.wait_for(fn(), s.provider_request_timeout_s)
+
+        try:
+            return await retry(
+                once, what=what, attempts=s.provider_max_attempts, retry_on=_is_transient,
+                base_s=s.provider_backoff_base_s, max_s=s.provider_backoff_max_s,
+                delay_s=lambda _exc: box[0], event="provider_retry",
+            )
+        except (ReplicateError, httpx.TransportError, TimeoutError) as exc:
+            if not _is_transient(exc):
+                raise ProviderFailed(
+                    f"Replicate refused the request ({_describe(exc)})",
+                    code="provider_rejected",
+                ) from exc
+            raise ProviderUnavailable(
+                f"Replicate was unavailable after {s.provider_max_attempts} attempts "
+                f"({_describe(exc)})"
+            ) from exc
 
     async def _create(self, request: GenerationRequest) -> Any:
         payload: dict[str, Any] = {

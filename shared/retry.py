@@ -1,5 +1,10 @@
-"""Exponential backoff with jitter, shared by provider calls and downloads; which errors are
-infrastructure trouble worth another try; and the one retry loop for the worker's own writes."""
+"""The one retry-with-backoff loop (:func:`retry`) and what it is made of: exponential backoff
+with jitter (:func:`backoff_delay`) and which errors are infrastructure trouble worth another try
+(:func:`is_transient`).
+
+Every place that tries an operation again uses :func:`retry`: the worker's claim and final
+write (:func:`retry_transient`), calls to Replicate, output downloads, and the intake's retry of
+a submission that met a deadlock."""
 
 from __future__ import annotations
 
@@ -70,6 +75,40 @@ def backoff_delay(
     return step / 2 + jitter
 
 
+async def retry(
+    op: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    attempts: int,
+    retry_on: Callable[[Exception], bool],
+    base_s: float,
+    max_s: float,
+    delay_s: Callable[[Exception], float | None] | None = None,
+    event: str = "retry",
+    **log_fields: object,
+) -> T:
+    """``await op()``, tried up to ``attempts`` times in all while it fails with an error that
+    ``retry_on`` accepts; any other error, or the last one, is raised unchanged.
+
+    Between tries it waits ``backoff_delay(n, base_s, max_s)``, or what ``delay_s(error)`` says
+    when that is not None (a server's ``Retry-After``). Each retry is logged as ``event`` with
+    ``what``, the attempt, the error, the wait and ``log_fields``.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return await op()
+        except Exception as exc:
+            if attempt >= attempts or not retry_on(exc):
+                raise
+            wait = delay_s(exc) if delay_s is not None else None
+            if wait is None:
+                wait = backoff_delay(attempt, base_s, max_s)
+            log.warning(event, what=what, attempt=attempt, error=repr(exc),
+                        retry_in_s=round(wait, 3), **log_fields)
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
 async def retry_transient(
     op: Callable[[], Awaitable[T]],
     *,
@@ -78,19 +117,10 @@ async def retry_transient(
     base_s: float = RETRY_BASE_S,
     max_s: float = RETRY_MAX_S,
 ) -> T:
-    """``await op()``, tried up to ``attempts`` times while it fails with an
-    :func:`is_transient` error; any other error, or the last one, is raised."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await op()
-        except Exception as exc:
-            if attempt >= attempts or not is_transient(exc):
-                raise
-            delay = backoff_delay(attempt, base_s, max_s)
-            log.warning("retry_transient", what=what, attempt=attempt, error=repr(exc),
-                        retry_in_s=round(delay, 3))
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+    """:func:`retry` while ``op`` fails with an :func:`is_transient` error (the worker's own
+    writes to PostgreSQL)."""
+    return await retry(op, what=what, attempts=attempts, retry_on=is_transient, base_s=base_s,
+                       max_s=max_s, event="retry_transient")
 
 
 def parse_retry_after(value: str | None) -> float | None:

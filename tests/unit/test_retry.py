@@ -1,15 +1,17 @@
-"""Which errors the worker tries again, and the one retry loop it uses for its own writes."""
+"""Which errors are worth another try, and the one retry loop every retry goes through."""
 
 from __future__ import annotations
 
+import ast
 import errno
+from pathlib import Path
 
 import asyncpg
 import pytest
 from PIL import UnidentifiedImageError
 from redis import exceptions as redis_errors
 
-from worker.backoff import is_transient, retry_transient
+from shared.retry import is_transient, retry, retry_transient
 
 
 @pytest.mark.parametrize("exc", [
@@ -76,3 +78,59 @@ async def test_retry_transient_tries_again_only_while_it_may_help() -> None:
     with pytest.raises(ConnectionRefusedError):
         await retry_transient(down, what="test", attempts=4, base_s=0.001, max_s=0.002)
     assert len(calls) == 4
+
+
+async def test_retry_waits_what_the_server_asks_and_stops_on_other_errors() -> None:
+    seen: list[str] = []
+
+    async def busy_then_done() -> str:
+        seen.append("call")
+        if len(seen) < 3:
+            raise ConnectionResetError(errno.ECONNRESET, "busy")
+        return "done"
+
+    asked: list[BaseException] = []
+
+    def retry_after(exc: Exception) -> float | None:
+        asked.append(exc)
+        return 0.0
+
+    result = await retry(busy_then_done, what="test", attempts=5, retry_on=is_transient,
+                         base_s=30.0, max_s=60.0, delay_s=retry_after)
+    assert result == "done"
+    assert len(seen) == 3 and len(asked) == 2
+
+    seen.clear()
+
+    async def refused() -> str:
+        seen.append("call")
+        raise PermissionError("no")
+
+    with pytest.raises(PermissionError):
+        await retry(refused, what="test", attempts=5, retry_on=is_transient, base_s=0.0,
+                    max_s=0.0)
+    assert seen == ["call"]
+
+
+def _hand_written_retry_loops(root: Path) -> list[str]:
+    """Loops shaped like a retry: a ``for``/``while`` whose body has a ``try`` that returns
+    on success and is tried again after an ``except``."""
+    found = []
+    for folder in ("api", "worker", "genq", "shared", "bench"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path == root / "shared" / "retry.py":
+                continue
+            for loop in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(loop, ast.For | ast.AsyncFor | ast.While):
+                    continue
+                for stmt in loop.body:
+                    if isinstance(stmt, ast.Try) and stmt.handlers and any(
+                        isinstance(node, ast.Return)
+                        for part in stmt.body for node in ast.walk(part)
+                    ):
+                        found.append(f"{path.relative_to(root)}:{loop.lineno}")
+    return found
+
+
+def test_every_retry_goes_through_the_one_helper() -> None:
+    assert _hand_written_retry_loops(Path(__file__).resolve().parents[2]) == []
