@@ -354,14 +354,20 @@ class EmbeddedPostgres:
                 if running is None:
                     raise ServiceUnavailable(f"postgres did not start; see {self.log}")
             pid, port = running
-            if not self._hba_is_ours():
-                # Made by an older genq, which let every local user in (trust): set the
-                # password and require it from now on.
-                self._require_password(bin_dir, pid, port, password)
-            if started:
-                self._createdb(bin_dir, port, password)
-            return EmbeddedServer("postgres", self._url(port, password), pid, started,
-                                  self.data / "postmaster.pid")
+            server = EmbeddedServer("postgres", self._url(port, password), pid, started,
+                                    self.data / "postmaster.pid")
+            try:
+                if not self._hba_is_ours():
+                    # Made by an older genq, which let every local user in (trust): set the
+                    # password and require it from now on.
+                    self._require_password(bin_dir, pid, port, password)
+                if started:
+                    self._createdb(bin_dir, port, password)
+            except BaseException:
+                if started:
+                    server.stop()
+                raise
+            return server
 
     def _initdb(self, bin_dir: Path, password: str) -> None:
         # initdb runs as the server's user, which must read the password file it is given.
