@@ -22,6 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -118,20 +119,24 @@ class Stack:
             raise
 
     def _spawn(self, name: str) -> None:
-        out: int | object = None
+        log_file: BinaryIO | None = None
         if self.log_dir is not None:
+            # For genq's user alone, also when an older genq made them readable by all.
             self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            out = os.fdopen(os.open(self.log_dir / f"{name}.log",
-                                    os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+            self.log_dir.chmod(0o700)
+            fd = os.open(self.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                         0o600)
+            os.fchmod(fd, 0o600)
+            log_file = os.fdopen(fd, "ab")
         try:
             self.children[name] = subprocess.Popen(  # noqa: S603
                 [sys.executable, "-m", "genq", *self._commands[name]], env=self._child_env,
-                stdout=out, stderr=subprocess.STDOUT if out is not None else None,  # type: ignore[arg-type]
+                stdout=log_file, stderr=None if log_file is None else subprocess.STDOUT,
                 start_new_session=True,
             )
         finally:
-            if out is not None:
-                out.close()  # type: ignore[attr-defined]
+            if log_file is not None:
+                log_file.close()  # the child has its own copy
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Block until ``/readyz`` answers 200, or raise if a child died or time ran out."""
