@@ -58,11 +58,12 @@ async def status_command(settings: Settings) -> int:
 
 
 def _redact(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***``."""
     scheme, sep, rest = url.partition("://")
     if "@" in rest:
         creds, _, host = rest.rpartition("@")
-        user = creds.split(":", 1)[0]
-        return f"{scheme}{sep}{user}@{host}"
+        user, colon, _ = creds.partition(":")
+        return f"{scheme}{sep}{user}{colon and ':***'}@{host}"
     return url
 
 
