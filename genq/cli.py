@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start the services (embedded PostgreSQL and valkey when "
                        "GENQ_DATABASE_URL / GENQ_REDIS_URL are unset), migrate, then run "
                        "`genq api`, `genq worker` and `genq scheduler` until Ctrl-C or SIGTERM, "
-                       "which stops all of them and the embedded servers.")
+                       "which stops all of them and the embedded servers. A process that dies "
+                       "is started again after a growing backoff; one that dies 5 times within "
+                       "60 s makes genq up stop everything and exit 1.")
     p.add_argument("--host", help="API bind address (default GENQ_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, help="API port (default GENQ_PORT, 8000; 0 = any free)")
     p.set_defaults(handler=_cmd_up)

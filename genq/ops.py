@@ -58,11 +58,12 @@ async def status_command(settings: Settings) -> int:
 
 
 def _redact(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***``."""
     scheme, sep, rest = url.partition("://")
     if "@" in rest:
         creds, _, host = rest.rpartition("@")
-        user = creds.split(":", 1)[0]
-        return f"{scheme}{sep}{user}@{host}"
+        user, colon, _ = creds.partition(":")
+        return f"{scheme}{sep}{user}{colon and ':***'}@{host}"
     return url
 
 
@@ -116,7 +117,8 @@ async def scheduler_command(settings: Settings) -> None:
 
 
 def up_command(settings: Settings, host: str, port: int) -> int:
-    """Run the stack until SIGINT/SIGTERM (exit 0) or until a process dies (exit 1)."""
+    """Run the stack until SIGINT/SIGTERM (exit 0), restarting a process that dies; give up and
+    stop everything (exit 1) if one keeps dying."""
     import time
 
     from genq.stack import Stack, pick_port
@@ -133,16 +135,13 @@ def up_command(settings: Settings, host: str, port: int) -> int:
         stack.start()
         stack.wait_ready()
         print(f"genq is up: API at {stack.base_url} (Ctrl-C to stop)", flush=True)
-        while not stopping and stack.dead_child() is None:
+        while not stopping:
+            stack.supervise()
             time.sleep(0.2)
-        dead = stack.dead_child()
     finally:
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if dead is not None and not stopping:
-        print(f"genq: the {dead} process exited; stopped everything", flush=True)
-        return 1
     print("genq stopped", flush=True)
     return 0
 

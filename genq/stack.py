@@ -4,6 +4,11 @@
 / ``genq scheduler`` processes given the resolved service URLs, so they behave exactly as they do
 when deployed one by one. Stopping sends SIGTERM to each child, waits, then stops the embedded
 servers this process started.
+
+``genq up`` supervises them (:meth:`Stack.supervise`): a child that exits on its own is started
+again after a backoff that doubles with each recent death (0.5 s, 1 s, 2 s, ... up to 30 s), and
+each death and restart is logged; a child that dies ``GIVE_UP_DEATHS`` times within
+``GIVE_UP_WINDOW_S`` is not restarted again, and :class:`ChildFailed` says so.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
 from shared.embedded import Services, free_port
+from shared.errors import GenqError
 from shared.logging import get_logger
 from shared.services import resolve_services
 from shared.settings import Settings
@@ -27,6 +35,31 @@ from shared.settings import Settings
 log = get_logger(__name__)
 
 CHILD_STOP_TIMEOUT_S = 30.0
+RESTART_BACKOFF_BASE_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+GIVE_UP_DEATHS = 5
+GIVE_UP_WINDOW_S = 60.0
+
+
+class ChildFailed(GenqError):
+    """A genq process of the stack exited and will not be started again."""
+
+    code = "child_failed"
+
+
+def describe_exit(returncode: int) -> str:
+    """``exit code 2`` or ``signal SIGKILL``, from a ``Popen.returncode``."""
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def restart_delay(recent_deaths: int) -> float:
+    """How long to wait before starting a child again that died ``recent_deaths`` times lately."""
+    return float(min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_BASE_S * 2 ** (recent_deaths - 1)))
 
 
 @dataclass
@@ -40,6 +73,11 @@ class Stack:
     log_dir: Path | None = None
     services: Services | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _child_env: dict[str, str] = field(default_factory=dict, repr=False)
+    _commands: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _deaths: dict[str, deque[float]] = field(default_factory=dict, repr=False)
+    _restarts: dict[str, int] = field(default_factory=dict, repr=False)
+    _restart_at: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -62,8 +100,8 @@ class Stack:
     def start(self) -> None:
         """Start services (embedded where unset) and the three processes."""
         self.services = resolve_services(self.settings)
-        env = self._env()
-        commands = {
+        self._child_env = self._env()
+        self._commands = {
             "api": ["api", "--host", self.host, "--port", str(self.port)],
             "worker": ["worker"],
             "scheduler": ["scheduler"],
@@ -71,42 +109,85 @@ class Stack:
         try:
             # Migrate once before the children start, so they do not race to do it.
             subprocess.run(
-                [sys.executable, "-m", "genq", "migrate"], env=env, check=True,
+                [sys.executable, "-m", "genq", "migrate"], env=self._child_env, check=True,
                 stdout=subprocess.DEVNULL,
             )
-            for name, args in commands.items():
-                out: int | object = None
-                if self.log_dir is not None:
-                    self.log_dir.mkdir(parents=True, exist_ok=True)
-                    out = (self.log_dir / f"{name}.log").open("ab")
-                self.children[name] = subprocess.Popen(  # noqa: S603
-                    [sys.executable, "-m", "genq", *args], env=env,
-                    stdout=out, stderr=subprocess.STDOUT if out is not None else None,  # type: ignore[arg-type]
-                    start_new_session=True,
-                )
+            for name in self._commands:
+                self._spawn(name)
         except BaseException:
             self.stop()
             raise
+
+    def _spawn(self, name: str) -> None:
+        log_file: BinaryIO | None = None
+        if self.log_dir is not None:
+            # For genq's user alone, also when an older genq made them readable by all.
+            self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.log_dir.chmod(0o700)
+            fd = os.open(self.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                         0o600)
+            os.fchmod(fd, 0o600)
+            log_file = os.fdopen(fd, "ab")
+        try:
+            self.children[name] = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", "genq", *self._commands[name]], env=self._child_env,
+                stdout=log_file, stderr=None if log_file is None else subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            if log_file is not None:
+                log_file.close()  # the child has its own copy
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Block until ``/readyz`` answers 200, or raise if a child died or time ran out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            dead = self.dead_child()
-            if dead is not None:
-                raise RuntimeError(f"genq {dead} exited during start-up")
+            for name, proc in self.children.items():
+                code = proc.poll()
+                if code is not None:
+                    raise ChildFailed(
+                        f"genq {name} exited during start-up ({describe_exit(code)})")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
                     return
             time.sleep(0.1)
         raise TimeoutError(f"the API at {self.base_url} was not ready in {timeout_s:.0f}s")
 
-    def dead_child(self) -> str | None:
-        """The name of a child that has exited, if any."""
-        for name, proc in self.children.items():
-            if proc.poll() is not None:
-                return name
-        return None
+    def supervise(self) -> None:
+        """Start again, after their backoff, the children that exited; call it every so often.
+
+        Raises :class:`ChildFailed` when one died ``GIVE_UP_DEATHS`` times within
+        ``GIVE_UP_WINDOW_S``; the caller then stops everything.
+        """
+        now = time.monotonic()
+        for name, proc in list(self.children.items()):
+            due = self._restart_at.get(name)
+            if due is not None:
+                if now >= due:
+                    del self._restart_at[name]
+                    self._spawn(name)
+                    self._restarts[name] = self._restarts.get(name, 0) + 1
+                    log.info("child_restarted", process=name, pid=self.children[name].pid,
+                             restarts=self._restarts[name])
+                continue
+            code = proc.poll()
+            if code is None:
+                continue
+            deaths = self._deaths.setdefault(name, deque())
+            deaths.append(now)
+            while now - deaths[0] > GIVE_UP_WINDOW_S:
+                deaths.popleft()
+            how = describe_exit(code)
+            if len(deaths) >= GIVE_UP_DEATHS:
+                log.error("child_gave_up", process=name, exit=how, exit_code=code,
+                          deaths=len(deaths), window_s=GIVE_UP_WINDOW_S)
+                raise ChildFailed(
+                    f"the {name} process keeps dying ({len(deaths)} times in "
+                    f"{GIVE_UP_WINDOW_S:g} s, last: {how}); gave up and stopped everything")
+            delay = restart_delay(len(deaths))
+            self._restart_at[name] = now + delay
+            log.warning("child_died", process=name, exit=how, exit_code=code,
+                        restarts=self._restarts.get(name, 0), restart_in_s=delay)
 
     def stop(self) -> None:
         """SIGTERM every child, wait, SIGKILL stragglers; then stop embedded servers."""
@@ -123,6 +204,7 @@ class Stack:
                 proc.kill()
                 proc.wait()
         self.children.clear()
+        self._restart_at.clear()
         if self.services is not None:
             self.services.stop()
             self.services = None

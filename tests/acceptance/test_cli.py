@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -62,3 +63,15 @@ async def test_users_create_and_credits_grant(settings: Settings, pool: Pool) ->
     bad = _genq(settings, "credits", "grant", user_id.group(1), "0")
     assert bad.returncode == 2
     assert "positive integer" in bad.stderr
+
+
+def test_status_shows_the_service_urls_without_their_passwords(settings: Settings) -> None:
+    result = _genq(settings, "status")
+    assert result.returncode == 0, result.stderr
+    for url in (settings.database_url, settings.redis_url):
+        password = urlsplit(str(url)).password
+        assert password  # the suite's embedded servers require one
+        assert password not in result.stdout + result.stderr
+    assert re.search(r"^database: postgresql://postgres:\*\*\*@127\.0\.0\.1:\d+/", result.stdout,
+                     re.MULTILINE)
+    assert re.search(r"^redis: +redis://:\*\*\*@127\.0\.0\.1:\d+/0$", result.stdout, re.MULTILINE)

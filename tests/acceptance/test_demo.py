@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -55,4 +56,15 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
     assert ledger_kinds.count("refund") == 1
 
     assert "stopped genq and its embedded servers" in out
+
+    # The processes' logs and the stored assets are for genq's user alone.
+    logs = data_dir / "logs"
+    assert stat.S_IMODE(logs.stat().st_mode) == 0o700
+    assert sorted(f.name for f in logs.iterdir()) == ["api.log", "scheduler.log", "worker.log"]
+    assert {stat.S_IMODE(f.stat().st_mode) for f in logs.iterdir()} == {0o600}
+    stored = [f for f in (data_dir / "storage").rglob("*") if f.is_file()]
+    assert len(stored) == 9
+    assert {stat.S_IMODE(f.stat().st_mode) for f in stored} == {0o600}
+    folders = [data_dir / "storage", *(f for f in (data_dir / "storage").rglob("*") if f.is_dir())]
+    assert {stat.S_IMODE(f.stat().st_mode) for f in folders} == {0o700}
     assert embedded_pids(data_dir) == [] or not any(alive(p) for p in embedded_pids(data_dir))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import stat
 import uuid
 from pathlib import Path
 
@@ -34,3 +35,31 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
 def test_keys_cannot_escape_root(tmp_path: Path, key: str) -> None:
     with pytest.raises(StorageKeyError):
         LocalStorage(tmp_path).path(key)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_files_are_written_0600_in_0700_folders(tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    user, job = uuid.uuid4(), uuid.uuid4()
+    key = asset_key(user, job, 0, "png")
+    LocalStorage(root).write_bytes(key, b"\x89PNG")
+    assert _mode(root / key) == 0o600
+    assert _mode(root / str(user) / str(job)) == 0o700
+    assert _mode(root / str(user)) == 0o700
+    assert _mode(root) == 0o700
+
+
+def test_a_root_left_open_by_an_older_version_is_closed_at_the_first_write(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "storage"
+    old = root / "someone" / "some-job" / "0.png"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"old")
+    for path in (root, old.parent.parent, old.parent):
+        path.chmod(0o755)
+    LocalStorage(root).write_bytes(asset_key(uuid.uuid4(), uuid.uuid4(), 0, "png"), b"new")
+    assert _mode(root) == 0o700
