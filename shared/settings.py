@@ -17,6 +17,8 @@ from shared.errors import ConfigError
 ENV_PREFIX = "GENQ_"
 SEVEN_DAYS_S = 7 * 24 * 3600
 ONE_GIB = 1024**3
+MIN_ADMIN_TOKEN_CHARS = 32
+RANDOM_STRING_COMMAND = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 class Settings(BaseSettings):
@@ -114,6 +116,23 @@ class Settings(BaseSettings):
             "must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60) or be whole minutes "
             "dividing an hour (120, 180, 240, 300, 360, 600, 900, 1200, 1800, 3600)"
         )
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters; make one with "
+                f"{RANDOM_STRING_COMMAND}"
+            )
+        return value
 
     @field_validator("database_url", "redis_url", mode="before")
     @classmethod
