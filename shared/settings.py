@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=4000, ge=1)
     max_params_bytes: int = Field(default=8 * 1024, ge=2)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # The HTTP server, before any request reaches the app: the request line and headers together,
+    # how many header lines, how long the head and then the body may take to arrive, how long an
+    # idle keep-alive connection stays open, and how many connections are served at once.
+    http_max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    http_max_headers: int = Field(default=100, ge=8, le=1000)
+    http_header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    http_body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    http_keepalive_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    http_max_connections: int = Field(default=1000, ge=1, le=100_000)
 
     # Catalog.
     models_file: Path | None = None
