@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -145,3 +146,32 @@ async def test_four_parallel_50mb_headers_are_refused_and_cost_no_memory(
     # Buffering the headers would take at least their size; 4 x 50 MB went in.
     assert grown_mb < 4 * HEADER_BYTES / MB / 10
 
+
+def test_a_failed_admin_authentication_is_logged_without_the_token(
+    api_process: tuple[subprocess.Popen[bytes], int], tmp_path: Path,
+) -> None:
+    proc, port = api_process
+    wrong = "wrong-admin-token-" + "q" * 30
+    base = f"http://127.0.0.1:{port}"
+    refused = httpx.post(f"{base}/v1/admin/users", json={"email": "m@example.com"},
+                         headers={"Authorization": f"Bearer {wrong}"})
+    assert refused.status_code == 401
+    missing = httpx.post(f"{base}/v1/admin/users", json={"email": "m@example.com"})
+    assert missing.status_code == 401
+    created = httpx.post(f"{base}/v1/admin/users", json={"email": "m@example.com"},
+                         headers=ADMIN)
+    assert created.status_code == 201
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+    lines = [json.loads(line) for line in (tmp_path / "api.log").read_text().splitlines()
+             if line.startswith("{")]
+    failures = [line for line in lines if line["event"] == "admin_auth_failed"]
+    assert [(f["reason"], f["level"], f["path"]) for f in failures] == [
+        ("invalid_token", "warning", "/v1/admin/users"),
+        ("missing_or_malformed", "warning", "/v1/admin/users"),
+    ]
+    assert all(f["client"] == "127.0.0.1" and f["request_id"] for f in failures)
+    text = (tmp_path / "api.log").read_text()
+    assert wrong not in text
+    assert ADMIN_TOKEN not in text
