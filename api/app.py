@@ -97,5 +97,8 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
+    # Starlette would answer a path with a trailing slash too many (or too few) with a redirect
+    # to an absolute URL built from the Host header; paths are exact here, the rest is 404.
+    app.router.redirect_slashes = False
     app.state.genq = ctx
     return app

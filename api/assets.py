@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import authenticate
 from api.context import ApiContext, context
-from api.errors import AssetNotFound
+from api.errors import AssetNotFound, echo
 from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse_limit
 from api.query import QueryParams, invalid
 from api.reads import list_assets, load_asset, parse_id
@@ -56,7 +56,7 @@ async def _path_asset(request: Request) -> tuple[ApiContext, Any]:
     user_id = await authenticate(ctx, request)
     asset_id = parse_id(request.path_params["asset_id"])
     if asset_id is None:
-        raise AssetNotFound(f"no asset {request.path_params['asset_id']}")
+        raise AssetNotFound(f"no asset {echo(request.path_params['asset_id'])}")
     async with ctx.pool.acquire() as conn:
         return ctx, await load_asset(conn, user_id, asset_id)
 

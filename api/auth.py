@@ -17,11 +17,14 @@ import structlog
 from starlette.requests import Request
 
 from api.errors import AdminDisabled, Unauthorized
+from shared.logging import get_logger
 from shared.users import hash_api_key
 from sql import queries
 
 if TYPE_CHECKING:
     from api.context import ApiContext
+
+log = get_logger(__name__)
 
 # Real keys are ~46 characters; anything much longer is not worth hashing or looking up.
 MAX_CREDENTIAL_CHARS = 512
@@ -99,15 +102,24 @@ async def authenticate(ctx: ApiContext, request: Request) -> uuid.UUID:
     return user_id
 
 
+def _admin_refused(request: Request, reason: str) -> None:
+    """Log a refused admin request: who and why, never what it presented."""
+    log.warning("admin_auth_failed", reason=reason,
+                client=request.client.host if request.client else None)
+
+
 def require_admin(ctx: ApiContext, request: Request) -> None:
     """Pass if the request carries the configured admin token (compared in constant time)."""
     configured = ctx.settings.admin_token
     if configured is None or not configured.get_secret_value():
+        _admin_refused(request, "admin_disabled")
         raise AdminDisabled("admin endpoints are disabled: GENQ_ADMIN_TOKEN is not set")
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
+        _admin_refused(request, "missing_or_malformed")
         raise Unauthorized("missing or malformed Authorization header; use 'Bearer <admin token>'")
     if not hmac.compare_digest(
         token.encode("utf-8"), configured.get_secret_value().encode("utf-8")
     ):
+        _admin_refused(request, "invalid_token")
         raise Unauthorized("invalid admin token")

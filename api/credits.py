@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse, Response
 from api.auth import authenticate, require_admin
 from api.body import read_json
 from api.context import context
-from api.errors import UserNotFound
+from api.errors import UserNotFound, echo
 from api.jobs import REPLAYED_HEADER
 from api.pagination import (
     DEFAULT_LIMIT,
@@ -59,8 +59,10 @@ async def post_user(request: Request) -> Response:
     async with ctx.pool.acquire() as conn:
         user = await create_user(conn, body.email)
     log.info("user_created", new_user_id=str(user.id))
+    # The body carries a secret: no cache along the way may keep it.
     return JSONResponse(
-        {"id": str(user.id), "email": user.email, "api_key": user.api_key}, status_code=201
+        {"id": str(user.id), "email": user.email, "api_key": user.api_key}, status_code=201,
+        headers={"Cache-Control": "no-store"},
     )
 
 
@@ -70,7 +72,7 @@ async def post_grant(request: Request) -> Response:
     require_admin(ctx, request)
     user_id = parse_id(request.path_params["user_id"])
     if user_id is None:
-        raise UserNotFound(f"no user {request.path_params['user_id']}")
+        raise UserNotFound(f"no user {echo(request.path_params['user_id'])}")
     key = idempotency_key(request.headers.get("idempotency-key"))
     body = parse_body(CreditGrant, await read_json(request, ctx.settings.max_body_bytes))
     async with ctx.pool.acquire() as conn:

@@ -103,6 +103,17 @@ SERVICE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.TimeoutError,
 )
 
+# The most characters of client input an error message repeats back.
+ECHO_MAX_CHARS = 100
+
+
+def echo(value: str) -> str:
+    """Client input as an error message quotes it: cut to :data:`ECHO_MAX_CHARS`."""
+    if len(value) <= ECHO_MAX_CHARS:
+        return value
+    return value[:ECHO_MAX_CHARS] + "..."
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -144,9 +155,9 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     if exc.status_code == 404:
-        message = f"no route for {request.method} {request.url.path}"
+        message = f"no route for {request.method} {echo(request.url.path)}"
     elif exc.status_code == 405:
-        message = f"method {request.method} is not allowed on {request.url.path}"
+        message = f"method {request.method} is not allowed on {echo(request.url.path)}"
     return error_response(exc.status_code, code, message, None, exc.headers)
 
 

@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse, Response
 from api.auth import authenticate
 from api.body import read_json
 from api.context import context
-from api.errors import JobNotFound
+from api.errors import JobNotFound, echo
 from api.intake import cancel_job, submit_job
 from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse_limit
 from api.query import QueryParams, one_of
@@ -64,7 +64,7 @@ async def get_job(request: Request) -> Response:
     user_id = await authenticate(ctx, request)
     job_id = parse_id(request.path_params["job_id"])
     if job_id is None:
-        raise JobNotFound(f"no job {request.path_params['job_id']}")
+        raise JobNotFound(f"no job {echo(request.path_params['job_id'])}")
     async with ctx.pool.acquire() as conn:
         return JSONResponse(await load_job(conn, user_id, job_id))
 
@@ -75,6 +75,6 @@ async def post_cancel(request: Request) -> Response:
     user_id = await authenticate(ctx, request)
     job_id = parse_id(request.path_params["job_id"])
     if job_id is None:
-        raise JobNotFound(f"no job {request.path_params['job_id']}")
+        raise JobNotFound(f"no job {echo(request.path_params['job_id'])}")
     status_code, job = await cancel_job(ctx, user_id, job_id)
     return JSONResponse(job, status_code=status_code)

@@ -1,5 +1,6 @@
-"""Per-request context: a request id, structlog context, an access log line, and the last-resort
-500 in the API's JSON error shape."""
+"""Per-request context: a request id, structlog context, an access log line, the
+``X-Content-Type-Options: nosniff`` header, and the last-resort 500 in the API's JSON error
+shape."""
 
 from __future__ import annotations
 
@@ -56,7 +57,11 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append(REQUEST_ID_HEADER, request_id)
+                # No browser may guess another type for a JSON body (or any other).
+                if "x-content-type-options" not in headers:
+                    headers.append("X-Content-Type-Options", "nosniff")
             await send(message)
 
         try:

@@ -8,8 +8,10 @@ import signal
 from types import FrameType
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from api.app import create_app
+from api.protocol import HttpLimits, protocol_class
 from shared.logging import get_logger
 from shared.services import prepare_database, resolve_services
 from shared.settings import Settings
@@ -23,6 +25,21 @@ class _Terminated(Exception):
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise _Terminated
+
+
+def server_config(app: ASGIApp, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
+    """How uvicorn serves ``app``: genq's HTTP protocol under the settings' limits."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol_class(HttpLimits.from_settings(settings)),
+        lifespan="on",
+        # structlog is configured by the CLI; the app logs each request itself.
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
 
 
 def serve(settings: Settings, *, host: str, port: int) -> int:
@@ -40,16 +57,7 @@ def serve(settings: Settings, *, host: str, port: int) -> int:
         resolved = settings.model_copy(
             update={"database_url": services.database_url, "redis_url": services.redis_url}
         )
-        config = uvicorn.Config(
-            create_app(resolved),
-            host=host,
-            port=port,
-            lifespan="on",
-            # structlog is configured by the CLI; the app logs each request itself.
-            log_config=None,
-            access_log=False,
-            server_header=False,
-        )
+        config = server_config(create_app(resolved), resolved, host=host, port=port)
         server = uvicorn.Server(config)
         log.info("api_listening", host=host, port=port)
         with contextlib.suppress(_Terminated):

@@ -1,6 +1,6 @@
-"""The intake baselines, served by uvicorn exactly as ``genq api`` serves genq
-(``api/server.py``): same loop, same HTTP implementation, lifespan on, no access log, no server
-header.
+"""The intake baselines, served by uvicorn as ``genq api`` serves genq (``api/server.py``): same
+loop, same HTTP parser (httptools), lifespan on, no access log, no server header; genq's own
+connection limits (``api/protocol.py``) are left out, so their cost counts against genq.
 
 - without ``--database-url``: one JSON handler, the cost of Starlette + uvicorn alone;
 - with it: the intake floor (see ``bench/floor.py``), one autocommit INSERT per request.

@@ -37,7 +37,7 @@ from shared.settings import Settings
 BENCH_DATABASE = "genq_bench"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
-ADMIN_TOKEN = "bench-admin-token"
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 
 
 @dataclass

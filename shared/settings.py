@@ -17,6 +17,8 @@ from shared.errors import ConfigError
 ENV_PREFIX = "GENQ_"
 SEVEN_DAYS_S = 7 * 24 * 3600
 ONE_GIB = 1024**3
+MIN_ADMIN_TOKEN_CHARS = 32
+RANDOM_STRING_COMMAND = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 class Settings(BaseSettings):
@@ -48,6 +50,15 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=4000, ge=1)
     max_params_bytes: int = Field(default=8 * 1024, ge=2)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # The HTTP server, before any request reaches the app: the request line and headers together,
+    # how many header lines, how long the head and then the body may take to arrive, how long an
+    # idle keep-alive connection stays open, and how many connections are served at once.
+    http_max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    http_max_headers: int = Field(default=100, ge=8, le=1000)
+    http_header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    http_body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    http_keepalive_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    http_max_connections: int = Field(default=1000, ge=1, le=100_000)
 
     # Catalog.
     models_file: Path | None = None
@@ -123,6 +134,23 @@ class Settings(BaseSettings):
         if 60 % value == 0:
             return value
         raise ValueError("must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)")
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters; make one with "
+                f"{RANDOM_STRING_COMMAND}"
+            )
+        return value
 
     @field_validator("database_url", "redis_url", mode="before")
     @classmethod

@@ -153,6 +153,6 @@ def settings(
         redis_url=services.redis_url,
         data_dir=tmp_path / "data",
         queue_name=queue_name,
-        admin_token="test-admin-token",
+        admin_token="test-admin-token-0123456789abcdef",
         _env_file=None,
     )

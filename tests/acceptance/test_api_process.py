@@ -24,7 +24,7 @@ async def test_genq_api_serves_and_stops_cleanly(settings: Settings, tmp_path: P
         "GENQ_DATABASE_URL": str(settings.database_url),
         "GENQ_REDIS_URL": str(settings.redis_url),
         "GENQ_DATA_DIR": str(tmp_path / "data"),
-        "GENQ_ADMIN_TOKEN": "process-admin-token",
+        "GENQ_ADMIN_TOKEN": "process-admin-token-0123456789abcdef",
         "GENQ_LOG_FORMAT": "json",
     }
     proc = subprocess.Popen(
@@ -46,7 +46,7 @@ async def test_genq_api_serves_and_stops_cleanly(settings: Settings, tmp_path: P
             assert ready.status_code == 200, ready.text
             user = await client.post(
                 "/v1/admin/users", json={"email": "proc@example.com"},
-                headers={"Authorization": "Bearer process-admin-token"},
+                headers={"Authorization": "Bearer process-admin-token-0123456789abcdef"},
             )
             assert user.status_code == 201
             assert "x-request-id" in user.headers
@@ -55,3 +55,17 @@ async def test_genq_api_serves_and_stops_cleanly(settings: Settings, tmp_path: P
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr.decode()
     assert b'"event": "request"' in stderr
+
+
+def test_genq_api_refuses_a_short_admin_token_at_start(tmp_path: Path) -> None:
+    env = {**os.environ, "GENQ_ADMIN_TOKEN": "change-me", "GENQ_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        [sys.executable, "-m", "genq", "api", "--port", str(free_port())],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 2
+    assert "GENQ_ADMIN_TOKEN" in done.stderr
+    assert "at least 32 characters" in done.stderr
+    assert 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"' in done.stderr
+    assert "change-me" not in done.stderr
+    assert not (tmp_path / "data").exists()  # refused before starting anything

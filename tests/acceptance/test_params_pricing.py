@@ -53,7 +53,7 @@ async def test_a_large_canvas_reserves_and_captures_its_tier_price(
     env = process_env(
         database_url=str(settings.database_url), redis_url=str(settings.redis_url),
         data_dir=str(tmp_path / "data"), queue_name=settings.queue_name,
-        admin_token="accept-admin-token", log_format="json", poll_delay_s="0.02",
+        admin_token="accept-admin-token-0123456789abcdef", log_format="json", poll_delay_s="0.02",
     )
     procs.start(["api", "--host", "127.0.0.1", "--port", str(port)], env, "api")
     procs.start(["worker"], env, "worker")

@@ -18,7 +18,7 @@ import pytest
 from shared.embedded import free_port
 from tests.acceptance.stack_support import ROOT, alive, children_of, clean_env, embedded_pids
 
-TOKEN = "walkthrough-admin-token"
+TOKEN = "walkthrough-admin-token-0123456789abcdef"
 
 
 def readme_walkthrough() -> str:

@@ -18,7 +18,7 @@ from api.app import create_app
 from shared.db import Pool
 from shared.settings import Settings
 
-ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789abcdef"}
 
 
 @dataclass

@@ -224,7 +224,7 @@ async def test_missing_or_wrong_credentials_are_401(api: Api) -> None:
         {"Authorization": f"Basic {user.api_key}"}, {"Authorization": user.api_key},
         {"Authorization": "Bearer gq_not-a-real-key"},
         {"Authorization": "Bearer " + "k" * 10_000},
-        {"Authorization": "Bearer test-admin-token"},  # the admin token is not a user key
+        ADMIN,  # the admin token is not a user key
     ]
     for method, path in USER_ROUTES:
         for headers in bad_headers:

@@ -87,7 +87,7 @@ async def test_short_balance_is_402_and_writes_nothing(
     assert await redis_client.zcard(api.settings.queue_name) == 0
     # The key was not used up by the failure: after a top-up the same request goes through.
     await api.client.post(f"/v1/admin/users/{user.id}/credits", json={"amount": 1},
-                          headers={"Authorization": "Bearer test-admin-token"})
+                          headers={"Authorization": "Bearer test-admin-token-0123456789abcdef"})
     again = await api.client.post(
         "/v1/jobs", json=JOB, headers={**user.headers, "Idempotency-Key": "short"}
     )

@@ -62,3 +62,19 @@ def test_invalid_setting_names_the_variable(
     with pytest.raises(ConfigError) as info:
         load_settings(_env_file=None)
     assert var in info.value.message
+
+
+@pytest.mark.parametrize("token", ["change-me", "x" * 31])
+def test_a_short_admin_token_is_refused_with_how_to_make_one(token: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(admin_token=token, _env_file=None)
+    assert "GENQ_ADMIN_TOKEN" in caught.value.message
+    assert "at least 32 characters" in caught.value.message
+    assert "secrets.token_urlsafe(32)" in caught.value.message
+    assert token not in caught.value.message
+
+
+def test_an_admin_token_of_32_characters_is_accepted_and_a_blank_one_is_unset() -> None:
+    token = load_settings(admin_token="x" * 32, _env_file=None).admin_token
+    assert token is not None and token.get_secret_value() == "x" * 32
+    assert load_settings(admin_token="  ", _env_file=None).admin_token is None
