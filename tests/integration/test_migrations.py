@@ -91,5 +91,5 @@ async def test_builtin_models_are_seeded(database_url: str) -> None:
     finally:
         await conn.close()
     assert [(r["key"], r["provider"]) for r in rows] == [
-        ("local/poster", "local"), ("local/sketch", "local"),
+        ("local/clip", "local"), ("local/poster", "local"), ("local/sketch", "local"),
     ]
