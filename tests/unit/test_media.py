@@ -16,7 +16,7 @@ from worker.backoff import backoff_delay, parse_retry_after
 from worker.netguard import AddressBlocked, is_public, resolve_checked
 from worker.providers.base import BytesOutput
 from worker.providers.replicate import api_base_url
-from worker.staging import OutputRejected, Stager
+from worker.staging import OutputRejected, StagedAsset, Stager
 
 
 @pytest.mark.parametrize(
@@ -155,3 +155,20 @@ async def test_names_that_resolve_to_loopback_are_refused() -> None:
         await resolve_checked("[::1]", 80, [])
     allowed = await resolve_checked("LOCALHOST.", 80, ["localhost"])
     assert allowed.host == "localhost" and not is_public(allowed.address)
+
+
+async def test_discard_removes_variant_files_the_staged_asset_does_not_list(
+    tmp_path: Path,
+) -> None:
+    # A cancel can stop a job while its variants are being made: their files are on disk
+    # but not yet on the staged asset.
+    settings = load_settings(data_dir=tmp_path, _env_file=None)
+    storage = LocalStorage(tmp_path / "assets")
+    user, job = uuid.uuid4(), uuid.uuid4()
+    key = f"{user}/{job}/0.png"
+    for name in (key, f"{user}/{job}/0.thumb.webp", f"{user}/{job}/0.web.webp"):
+        storage.write_bytes(name, b"x")
+    async with httpx.AsyncClient() as http:
+        stager = Stager(settings, storage, http)
+        stager.discard(user, job, [StagedAsset(0, key, 1, media.PNG, 1, 1, None)])
+    assert list(storage.root.rglob("*")) == []

@@ -53,6 +53,10 @@ def test_reads_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("GENQ_SWEEP_INTERVAL_S", "90"),
         ("GENQ_ENQUEUE_SWEEP_INTERVAL_S", "7"),
         ("GENQ_ENQUEUE_SWEEP_INTERVAL_S", "0"),
+        ("GENQ_OUTPUT_ALLOWED_TYPES", "image/png,image/heic"),
+        ("GENQ_OUTPUT_ALLOWED_TYPES", "application/pdf"),
+        ("GENQ_MEDIA_MAX_PIXELS", "0"),
+        ("GENQ_MEDIA_THREADS", "0"),
     ],
 )
 def test_invalid_setting_names_the_variable(
@@ -62,3 +66,12 @@ def test_invalid_setting_names_the_variable(
     with pytest.raises(ConfigError) as info:
         load_settings(_env_file=None)
     assert var in info.value.message
+
+
+def test_output_allowed_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(_env_file=None).output_allowed_types == [
+        "image/jpeg", "image/png", "image/webp", "image/gif", "image/avif", "video/mp4",
+        "video/webm"]
+    monkeypatch.setenv("GENQ_OUTPUT_ALLOWED_TYPES", " Image/PNG, video/quicktime ,")
+    assert load_settings(_env_file=None).output_allowed_types == [
+        "image/png", "video/quicktime"]
