@@ -1,9 +1,15 @@
 """Copy a provider's outputs into our own storage, safely.
 
 Every output is streamed with a byte cap, typed by its magic bytes (never by its name or its
-Content-Type), and written atomically under ``<user>/<job>/<index>.<ext>``. URLs are fetched only
-from public addresses (or allowlisted hosts): the host is resolved, every address checked, and
-the connection made to the checked address, for every redirect hop.
+Content-Type) and kept only if its type is in ``GENQ_OUTPUT_ALLOWED_TYPES``, written atomically
+under ``<user>/<job>/<index>.<ext>``, and measured from its header (an image's size; a video's
+size, duration and frame rate), refused past the pixel and duration limits before anything is
+decoded. URLs are fetched only from public addresses (or allowlisted hosts): the host is
+resolved, every address checked, and the connection made to the checked address, for every
+redirect hop. Variants (``worker/variants.py``) are made afterwards in a thread pool.
+
+The worker writes and reads outputs through ``writer``, ``write_bytes``, ``path``, ``open`` and
+``delete`` of :class:`LocalStorage`, here and in ``worker/variants.py`` only.
 """
 
 from __future__ import annotations
