@@ -44,6 +44,8 @@ def routes() -> list[Route]:
         Route("/v1/assets", assets.get_assets, methods=["GET"]),
         Route("/v1/assets/{asset_id}", assets.get_asset, methods=["GET"]),
         Route("/v1/assets/{asset_id}/content", assets.get_asset_content, methods=["GET"]),
+        Route("/v1/assets/{asset_id}/variants/{kind}", assets.get_asset_variant,
+              methods=["GET"]),
         Route("/v1/admin/users", credits.post_user, methods=["POST"]),
         Route("/v1/admin/users/{user_id}/credits", credits.post_grant, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),

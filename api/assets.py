@@ -20,12 +20,14 @@ from api.reads import list_assets, load_asset, parse_id
 from api.serialize import asset_json
 from shared.logging import get_logger
 from shared.storage import StorageKeyError
+from sql import queries
 
 log = get_logger(__name__)
 
 CHUNK_BYTES = 256 * 1024
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
-               "image/gif": "gif", "video/mp4": "mp4", "video/webm": "webm"}
+               "image/gif": "gif", "image/avif": "avif", "video/mp4": "mp4",
+               "video/webm": "webm", "video/quicktime": "mov", "video/x-matroska": "mkv"}
 
 
 def _job_id(raw: str) -> uuid.UUID:
@@ -75,26 +77,52 @@ async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
         handle.close()
 
 
-async def get_asset_content(request: Request) -> Response:
-    """GET /v1/assets/{asset_id}/content: the bytes, streamed, with the stored MIME type."""
-    ctx, row = await _path_asset(request)
-    asset_id = row["id"]
+async def _stream_file(
+    ctx: ApiContext, key: str, mime_type: str, filename: str, what: str
+) -> Response:
+    """The stored file ``key``, streamed with the content headers every asset file gets."""
     try:
         # Opened before answering: a cleanup that unlinks the file now cannot cut the stream.
-        handle = await asyncio.to_thread(ctx.storage.open, row["temp_storage_path"])
+        handle = await asyncio.to_thread(ctx.storage.open, key)
     except (FileNotFoundError, StorageKeyError) as exc:
-        log.warning("asset_file_missing", asset_id=str(asset_id), error=repr(exc))
-        raise AssetNotFound(f"asset {asset_id} has no stored content") from exc
+        log.warning("asset_file_missing", what=what, error=repr(exc))
+        raise AssetNotFound(f"{what} has no stored content") from exc
     size = os.fstat(handle.fileno()).st_size
-    mime_type = row["mime_type"]
-    ext = _EXTENSIONS.get(mime_type, "bin")
     return StreamingResponse(
         _chunks(handle),
         media_type=mime_type,
         headers={
             "Content-Length": str(size),
-            "Content-Disposition": f'inline; filename="{asset_id}.{ext}"',
+            "Content-Disposition": f'inline; filename="{filename}"',
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "private, max-age=3600",
         },
     )
+
+
+async def get_asset_content(request: Request) -> Response:
+    """GET /v1/assets/{asset_id}/content: the bytes, streamed, with the stored MIME type."""
+    ctx, row = await _path_asset(request)
+    asset_id = row["id"]
+    mime_type = row["mime_type"]
+    ext = _EXTENSIONS.get(mime_type, "bin")
+    return await _stream_file(ctx, row["temp_storage_path"], mime_type, f"{asset_id}.{ext}",
+                              f"asset {asset_id}")
+
+
+async def get_asset_variant(request: Request) -> Response:
+    """GET /v1/assets/{asset_id}/variants/{kind}: a variant's bytes (``thumb``, ``web``,
+    ``poster``), with the same headers as the asset's content."""
+    ctx = context(request)
+    user_id = await authenticate(ctx, request)
+    raw_id, kind = request.path_params["asset_id"], request.path_params["kind"]
+    asset_id = parse_id(raw_id)
+    if asset_id is None:
+        raise AssetNotFound(f"no asset {raw_id}")
+    async with ctx.pool.acquire() as conn:
+        row = await conn.fetchrow(queries["get_asset_variant"], asset_id, user_id, kind)
+    if row is None:
+        raise AssetNotFound(f"asset {asset_id} has no {kind!r} variant")
+    ext = _EXTENSIONS.get(row["mime_type"], "bin")
+    return await _stream_file(ctx, row["storage_key"], row["mime_type"],
+                              f"{asset_id}.{kind}.{ext}", f"variant {kind} of asset {asset_id}")

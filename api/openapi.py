@@ -93,7 +93,21 @@ _SCHEMAS: dict[str, Any] = {
             "duration_seconds": {"type": ["number", "null"]},
             "seed": {"type": ["integer", "null"]}, "model": {"type": ["string", "null"]},
             "content_url": {"type": "string"}, "created_at": _TIME, "expires_at": _TIME,
+            "fps": {"type": ["number", "null"]},
+            "variants": {
+                "type": "object",
+                "description": "Smaller copies made by the worker: `thumb` (at most 256 px, "
+                               "WebP) and `web` (at most 1024 px, WebP, only for images "
+                               "larger than that) for images; `poster` (the first frame, "
+                               "WebP) for videos. A variant that could not be made is absent.",
+                "additionalProperties": _ref("AssetVariant"),
+            },
         },
+    },
+    "AssetVariant": {
+        "type": "object", "required": ["url", "width", "height", "mime_type"],
+        "properties": {"url": {"type": "string"}, "width": {"type": "integer"},
+                       "height": {"type": "integer"}, "mime_type": {"type": "string"}},
     },
     "Job": {
         "type": "object",
@@ -250,6 +264,17 @@ _PATHS: dict[str, dict[str, Any]] = {
                             "content": {"*/*": {"schema": {"type": "string",
                                                            "format": "binary"}}}},
                     "404": _error("No such asset"), **_COMMON}},
+    },
+    "/v1/assets/{asset_id}/variants/{kind}": {
+        "get": {"summary": "Download an asset variant's bytes", "operationId": "getAssetVariant",
+                "parameters": [{"name": "asset_id", **_ID_PARAM},
+                               {"name": "kind", "in": "path", "required": True,
+                                "schema": {"enum": ["thumb", "web", "poster"]}}],
+                "responses": {
+                    "200": {"description": "The variant file (image/webp)",
+                            "content": {"image/webp": {"schema": {"type": "string",
+                                                                  "format": "binary"}}}},
+                    "404": _error("No such asset or variant"), **_COMMON}},
     },
     "/v1/admin/users": {
         "post": {"summary": "Create a user and API key (admin)", "operationId": "createUser",

@@ -35,9 +35,15 @@ def asset_json(row: Row) -> dict[str, Any]:
         "width": row["width"],
         "height": row["height"],
         "duration_seconds": row["duration_seconds"],
+        "fps": row["fps"],
         "seed": row["generation_seed"],
         "model": row["model_used"],
         "content_url": f"/v1/assets/{asset_id}/content",
+        "variants": {
+            kind: {"url": f"/v1/assets/{asset_id}/variants/{kind}", "width": v["width"],
+                   "height": v["height"], "mime_type": v["mime_type"]}
+            for kind, v in sorted((row["variants"] or {}).items())
+        },
         "created_at": _time(row["created_at"]),
         "expires_at": _time(row["expires_at"]),
     }

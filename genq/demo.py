@@ -27,6 +27,7 @@ DEMO_JOBS: list[tuple[str, str, int]] = [
     ("local/sketch", "a red fox in fresh snow", 3),
     ("local/poster", "retro rocket launch, screen print", 2),
     ("local/sketch", "koi pond seen from above", 1),
+    ("local/clip", "paper boats drifting on a pond", 1),
 ]
 CANCELED_JOB = ("local/poster", "this one is canceled before it runs", 2)
 EXT = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg", "video/mp4": "mp4"}
@@ -135,7 +136,22 @@ class Demo:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(resp.content)
                 dims = f" {asset['width']}x{asset['height']}" if asset.get("width") else ""
-                self.say(f"    output {path}  {mime}{dims}  {len(resp.content)} bytes")
+                video = ""
+                if asset.get("duration_seconds") is not None:
+                    video = f", {asset['duration_seconds']:.2f} s at {asset.get('fps') or 0:g} fps"
+                self.say(f"    output {path}  {mime}{dims}  {len(resp.content)} bytes{video}")
+                poster = asset.get("variants", {}).get("poster")
+                if poster:
+                    self._poster(path, poster)
+
+    def _poster(self, output: Path, poster: dict[str, Any]) -> None:
+        """Download a video's poster (its first frame, WebP) next to it."""
+        resp = self._user().get(poster["url"])
+        resp.raise_for_status()
+        path = output.with_name(f"{output.stem}.poster.webp")
+        path.write_bytes(resp.content)
+        self.say(f"    poster {path}  image/webp {poster['width']}x{poster['height']}  "
+                 f"{len(resp.content)} bytes")
 
     def ledger(self) -> list[dict[str, Any]]:
         """The user's ledger, oldest first."""

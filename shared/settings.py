@@ -19,6 +19,15 @@ SEVEN_DAYS_S = 7 * 24 * 3600
 ONE_GIB = 1024**3
 MIN_ADMIN_TOKEN_CHARS = 32
 RANDOM_STRING_COMMAND = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+# Output types genq can measure and make variants of (Pillow reads the images, PyAV the
+# videos): the only ones GENQ_OUTPUT_ALLOWED_TYPES may list. HEIC/HEIF are recognised and
+# always refused.
+ALLOWABLE_OUTPUT_TYPES = frozenset({
+    "image/jpeg", "image/png", "image/webp", "image/gif", "image/avif",
+    "video/mp4", "video/webm", "video/quicktime", "video/x-matroska",
+})
+DEFAULT_OUTPUT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/avif",
+                        "video/mp4", "video/webm")
 
 
 class Settings(BaseSettings):
@@ -96,6 +105,14 @@ class Settings(BaseSettings):
     output_max_bytes: int = Field(default=ONE_GIB, ge=1)
     output_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     download_timeout_s: float = Field(default=300.0, gt=0)
+    output_allowed_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_OUTPUT_TYPES))
+    # Decompression-bomb limits, checked from headers before anything is decoded.
+    media_max_pixels: int = Field(default=50_000_000, ge=1)
+    media_max_duration_s: float = Field(default=600.0, gt=0)
+    # Thumbnails, web-size copies and video posters, made by the worker after staging.
+    variants_enabled: bool = True
+    media_threads: int = Field(default=2, ge=1, le=64)
 
     # Maintenance.
     cleanup_batch_size: int = Field(default=500, ge=1, le=100_000)
@@ -115,6 +132,24 @@ class Settings(BaseSettings):
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):
             return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("output_allowed_types", mode="before")
+    @classmethod
+    def _split_types(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip().lower() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("output_allowed_types")
+    @classmethod
+    def _check_types(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t not in ALLOWABLE_OUTPUT_TYPES]
+        if unknown:
+            raise ValueError(
+                f"unsupported type(s) {', '.join(unknown)}; choose from "
+                + ", ".join(sorted(ALLOWABLE_OUTPUT_TYPES))
+            )
         return value
 
     @field_validator("sweep_interval_s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -68,5 +69,6 @@ class WorkerContext:
         for provider in self.providers.values():
             await provider.aclose()
         await self.http.aclose()
+        await asyncio.to_thread(self.stager.close)
         await self.pool.close()
         await self.recovery_pool.close()

@@ -240,6 +240,10 @@ class _Run:
         if not self.staged:
             first = rejected[0]
             return Outcome(JobStatus.FAILED, first.code, first.message), []
+        # Thumbnails, web-size copies and posters, made in the media thread pool.
+        self.staged = list(await asyncio.gather(
+            *(self.wc.stager.add_variants(asset) for asset in self.staged)
+        ))
         return Outcome(JobStatus.SUCCEEDED), list(self.staged)
 
     async def _on_created(self, prediction_id: str) -> None:

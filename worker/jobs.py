@@ -126,7 +126,8 @@ class Final:
         rows = [
             {"asset_index": a.index, "asset_type": a.media.kind, "temp_storage_path": a.key,
              "file_size_bytes": a.size, "mime_type": a.media.mime,
-             "duration_seconds": a.duration_s, "width": a.width, "height": a.height}
+             "duration_seconds": a.duration_s, "width": a.width, "height": a.height,
+             "fps": a.fps, "variants": [v.row() for v in a.variants]}
             for a in (self.assets if made else [])
         ]
         return made, rows

@@ -93,7 +93,8 @@ def _delete_files(storage: LocalStorage, keys: list[str]) -> tuple[int, int]:
 async def expire_assets(
     report: TaskReport, pool: Pool, storage: LocalStorage, batch_size: int
 ) -> None:
-    """Delete expired workspace assets, files first and then rows, one locked batch at a time.
+    """Delete expired workspace assets, files first (their variants' too) and then rows (the
+    variant rows by cascade), one locked batch at a time.
 
     The file goes before its row, inside the transaction that deletes the row: a crash leaves an
     expired row whose file is gone (the next run deletes it; expired rows are never served), and
@@ -104,13 +105,17 @@ async def expire_assets(
             rows = await conn.fetch(queries["lock_expired_assets"], batch_size)
             if not rows:
                 return
+            keys = [r["temp_storage_path"] for r in rows]
+            variant_keys = [k for r in rows for k in r["variant_keys"]]
             removed, missing = await asyncio.to_thread(
-                _delete_files, storage, [r["temp_storage_path"] for r in rows]
+                _delete_files, storage, keys + variant_keys
             )
             await conn.execute(queries["delete_assets"], [r["id"] for r in rows])
         report.add("rows_deleted", len(rows))
         report.add("files_deleted", removed)
         report.add("files_already_gone", missing)
+        if variant_keys:
+            report.add("variant_files", len(variant_keys))
         if len(rows) < batch_size:
             return
 
@@ -133,7 +138,8 @@ async def sweep_orphan_files(
     report: TaskReport, pool: Pool, storage: LocalStorage, batch_size: int,
     grace_s: float = ORPHAN_GRACE_S,
 ) -> None:
-    """Delete stored files that no asset row points at (a crash between write and insert)."""
+    """Delete stored files that no asset or asset variant row points at (a crash between
+    write and insert)."""
     keys = await asyncio.to_thread(_scan_storage, storage, time.time() - grace_s)
     report.add("files_scanned", len(keys))
     for start in range(0, len(keys), batch_size):

@@ -1,17 +1,25 @@
 """Copy a provider's outputs into our own storage, safely.
 
 Every output is streamed with a byte cap, typed by its magic bytes (never by its name or its
-Content-Type), and written atomically under ``<user>/<job>/<index>.<ext>``. URLs are fetched only
-from public addresses (or allowlisted hosts): the host is resolved, every address checked, and
-the connection made to the checked address, for every redirect hop.
+Content-Type) and kept only if its type is in ``GENQ_OUTPUT_ALLOWED_TYPES``, written atomically
+under ``<user>/<job>/<index>.<ext>``, and measured from its header (an image's size; a video's
+size, duration and frame rate), refused past the pixel and duration limits before anything is
+decoded. URLs are fetched only from public addresses (or allowlisted hosts): the host is
+resolved, every address checked, and the connection made to the checked address, for every
+redirect hop. Variants (``worker/variants.py``) are made afterwards in a thread pool.
+
+The worker writes and reads outputs through ``writer``, ``write_bytes``, ``path``, ``open`` and
+``delete`` of :class:`LocalStorage`, here and in ``worker/variants.py`` only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -23,7 +31,7 @@ from shared.retry import retry
 from shared.settings import Settings
 from shared.storage import LocalStorage, asset_key
 from shared.types import AssetType
-from worker import media
+from worker import media, variants
 from worker.netguard import AddressBlocked, resolve_checked
 from worker.providers.base import BytesOutput, Output, UrlOutput
 
@@ -59,6 +67,8 @@ class StagedAsset:
     width: int | None
     height: int | None
     duration_s: float | None
+    fps: float | None = None
+    variants: tuple[variants.Variant, ...] = ()
 
 
 def _default_port(url: httpx.URL) -> int:
@@ -72,6 +82,36 @@ class Stager:
         self.settings = settings
         self.storage = storage
         self.http = http
+        self.limits = media.Limits(settings.media_max_pixels, settings.media_max_duration_s)
+        self.allowed_types = frozenset(settings.output_allowed_types)
+        self._media_pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Stop the variant threads (after the jobs that use them are over)."""
+        if self._media_pool is not None:
+            self._media_pool.shutdown(wait=True, cancel_futures=True)
+            self._media_pool = None
+
+    async def add_variants(self, staged: StagedAsset) -> StagedAsset:
+        """``staged`` with its variants made and stored, in the media thread pool (off the
+        event loop). A variant that cannot be made is logged and left out: the output itself
+        is fine."""
+        if not self.settings.variants_enabled:
+            return staged
+        if self._media_pool is None:
+            self._media_pool = ThreadPoolExecutor(
+                self.settings.media_threads, thread_name_prefix="genq-media")
+        loop = asyncio.get_running_loop()
+        try:
+            made = await loop.run_in_executor(
+                self._media_pool, variants.make_variants, self.storage, staged.key,
+                staged.media, self.limits,
+            )
+        except Exception as exc:
+            log.warning("variants_failed", index=staged.index, key=staged.key,
+                        error=repr(exc), exc_info=exc)
+            return staged
+        return dataclasses.replace(staged, variants=tuple(made))
 
     async def stage(
         self, user_id: uuid.UUID, job_id: uuid.UUID, index: int, output: Output
@@ -199,39 +239,48 @@ class Stager:
         self._check_size(index, len(data))
         kind = self._kind(index, data[: media.SNIFF_BYTES])
         key = asset_key(user_id, job_id, index, kind.ext)
-        staged = self._measure(index, key, kind, len(data), data)
+        if kind.kind == AssetType.IMAGE:
+            staged = self._measure(index, key, kind, len(data), data)
+        else:
+            # A video's container is probed by FFmpeg: in the thread, not on the loop.
+            staged = await asyncio.to_thread(self._measure, index, key, kind, len(data), data)
         await asyncio.to_thread(self.storage.write_bytes, key, data)
         return staged
 
-    @staticmethod
-    def _kind(index: int, head: bytes) -> media.MediaType:
+    def _kind(self, index: int, head: bytes) -> media.MediaType:
         kind = media.sniff(head)
         if kind is None:
             raise OutputRejected(
-                f"output {index} is not an allowed type (PNG, JPEG, WebP or MP4)",
-                code="output_type_not_allowed",
+                f"output {index} is not a recognised image or video type",
+                code="unsupported_output_type",
+            )
+        if kind.mime not in self.allowed_types:
+            raise OutputRejected(
+                f"output {index} is {kind.mime}, which is not an allowed output type "
+                f"({', '.join(sorted(self.allowed_types))})",
+                code="unsupported_output_type",
             )
         return kind
 
     def _measure(self, index: int, key: str, kind: media.MediaType, size: int,
                  data: bytes | None = None) -> StagedAsset:
-        """The output's dimensions or duration, read from the header of ``data`` if given, else
-        from the stored file (blocking: call from a thread). An unreadable image is refused,
-        and its stored file deleted."""
-        path = self.storage.path(key)
-        width = height = None
-        duration = None
-        if kind.kind == AssetType.IMAGE:
-            dims = media.image_size(path if data is None else data)
-            if dims is None:
-                if data is None:
-                    self.storage.delete(key)
-                raise OutputRejected(f"output {index} is not a readable image",
-                                     code="output_type_not_allowed")
-            width, height = dims
-        else:
-            duration = media.mp4_duration(path if data is None else data)
-        return StagedAsset(index, key, size, kind, width, height, duration)
+        """The output's dimensions, and a video's duration and frame rate, read from the
+        header of ``data`` if given, else from the stored file (blocking: call from a thread).
+        An unreadable file, or one past the pixel or duration limit, is refused (nothing is
+        decoded) and its stored file deleted."""
+        source = self.storage.path(key) if data is None else data
+        try:
+            if kind.kind == AssetType.IMAGE:
+                width, height = media.check_image(source, self.limits)
+                return StagedAsset(index, key, size, kind, width, height, None)
+            info = media.check_video(source, self.limits)
+        except media.MediaRefused as exc:
+            if data is None:
+                self.storage.delete(key)
+            raise OutputRejected(f"output {index} was refused: {exc.message}",
+                                 code=exc.code) from exc
+        return StagedAsset(index, key, size, kind, info.width, info.height, info.duration_s,
+                           info.fps)
 
     def discard(self, user_id: uuid.UUID, job_id: uuid.UUID, assets: list[StagedAsset]) -> None:
         """Delete staged files that will not become assets (the job failed or was canceled).
@@ -240,6 +289,10 @@ class Stager:
         """
         for asset in assets:
             self.storage.delete(asset.key)
+            # Every kind, not only asset.variants: a cancel may have stopped the job while
+            # its variants were being made.
+            for kind in variants.KINDS:
+                self.storage.delete(variants.variant_key(asset.key, kind))
         folder = self.storage.path(f"{user_id}/{job_id}")
         for parent in (folder, folder.parent):
             with contextlib.suppress(OSError):

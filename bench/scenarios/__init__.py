@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from bench.env import BenchEnv
 from bench.report import Row
-from bench.scenarios import cleanup, hot_account, inflight, intake, latency, pipeline
+from bench.scenarios import cleanup, hot_account, inflight, intake, latency, media, pipeline
 
 Scenario = Callable[[BenchEnv, bool], Awaitable[list[Row]]]
 
@@ -17,4 +17,5 @@ SCENARIOS: dict[str, Scenario] = {
     "inflight": inflight.run,
     "hot_account": hot_account.run,
     "cleanup": cleanup.run,
+    "media": media.run,
 }

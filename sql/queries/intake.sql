@@ -68,7 +68,10 @@ RETURNING id
 -- list_job_assets --
 -- Unexpired outputs of some of a user's jobs. $1 user_id, $2 job ids (uuid[]).
 SELECT id, job_id, asset_index, asset_type, mime_type, file_size_bytes, width, height,
-       duration_seconds, generation_seed, model_used, created_at, expires_at
+       duration_seconds, fps, generation_seed, model_used, created_at, expires_at,
+       (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
+                'width', v.width, 'height', v.height, 'mime_type', v.mime_type)), '{}'::jsonb)
+        FROM asset_variants v WHERE v.asset_id = workspace_assets.id) AS variants
 FROM workspace_assets
 WHERE user_id = $1 AND job_id = ANY($2::uuid[]) AND expires_at > now()
 ORDER BY job_id, asset_index
@@ -76,16 +79,29 @@ ORDER BY job_id, asset_index
 -- get_asset --
 -- One unexpired asset of one user. $1 asset_id, $2 user_id.
 SELECT id, job_id, asset_index, asset_type, mime_type, file_size_bytes, width, height,
-       duration_seconds, generation_seed, model_used, created_at, expires_at, temp_storage_path
+       duration_seconds, fps, generation_seed, model_used, created_at, expires_at,
+       (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
+                'width', v.width, 'height', v.height, 'mime_type', v.mime_type)), '{}'::jsonb)
+        FROM asset_variants v WHERE v.asset_id = workspace_assets.id) AS variants, temp_storage_path
 FROM workspace_assets
 WHERE id = $1 AND user_id = $2 AND expires_at > now()
+
+-- get_asset_variant --
+-- One variant of one unexpired asset of one user. $1 asset_id, $2 user_id, $3 kind.
+SELECT v.asset_id, v.kind, v.mime_type, v.storage_key
+FROM asset_variants v
+JOIN workspace_assets w ON w.id = v.asset_id
+WHERE w.id = $1 AND w.user_id = $2 AND w.expires_at > now() AND v.kind = $3
 
 -- list_assets --
 -- A user's unexpired assets, newest first, keyset-paginated on (created_at, id).
 -- $1 user_id, $2 job_id (NULL: any), $3 cursor created_at and $4 cursor id (NULL: first page),
 -- $5 limit.
 SELECT id, job_id, asset_index, asset_type, mime_type, file_size_bytes, width, height,
-       duration_seconds, generation_seed, model_used, created_at, expires_at
+       duration_seconds, fps, generation_seed, model_used, created_at, expires_at,
+       (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
+                'width', v.width, 'height', v.height, 'mime_type', v.mime_type)), '{}'::jsonb)
+        FROM asset_variants v WHERE v.asset_id = workspace_assets.id) AS variants
 FROM workspace_assets
 WHERE user_id = $1 AND expires_at > now()
   AND ($2::uuid IS NULL OR job_id = $2)

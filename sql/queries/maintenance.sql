@@ -1,15 +1,18 @@
 -- Scheduled maintenance: asset expiry, lost and stuck jobs, stale reservations, retention.
 
 -- lock_expired_assets --
--- A batch of expired assets, locked so a concurrent cleanup skips them. $1 batch size.
-SELECT id, temp_storage_path FROM workspace_assets
-WHERE expires_at <= now()
-ORDER BY expires_at
+-- A batch of expired assets with their variants' storage keys, locked so a concurrent cleanup
+-- skips them. $1 batch size.
+SELECT a.id, a.temp_storage_path,
+       ARRAY(SELECT v.storage_key FROM asset_variants v WHERE v.asset_id = a.id) AS variant_keys
+FROM workspace_assets a
+WHERE a.expires_at <= now()
+ORDER BY a.expires_at
 LIMIT $1
 FOR UPDATE SKIP LOCKED
 
 -- delete_assets --
--- $1 uuid[] asset ids (already locked by this transaction).
+-- $1 uuid[] asset ids (already locked by this transaction); their variant rows go by cascade.
 DELETE FROM workspace_assets WHERE id = ANY($1::uuid[])
 
 -- requeue_cutoff --
@@ -81,8 +84,10 @@ ORDER BY expires_at
 LIMIT $1
 
 -- known_storage_paths --
--- Which of these storage keys an asset row points at. $1 text[] keys.
+-- Which of these storage keys an asset row or an asset variant row points at. $1 text[] keys.
 SELECT temp_storage_path FROM workspace_assets WHERE temp_storage_path = ANY($1::text[])
+UNION ALL
+SELECT storage_key FROM asset_variants WHERE storage_key = ANY($1::text[])
 
 -- lock_job --
 -- $1 job id.

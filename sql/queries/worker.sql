@@ -56,13 +56,13 @@ WHERE id = $1 AND status = 'running' AND attempt = $2
 RETURNING id
 
 -- finalize_job --
--- The terminal transition, the asset rows and the settlement in one statement (genq_finalize
--- in 0011_finalize_cancel_wins.sql). status: the status written, which is `canceled` (all
--- refunded, no assets) whatever $3 was if a cancel was requested before this write; NULL: this
+-- The terminal transition, the asset rows (with their variants) and the settlement in one
+-- statement (genq_finalize, newest in 0014_asset_variants.sql). status: the status written,
+-- which is `canceled` (all refunded, no assets) whatever $3 was if a cancel was requested before this write; NULL: this
 -- attempt no longer holds the job, nothing written.
 -- $1 job_id, $2 attempt, $3 status (succeeded | failed | canceled), $4 outputs_made,
 -- $5 error_code (nullable), $6 error_message (nullable), $7 assets (jsonb array, empty unless
--- succeeded), $8 asset TTL seconds.
+-- succeeded; each with fps and variants), $8 asset TTL seconds.
 SELECT genq_finalize($1, $2, $3, $4, $5, $6, $7, $8) AS status
 
 -- finalize_jobs --

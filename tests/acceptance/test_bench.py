@@ -1,4 +1,4 @@
-"""``python -m bench`` as a user runs it: a quick run of the intake and pipeline scenarios on
+"""``python -m bench`` as a user runs it: a quick run of the intake, pipeline and media scenarios on
 the test's services, every figure measured against its baseline and written to the JSON file."""
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
                GENQ_REDIS_URL=private_redis_url, GENQ_DATA_DIR=str(settings.data_dir))
     out = tmp_path / "results.json"
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "pipeline,intake", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--only", "pipeline,intake,media",
+         "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -36,7 +37,9 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
                    "pipeline: machine CPU per job",
                    "intake: POST /v1/jobs at 64 connections",
                    "intake floor, group commit, vs bare Starlette",
-                   "intake: PostgreSQL CPU per request vs 0.4x budget"):
+                   "intake: PostgreSQL CPU per request vs 0.4x budget",
+                   "thumbnails/s, 1024x1024 PNG (genq variants vs Pillow bare loop)",
+                   "pipeline: 1024x1024 jobs/s, variants on vs off"):
         row = rows[figure]
         assert row["genq"] > 0 and row["baseline"] > 0, row
         assert row["ratio"] == row["genq"] / row["baseline"]

@@ -28,8 +28,8 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
         r"^job \S+\s+(\S+)\s+(\w+)\s+reserved (\d+) captured (\d+) refunded (\d+)",
         out, re.MULTILINE,
     )
-    assert len(statuses) == 6
-    assert sorted(s[1] for s in statuses) == ["canceled"] + ["succeeded"] * 5
+    assert len(statuses) == 7
+    assert sorted(s[1] for s in statuses) == ["canceled"] + ["succeeded"] * 6
     for _model, status, reserved, captured, refunded in statuses:
         if status == "succeeded":
             assert captured == reserved and refunded == "0"
@@ -50,9 +50,16 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
         assert file.is_relative_to(data_dir.resolve())
         assert file.read_bytes().startswith(MAGIC[file.suffix])
 
+    # The local/clip job: a real MP4 with its duration and frame rate, and its poster.
+    clip = re.search(r"^    output (\S+)\s+video/mp4 256x256\s+\d+ bytes, 2.00 s at 12 fps$\n"
+                     r"^    poster (\S+)\s+image/webp 256x256", out, re.MULTILINE)
+    assert clip is not None, out
+    assert Path(clip.group(1)).read_bytes()[4:8] == b"ftyp"
+    assert Path(clip.group(2)).read_bytes()[8:12] == b"WEBP"
+
     ledger_kinds = re.findall(r"^  (grant|reserve|capture|refund) ", out, re.MULTILINE)
-    assert ledger_kinds.count("reserve") == 6
-    assert ledger_kinds.count("capture") == 5
+    assert ledger_kinds.count("reserve") == 7
+    assert ledger_kinds.count("capture") == 6
     assert ledger_kinds.count("refund") == 1
 
     assert "stopped genq and its embedded servers" in out

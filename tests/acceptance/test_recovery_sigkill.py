@@ -103,9 +103,13 @@ async def test_workers_sigkilled_while_200_jobs_run(
     rows_keys = {r["temp_storage_path"] for r in await pool.fetch(
         "SELECT temp_storage_path FROM workspace_assets")}
     assert len(rows_keys) == sum(1 + i % 2 for i in range(JOBS // ACCOUNTS)) * ACCOUNTS
+    # Every output has its thumbnail, as a row and a file.
+    variant_keys = {r["storage_key"] for r in await pool.fetch(
+        "SELECT storage_key FROM asset_variants WHERE kind = 'thumb'")}
+    assert variant_keys == {k.rsplit(".", 1)[0] + ".thumb.webp" for k in rows_keys}
     # A killed attempt's finished file sits under the same key its rerun wrote: no file
     # without a row, only half-written temp files (the orphan sweep removes those later).
-    assert on_disk - partial == rows_keys
+    assert on_disk - partial == rows_keys | variant_keys
     print(f"partial files left by the killed workers: {len(partial)}")
 
     for p in procs.started:

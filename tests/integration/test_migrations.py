@@ -37,6 +37,7 @@ async def test_migrate_from_empty_then_every_query_prepares(empty_database_url: 
     assert {
         "users", "api_keys", "credit_accounts", "credit_reservations", "credit_ledger",
         "models", "generation_jobs", "idempotency_keys", "workspace_assets", "genq_migrations",
+        "asset_variants",
     } <= await _tables(empty_database_url)
 
 
@@ -90,5 +91,5 @@ async def test_builtin_models_are_seeded(database_url: str) -> None:
     finally:
         await conn.close()
     assert [(r["key"], r["provider"]) for r in rows] == [
-        ("local/poster", "local"), ("local/sketch", "local"),
+        ("local/clip", "local"), ("local/poster", "local"), ("local/sketch", "local"),
     ]

@@ -22,7 +22,7 @@ from tests.factories import (
     ledger_kinds,
 )
 from tests.fakes.replicate_server import FakeReplicate, Script
-from tests.media_samples import jpeg, mp4, noisy_png, png
+from tests.media_samples import avif, gif, heic, jpeg, mp4, noisy_png, png, quicktime, webm
 from worker.context import WorkerContext
 from worker.generation import process_job
 from worker.main import run_generation
@@ -54,7 +54,7 @@ def fake() -> Iterator[FakeReplicate]:
     server = FakeReplicate().start()
     server.add_file("a.png", png(64, 48), "image/png")
     server.add_file("b.jpg", jpeg(32, 16), "image/jpeg")
-    server.add_file("c.mp4", mp4(2.5), "video/mp4")
+    server.add_file("c.mp4", mp4(), "video/mp4")  # 64x48, 2.5 s
     yield server
     server.stop()
 
@@ -112,7 +112,7 @@ async def test_success_stages_every_output(pool: Pool, wc: WorkerContext,
     got = [(a["mime_type"], a["asset_type"], a["width"], a["height"], a["duration_seconds"])
            for a in assets]
     assert got == [("image/png", "image", 64, 48, None), ("image/jpeg", "image", 32, 16, None),
-                   ("video/mp4", "video", None, None, pytest.approx(2.5))]
+                   ("video/mp4", "video", 64, 48, pytest.approx(2.5))]
     for a, name in zip(assets, ["a.png", "b.jpg", "c.mp4"], strict=True):
         path = wc.stager.storage.path(a["temp_storage_path"])
         assert path.read_bytes() == fake.files[name].data
@@ -233,7 +233,7 @@ async def test_output_of_the_wrong_type(pool: Pool, wc: WorkerContext,
     fake.script("acme/m", Script(outputs=["doc.png"]))
     job = await _job(pool, n=1)
     assert await process_job(wc, job.id) == "failed"
-    await _assert_failed_and_refunded(pool, job, "output_type_not_allowed")
+    await _assert_failed_and_refunded(pool, job, "unsupported_output_type")
     assert not wc.stager.storage.path(f"{job.user_id}/{job.id}").exists()
 
 
@@ -388,3 +388,81 @@ async def test_last_attempt_died_so_the_job_fails_and_refunds(
     row = await _assert_failed_and_refunded(pool, job, "attempts_exhausted")
     assert fake.cancels == [row["provider_prediction_id"]]
     assert fake.creates["acme/m"] == 1
+
+
+async def test_output_types_are_told_apart_and_the_allowlist_decides(
+    pool: Pool, wc: WorkerContext, fake: FakeReplicate
+) -> None:
+    # The Content-Type the host sends changes nothing: the bytes decide.
+    fake.add_file("anim.gif", gif(40, 30), "image/gif")
+    fake.add_file("pic.avif", avif(32, 24), "video/mp4")
+    fake.add_file("clip.webm", webm(), "video/webm")
+    fake.add_file("photo.heic", heic(), "image/jpeg")
+    fake.script("acme/m", Script(outputs=["anim.gif", "pic.avif", "clip.webm", "photo.heic"]))
+    job = await _job(pool, n=4, credits=20)
+    assert await process_job(wc, job.id) == "succeeded"
+    assets = await assets_of(pool, job.id)
+    got = [(a["asset_index"], a["mime_type"], a["asset_type"], a["width"], a["height"])
+           for a in assets]
+    assert got == [(0, "image/gif", "image", 40, 30), (1, "image/avif", "image", 32, 24),
+                   (2, "video/webm", "video", 64, 48)]
+    assert assets[2]["duration_seconds"] == pytest.approx(2.0, abs=0.15)
+    assert assets[2]["fps"] == pytest.approx(10.0)
+    assert [a["temp_storage_path"].rsplit("/", 1)[1] for a in assets] == [
+        "0.gif", "1.avif", "2.webm"]
+    # The HEIC output was refused and its 3 credits refunded.
+    assert await ledger_kinds(pool, job.user_id) == [
+        ("grant", 20, 0), ("reserve", -12, 12), ("capture", 0, -9), ("refund", 3, -3)]
+    stored = {p.name for p in wc.stager.storage.root.rglob("*") if p.is_file()}
+    assert not any(name.startswith("3.") for name in stored)
+
+
+async def test_a_heic_output_is_refused_and_refunded(
+    pool: Pool, wc: WorkerContext, fake: FakeReplicate
+) -> None:
+    fake.add_file("photo.heic", heic(), "image/heic")
+    fake.script("acme/m", Script(outputs=["photo.heic"]))
+    job = await _job(pool, n=1)
+    assert await process_job(wc, job.id) == "failed"
+    row = await _assert_failed_and_refunded(pool, job, "unsupported_output_type")
+    assert "image/heic" in row["error_message"]
+    assert not wc.stager.storage.path(f"{job.user_id}/{job.id}").exists()
+
+
+async def test_quicktime_is_refused_unless_allowed(
+    pool: Pool, rsettings: Settings, wc: WorkerContext, fake: FakeReplicate
+) -> None:
+    fake.add_file("movie.mov", quicktime(), "video/mp4")
+    fake.script("acme/m", Script(outputs=["movie.mov"]))
+    job = await _job(pool, n=1)
+    assert await process_job(wc, job.id) == "failed"
+    row = await _assert_failed_and_refunded(pool, job, "unsupported_output_type")
+    assert "video/quicktime" in row["error_message"]
+
+    ctx = await _open(rsettings, output_allowed_types=["image/png", "video/quicktime"])
+    try:
+        job = await _job(pool, n=1)
+        assert await process_job(ctx, job.id) == "succeeded"
+        [asset] = await assets_of(pool, job.id)
+        assert (asset["mime_type"], asset["asset_type"], asset["width"], asset["height"]) == (
+            "video/quicktime", "video", 64, 48)
+        assert asset["temp_storage_path"].endswith("/0.mov")
+    finally:
+        await ctx.close()
+
+
+async def test_a_variant_that_cannot_be_made_leaves_the_output_and_the_job_fine(
+    pool: Pool, wc: WorkerContext, fake: FakeReplicate
+) -> None:
+    # The header is sound (300x300), the pixel data is cut short: no thumbnail can be made.
+    fake.add_file("cut.png", noisy_png(300, 300)[:4000], "image/png")
+    fake.script("acme/m", Script(outputs=["cut.png"]))
+    job = await _job(pool, n=1)
+    assert await process_job(wc, job.id) == "succeeded"
+    [asset] = await assets_of(pool, job.id)
+    assert (asset["width"], asset["height"]) == (300, 300)
+    assert await pool.fetchval(
+        "SELECT count(*) FROM asset_variants WHERE asset_id = $1", asset["id"]) == 0
+    stored = sorted(p.name for p in wc.stager.storage.root.rglob("*") if p.is_file())
+    assert stored == ["0.png"]
+    assert (await assert_invariants(pool, job.user_id)).balance == 97

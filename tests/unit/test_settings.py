@@ -53,6 +53,10 @@ def test_reads_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("GENQ_SWEEP_INTERVAL_S", "90"),
         ("GENQ_ENQUEUE_SWEEP_INTERVAL_S", "7"),
         ("GENQ_ENQUEUE_SWEEP_INTERVAL_S", "0"),
+        ("GENQ_OUTPUT_ALLOWED_TYPES", "image/png,image/heic"),
+        ("GENQ_OUTPUT_ALLOWED_TYPES", "application/pdf"),
+        ("GENQ_MEDIA_MAX_PIXELS", "0"),
+        ("GENQ_MEDIA_THREADS", "0"),
     ],
 )
 def test_invalid_setting_names_the_variable(
@@ -78,3 +82,12 @@ def test_an_admin_token_of_32_characters_is_accepted_and_a_blank_one_is_unset() 
     token = load_settings(admin_token="x" * 32, _env_file=None).admin_token
     assert token is not None and token.get_secret_value() == "x" * 32
     assert load_settings(admin_token="  ", _env_file=None).admin_token is None
+
+
+def test_output_allowed_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(_env_file=None).output_allowed_types == [
+        "image/jpeg", "image/png", "image/webp", "image/gif", "image/avif", "video/mp4",
+        "video/webm"]
+    monkeypatch.setenv("GENQ_OUTPUT_ALLOWED_TYPES", " Image/PNG, video/quicktime ,")
+    assert load_settings(_env_file=None).output_allowed_types == [
+        "image/png", "video/quicktime"]
