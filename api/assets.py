@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-from collections.abc import AsyncIterator
-from typing import Any, BinaryIO
+import time
+from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from api.auth import authenticate
+from api.content import EXTENSIONS, mime_type_of, serve_object
 from api.context import ApiContext, context
 from api.errors import AssetNotFound, ValidationFailed
 from api.pagination import decode_time_cursor, parse_limit
 from api.reads import list_assets, load_asset, parse_id
 from api.serialize import asset_json
 from api.validation import field_error
+from shared.errors import NotFound
 from shared.logging import get_logger
-from shared.storage import StorageKeyError
+from shared.storage import ObjectNotFound, StorageKeyError
 
 log = get_logger(__name__)
 
-CHUNK_BYTES = 256 * 1024
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
-               "image/gif": "gif", "video/mp4": "mp4", "video/webm": "webm"}
+
+
+class FileNotFound(NotFound):
+    """Nothing is stored at this signed URL."""
+
+    code = "file_not_found"
 
 
 async def get_assets(request: Request) -> Response:
@@ -41,7 +44,7 @@ async def get_assets(request: Request) -> Response:
     after = decode_time_cursor(request.query_params.get("cursor"))
     async with ctx.pool.acquire() as conn:
         data, next_cursor = await list_assets(
-            conn, user_id, job_id=job_id, after=after, limit=limit
+            conn, user_id, job_id=job_id, after=after, limit=limit, sign=ctx.content_url
         )
     return JSONResponse({"data": data, "next_cursor": next_cursor})
 
@@ -59,38 +62,42 @@ async def _path_asset(request: Request) -> tuple[ApiContext, Any]:
 
 async def get_asset(request: Request) -> Response:
     """GET /v1/assets/{asset_id}."""
-    _, row = await _path_asset(request)
-    return JSONResponse(asset_json(row))
-
-
-async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
-    try:
-        while chunk := await asyncio.to_thread(handle.read, CHUNK_BYTES):
-            yield chunk
-    finally:
-        handle.close()
+    ctx, row = await _path_asset(request)
+    return JSONResponse(asset_json(row, await ctx.content_url(row["storage_key"])))
 
 
 async def get_asset_content(request: Request) -> Response:
-    """GET /v1/assets/{asset_id}/content: the bytes, streamed, with the stored MIME type."""
+    """GET or HEAD /v1/assets/{asset_id}/content: the bytes with the stored MIME type, with the
+    Authorization header (``content_url`` is the same without it)."""
     ctx, row = await _path_asset(request)
     asset_id = row["id"]
+    mime_type = row["mime_type"]
     try:
-        # Opened before answering: a cleanup that unlinks the file now cannot cut the stream.
-        handle = await asyncio.to_thread(ctx.storage.open, row["temp_storage_path"])
-    except (FileNotFoundError, StorageKeyError) as exc:
+        return await serve_object(
+            request, ctx.storage, row["storage_key"], media_type=mime_type,
+            filename=f"{asset_id}.{EXTENSIONS.get(mime_type, 'bin')}",
+            cache_control="private, max-age=3600",
+        )
+    except (ObjectNotFound, StorageKeyError) as exc:
         log.warning("asset_file_missing", asset_id=str(asset_id), error=repr(exc))
         raise AssetNotFound(f"asset {asset_id} has no stored content") from exc
-    size = os.fstat(handle.fileno()).st_size
-    mime_type = row["mime_type"]
-    ext = _EXTENSIONS.get(mime_type, "bin")
-    return StreamingResponse(
-        _chunks(handle),
-        media_type=mime_type,
-        headers={
-            "Content-Length": str(size),
-            "Content-Disposition": f'inline; filename="{asset_id}.{ext}"',
-            "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "private, max-age=3600",
-        },
-    )
+
+
+async def get_file(request: Request) -> Response:
+    """GET or HEAD /v1/files/{key}?exp=&sig=: a stored object by its signed URL, no header
+    needed. A tampered URL is 403 ``invalid_signature``, an old one 403 ``url_expired``."""
+    ctx = context(request)
+    key = request.path_params["key"]
+    exp = request.query_params.get("exp")
+    ctx.signer.verify(key, exp, request.query_params.get("sig"))
+    assert exp is not None
+    remaining = max(0, int(exp) - int(time.time()))
+    parts = key.split("/")
+    try:
+        return await serve_object(
+            request, ctx.storage, key, media_type=mime_type_of(key),
+            filename="-".join(parts[1:]) if len(parts) > 1 else key,
+            cache_control=f"private, max-age={min(remaining, 3600)}",
+        )
+    except (ObjectNotFound, StorageKeyError) as exc:
+        raise FileNotFound("nothing is stored at this URL (the asset may have expired)") from exc

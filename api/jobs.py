@@ -49,7 +49,7 @@ async def get_jobs(request: Request) -> Response:
     after = decode_time_cursor(request.query_params.get("cursor"))
     async with ctx.pool.acquire() as conn:
         data, next_cursor = await list_jobs(
-            conn, user_id, status=status, after=after, limit=limit
+            conn, user_id, status=status, after=after, limit=limit, sign=ctx.content_url
         )
     return JSONResponse({"data": data, "next_cursor": next_cursor})
 
@@ -69,7 +69,7 @@ async def get_job(request: Request) -> Response:
     if job_id is None:
         raise JobNotFound(f"no job {request.path_params['job_id']}")
     async with ctx.pool.acquire() as conn:
-        return JSONResponse(await load_job(conn, user_id, job_id))
+        return JSONResponse(await load_job(conn, user_id, job_id, sign=ctx.content_url))
 
 
 async def post_cancel(request: Request) -> Response:

@@ -10,7 +10,7 @@ from typing import Any
 from shared import ledger
 from shared.catalog import _parse, load_catalog, sync_catalog
 from shared.db import Pool
-from shared.storage import LocalStorage, asset_key
+from shared.storage import LocalStorage, Storage, asset_key
 from shared.users import create_user
 from sql import queries
 
@@ -165,7 +165,7 @@ async def stored_assets(
         ))
     await pool.copy_records_to_table(
         "workspace_assets", records=rows,
-        columns=["id", "user_id", "job_id", "asset_index", "asset_type", "temp_storage_path",
+        columns=["id", "user_id", "job_id", "asset_index", "asset_type", "storage_key",
                  "file_size_bytes", "mime_type", "created_at", "expires_at"],
     )
     return keys
@@ -178,3 +178,9 @@ def files_on_disk(storage: LocalStorage) -> set[str]:
     return {
         p.relative_to(storage.root).as_posix() for p in storage.root.rglob("*") if p.is_file()
     }
+
+
+def local(storage: Storage) -> LocalStorage:
+    """``storage`` as the local folder it is in this test (to look at its files)."""
+    assert isinstance(storage, LocalStorage), storage
+    return storage

@@ -11,7 +11,7 @@ import httpx
 
 from shared.db import Pool, create_pool
 from shared.settings import Settings
-from shared.storage import LocalStorage
+from shared.storage import open_storage
 from worker.jobs import WorkerBatches
 from worker.providers import build_providers
 from worker.providers.base import Provider
@@ -57,7 +57,7 @@ class WorkerContext:
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False
         )
-        stager = Stager(settings, LocalStorage(settings.storage_root), http)
+        stager = Stager(settings, open_storage(settings), http)
         worker_id = worker_id or new_worker_id()
         return cls(settings, pool, http, build_providers(settings), stager, worker_id,
                    recovery_pool, WorkerBatches(pool, settings, worker_id))
@@ -68,5 +68,6 @@ class WorkerContext:
         for provider in self.providers.values():
             await provider.aclose()
         await self.http.aclose()
+        await self.stager.storage.aclose()
         await self.pool.close()
         await self.recovery_pool.close()

@@ -1,26 +1,26 @@
 """Copy a provider's outputs into our own storage, safely.
 
 Every output is streamed with a byte cap, typed by its magic bytes (never by its name or its
-Content-Type), and written atomically under ``<user>/<job>/<index>.<ext>``. URLs are fetched only
-from public addresses (or allowlisted hosts): the host is resolved, every address checked, and
-the connection made to the checked address, for every redirect hop.
+Content-Type), and streamed atomically into storage under ``<user>/<job>/<index>.<ext>`` (on S3,
+a multipart upload). URLs are fetched only from public addresses (or allowlisted hosts): the
+host is resolved, every address checked, and the connection made to the checked address, for
+every redirect hop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import struct
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import httpx
 
 from shared.errors import GenqError
 from shared.logging import get_logger
 from shared.settings import Settings
-from shared.storage import LocalStorage, asset_key
+from shared.storage import Storage, asset_key
 from worker import media
 from worker.backoff import backoff_delay
 from worker.netguard import AddressBlocked, resolve_checked
@@ -31,6 +31,11 @@ log = get_logger(__name__)
 MAX_REDIRECTS = 5
 DOWNLOAD_ATTEMPTS = 3
 CHUNK_BYTES = 256 * 1024
+# How much of a stored image is read back for its dimensions (headers, EXIF included).
+IMAGE_HEADER_BYTES = 1024 * 1024
+# How far into a stored MP4 its moov box is looked for, and how large it may be.
+MAX_TOP_LEVEL_BOXES = 64
+MAX_MOOV_BYTES = 64 * 1024 * 1024
 
 
 class OutputRejected(GenqError):
@@ -67,7 +72,7 @@ def _default_port(url: httpx.URL) -> int:
 class Stager:
     """Stages outputs for one worker process (shares its HTTP client)."""
 
-    def __init__(self, settings: Settings, storage: LocalStorage, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, storage: Storage, http: httpx.AsyncClient) -> None:
         self.settings = settings
         self.storage = storage
         self.http = http
@@ -169,38 +174,31 @@ class Stager:
         kind = self._kind(index, head)
         self._check_size(index, len(head))
         key = asset_key(user_id, job_id, index, kind.ext)
-        total = len(head)
-        # The file calls block on the disk (mkdir, open, write, fsync, rename): they run in a
-        # thread, so one output's fsync never stalls the other jobs and heartbeats on this loop.
-        writer = self.storage.writer(key)
-        handle = await asyncio.to_thread(_open_and_write, writer, head)
-        try:
+
+        async def body() -> AsyncIterator[bytes]:
+            # Streamed into storage chunk by chunk (constant memory); a chunk past the cap
+            # raises here, and the storage keeps nothing of the output.
+            total = len(head)
+            yield head
             async for chunk in chunks:
                 total += len(chunk)
                 self._check_size(index, total)
-                await asyncio.to_thread(handle.write, chunk)
-        except BaseException as exc:
-            # Close and remove the temp file; no fsync on this path, so no need for a thread.
-            writer.__exit__(type(exc), exc, exc.__traceback__)
-            raise
+                yield chunk
 
-        def close_and_measure() -> StagedAsset:
-            writer.__exit__(None, None, None)
-            return self._measure(index, key, kind, total)
-
-        return await asyncio.to_thread(close_and_measure)
+        size = await self.storage.put(key, body(), content_type=kind.mime)
+        return await self._measure_stored(index, key, kind, size)
 
     async def _store_bytes(
         self, user_id: uuid.UUID, job_id: uuid.UUID, index: int, data: bytes
     ) -> StagedAsset:
         """An output already in memory: measured from its header on the event loop (an
-        unreadable one is never written), then written in one trip to a thread, which makes
-        nothing but system calls there."""
+        unreadable one is never written), then written in one call (on the local backend,
+        one trip to a thread, which makes nothing but system calls there)."""
         self._check_size(index, len(data))
         kind = self._kind(index, data[: media.SNIFF_BYTES])
         key = asset_key(user_id, job_id, index, kind.ext)
         staged = self._measure(index, key, kind, len(data), data)
-        await asyncio.to_thread(self.storage.write_bytes, key, data)
+        await self.storage.put_bytes(key, data, content_type=kind.mime)
         return staged
 
     @staticmethod
@@ -214,44 +212,61 @@ class Stager:
         return kind
 
     def _measure(self, index: int, key: str, kind: media.MediaType, size: int,
-                 data: bytes | None = None) -> StagedAsset:
-        """The output's dimensions or duration, read from the header of ``data`` if given, else
-        from the stored file (blocking: call from a thread). An unreadable image is refused,
-        and its stored file deleted."""
-        path = self.storage.path(key)
+                 data: bytes) -> StagedAsset:
+        """The output's dimensions or duration, read from the header in ``data``; an
+        unreadable image is refused."""
         width = height = None
         duration = None
         if kind.kind == "image":
-            dims = media.image_size(path if data is None else data)
+            dims = media.image_size(data)
             if dims is None:
-                if data is None:
-                    self.storage.delete(key)
                 raise OutputRejected(f"output {index} is not a readable image",
                                      code="output_type_not_allowed")
             width, height = dims
         else:
-            duration = media.mp4_duration(path if data is None else data)
+            duration = media.mp4_duration(data)
         return StagedAsset(index, key, size, kind, width, height, duration)
 
-    def discard(self, user_id: uuid.UUID, job_id: uuid.UUID, assets: list[StagedAsset]) -> None:
-        """Delete staged files that will not become assets (the job failed or was canceled).
+    async def _measure_stored(self, index: int, key: str, kind: media.MediaType,
+                              size: int) -> StagedAsset:
+        """:meth:`_measure` for an output already stored under ``key``, reading only the
+        parts of it that hold the answer (range reads: the same on every backend). An
+        unreadable image is refused, and its stored object deleted."""
+        if kind.kind == "image":
+            header = await self.storage.read_bytes(key, 0, min(size, IMAGE_HEADER_BYTES))
+        else:
+            header = await _mp4_moov(self.storage, key, size)
+        try:
+            return self._measure(index, key, kind, size, header)
+        except OutputRejected:
+            await self.storage.delete(key)
+            raise
 
-        Call once staging is over: the job's folder goes too if nothing else is in it.
-        """
+    async def discard(self, assets: list[StagedAsset]) -> None:
+        """Delete staged objects that will not become assets (the job failed or was
+        canceled); on the local folder, emptied job and user folders go too."""
         for asset in assets:
-            self.storage.delete(asset.key)
-        folder = self.storage.path(f"{user_id}/{job_id}")
-        for parent in (folder, folder.parent):
-            with contextlib.suppress(OSError):
-                parent.rmdir()
+            await self.storage.delete(asset.key)
 
 
-def _open_and_write(writer: contextlib.AbstractContextManager[BinaryIO], data: bytes) -> BinaryIO:
-    """Enter ``writer`` and write ``data``; on failure, leave nothing behind."""
-    handle = writer.__enter__()
-    try:
-        handle.write(data)
-    except BaseException as exc:
-        writer.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    return handle
+async def _mp4_moov(storage: Storage, key: str, size: int) -> bytes:
+    """The top-level ``moov`` box of a stored MP4 (found by reading box headers only), or b""
+    if there is none within reach; :func:`media.mp4_duration` reads its ``mvhd``."""
+    pos = 0
+    for _ in range(MAX_TOP_LEVEL_BOXES):
+        if pos + 8 > size:
+            break
+        header = await storage.read_bytes(key, pos, min(pos + 16, size))
+        box_size, box_type = struct.unpack(">I4s", header[:8])
+        if box_size == 1 and len(header) >= 16:
+            box_size = struct.unpack(">Q", header[8:16])[0]
+        elif box_size == 0:
+            box_size = size - pos
+        if box_size < 8:
+            break
+        if box_type == b"moov":
+            if box_size > MAX_MOOV_BYTES:
+                break
+            return await storage.read_bytes(key, pos, min(pos + box_size, size))
+        pos += box_size
+    return b""

@@ -68,7 +68,7 @@ RETURNING id
 -- list_job_assets --
 -- Unexpired outputs of some of a user's jobs. $1 user_id, $2 job ids (uuid[]).
 SELECT id, job_id, asset_index, asset_type, mime_type, file_size_bytes, width, height,
-       duration_seconds, generation_seed, model_used, created_at, expires_at
+       duration_seconds, generation_seed, model_used, created_at, expires_at, storage_key
 FROM workspace_assets
 WHERE user_id = $1 AND job_id = ANY($2::uuid[]) AND expires_at > now()
 ORDER BY job_id, asset_index
@@ -76,7 +76,7 @@ ORDER BY job_id, asset_index
 -- get_asset --
 -- One unexpired asset of one user. $1 asset_id, $2 user_id.
 SELECT id, job_id, asset_index, asset_type, mime_type, file_size_bytes, width, height,
-       duration_seconds, generation_seed, model_used, created_at, expires_at, temp_storage_path
+       duration_seconds, generation_seed, model_used, created_at, expires_at, storage_key
 FROM workspace_assets
 WHERE id = $1 AND user_id = $2 AND expires_at > now()
 
@@ -85,7 +85,7 @@ WHERE id = $1 AND user_id = $2 AND expires_at > now()
 -- $1 user_id, $2 job_id (NULL: any), $3 cursor created_at and $4 cursor id (NULL: first page),
 -- $5 limit.
 SELECT id, job_id, asset_index, asset_type, mime_type, file_size_bytes, width, height,
-       duration_seconds, generation_seed, model_used, created_at, expires_at
+       duration_seconds, generation_seed, model_used, created_at, expires_at, storage_key
 FROM workspace_assets
 WHERE user_id = $1 AND expires_at > now()
   AND ($2::uuid IS NULL OR job_id = $2)

@@ -2,7 +2,7 @@
 
 -- lock_expired_assets --
 -- A batch of expired assets, locked so a concurrent cleanup skips them. $1 batch size.
-SELECT id, temp_storage_path FROM workspace_assets
+SELECT id, storage_key FROM workspace_assets
 WHERE expires_at <= now()
 ORDER BY expires_at
 LIMIT $1
@@ -80,9 +80,9 @@ WHERE status = 'open' AND expires_at < now()
 ORDER BY expires_at
 LIMIT $1
 
--- known_storage_paths --
+-- known_storage_keys --
 -- Which of these storage keys an asset row points at. $1 text[] keys.
-SELECT temp_storage_path FROM workspace_assets WHERE temp_storage_path = ANY($1::text[])
+SELECT storage_key FROM workspace_assets WHERE storage_key = ANY($1::text[])
 
 -- lock_job --
 -- $1 job id.

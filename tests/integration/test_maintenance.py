@@ -26,8 +26,8 @@ def _storage(tmp_path: Path) -> LocalStorage:
 
 
 async def _asset_keys(pool: Pool) -> set[str]:
-    return {r["temp_storage_path"] for r in await pool.fetch(
-        "SELECT temp_storage_path FROM workspace_assets")}
+    return {r["storage_key"] for r in await pool.fetch(
+        "SELECT storage_key FROM workspace_assets")}
 
 
 async def test_expire_10000_assets_with_two_cleanups_at_once(pool: Pool, tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ async def test_expired_row_whose_file_is_gone_is_still_deleted(
     user = await funded_user(pool, 10)
     job = await queued_job(pool, user)
     keys = await stored_assets(pool, storage, user, job, [-5.0, -5.0])
-    storage.delete(keys[0])
+    storage.delete_sync(keys[0])
     report = await maintenance.expire_assets(pool, storage, 10)
     assert report.counts == {"rows_deleted": 2, "files_deleted": 1, "files_already_gone": 1}
     assert await _asset_keys(pool) == set()

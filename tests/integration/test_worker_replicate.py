@@ -20,6 +20,7 @@ from tests.factories import (
     create_job,
     job_row,
     ledger_kinds,
+    local,
 )
 from tests.fakes.replicate_server import FakeReplicate, Script
 from tests.media_samples import jpeg, mp4, noisy_png, png
@@ -114,7 +115,7 @@ async def test_success_stages_every_output(pool: Pool, wc: WorkerContext,
     assert got == [("image/png", "image", 64, 48, None), ("image/jpeg", "image", 32, 16, None),
                    ("video/mp4", "video", None, None, pytest.approx(2.5))]
     for a, name in zip(assets, ["a.png", "b.jpg", "c.mp4"], strict=True):
-        path = wc.stager.storage.path(a["temp_storage_path"])
+        path = local(wc.stager.storage).path(a["storage_key"])
         assert path.read_bytes() == fake.files[name].data
         assert a["file_size_bytes"] == len(fake.files[name].data)
     assert (await assert_invariants(pool, job.user_id)).balance == 0  # 3 x 3 captured
@@ -195,7 +196,7 @@ async def test_output_too_large(pool: Pool, rsettings: Settings, models: None,
         job = await _job(pool, n=1)
         assert await process_job(ctx, job.id) == "failed"
         await _assert_failed_and_refunded(pool, job, "output_too_large")
-        assert not ctx.stager.storage.path(f"{job.user_id}/{job.id}").exists()
+        assert not local(ctx.stager.storage).path(f"{job.user_id}/{job.id}").exists()
     finally:
         await ctx.close()
 
@@ -212,7 +213,7 @@ async def test_large_outputs_stream_intact_and_the_cap_holds_without_content_len
         job = await _job(pool, n=2)
         assert await process_job(ctx, job.id) == "failed"
         await _assert_failed_and_refunded(pool, job, "output_too_large")
-        assert list(ctx.stager.storage.root.rglob("*")) == []  # not even a temp file
+        assert list(local(ctx.stager.storage).root.rglob("*")) == []  # not even a temp file
     finally:
         await ctx.close()
     ctx = await _open(rsettings, output_max_bytes=len(big))
@@ -220,7 +221,7 @@ async def test_large_outputs_stream_intact_and_the_cap_holds_without_content_len
         job = await _job(pool, n=2)
         assert await process_job(ctx, job.id) == "succeeded"
         for a in await assets_of(pool, job.id):
-            assert ctx.stager.storage.path(a["temp_storage_path"]).read_bytes() == big
+            assert local(ctx.stager.storage).path(a["storage_key"]).read_bytes() == big
             assert (a["width"], a["height"], a["file_size_bytes"]) == (700, 700, len(big))
     finally:
         await ctx.close()
@@ -234,7 +235,7 @@ async def test_output_of_the_wrong_type(pool: Pool, wc: WorkerContext,
     job = await _job(pool, n=1)
     assert await process_job(wc, job.id) == "failed"
     await _assert_failed_and_refunded(pool, job, "output_type_not_allowed")
-    assert not wc.stager.storage.path(f"{job.user_id}/{job.id}").exists()
+    assert not local(wc.stager.storage).path(f"{job.user_id}/{job.id}").exists()
 
 
 async def test_output_on_a_private_address_is_refused(pool: Pool, rsettings: Settings,
