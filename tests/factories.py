@@ -171,6 +171,38 @@ async def stored_assets(
     return keys
 
 
+async def stored_objects(
+    pool: Pool,
+    storage: Storage,
+    user_id: uuid.UUID,
+    job_id: uuid.UUID,
+    expires_in_s: list[float],
+) -> list[str]:
+    """:func:`stored_assets` on any backend (written through the storage interface)."""
+    keys = []
+    for index in range(len(expires_in_s)):
+        key = asset_key(user_id, job_id, index, "png")
+        await storage.put_bytes(key, b"\x89PNG\r\n\x1a\n" + index.to_bytes(4, "big"))
+        keys.append(key)
+    await _asset_rows(pool, user_id, job_id, keys, expires_in_s)
+    return keys
+
+
+async def _asset_rows(pool: Pool, user_id: uuid.UUID, job_id: uuid.UUID, keys: list[str],
+                      expires_in_s: list[float]) -> None:
+    now = datetime.now(UTC)
+    rows = [
+        (uuid.uuid4(), user_id, job_id, index, "image", key, 12, "image/png",
+         now - timedelta(days=7), now + timedelta(seconds=delta))
+        for index, (key, delta) in enumerate(zip(keys, expires_in_s, strict=True))
+    ]
+    await pool.copy_records_to_table(
+        "workspace_assets", records=rows,
+        columns=["id", "user_id", "job_id", "asset_index", "asset_type", "storage_key",
+                 "file_size_bytes", "mime_type", "created_at", "expires_at"],
+    )
+
+
 def files_on_disk(storage: LocalStorage) -> set[str]:
     """Every stored file's key."""
     if not storage.root.exists():

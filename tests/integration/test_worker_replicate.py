@@ -24,6 +24,7 @@ from tests.factories import (
 )
 from tests.fakes.replicate_server import FakeReplicate, Script
 from tests.media_samples import jpeg, mp4, noisy_png, png
+from tests.s3_support import S3Server
 from worker.context import WorkerContext
 from worker.generation import process_job
 from worker.main import run_generation
@@ -389,3 +390,49 @@ async def test_last_attempt_died_so_the_job_fails_and_refunds(
     row = await _assert_failed_and_refunded(pool, job, "attempts_exhausted")
     assert fake.cancels == [row["provider_prediction_id"]]
     assert fake.creates["acme/m"] == 1
+
+
+async def test_outputs_stream_into_s3_measured_by_range_reads(
+    pool: Pool, rsettings: Settings, models: None, fake: FakeReplicate, s3_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same staging on an S3 bucket: each output streamed up (the large one in several
+    parts), its size and dimensions read back with ranged GETs (the MP4's moov box is last),
+    nothing left in the bucket by a refused output, and nothing written to the data dir."""
+    for name, value in s3_server.env().items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    bucket = s3_server.new_bucket()
+    big = noisy_png(1800, 1800)  # several 5 MiB parts
+    assert len(big) > 6 * 1024 * 1024
+    fake.add_file("big-chunked.png", big, "image/png", chunked=True)
+    fake.add_file("doc.png", b"%PDF-1.7\n" + b"x" * 100, "image/png")
+    s3 = {"storage_url": f"s3://{bucket}/out", "s3_endpoint_url": s3_server.endpoint_url,
+          "s3_region": "us-east-1"}
+    ctx = await _open(rsettings, **s3)
+    try:
+        fake.script("acme/m", Script(outputs=["a.png", "c.mp4", "big-chunked.png"]))
+        job = await _job(pool, n=3)
+        assert await process_job(ctx, job.id) == "succeeded"
+        assets = await assets_of(pool, job.id)
+        got = [(a["mime_type"], a["width"], a["height"], a["duration_seconds"],
+                a["file_size_bytes"]) for a in assets]
+        assert got == [("image/png", 64, 48, None, len(fake.files["a.png"].data)),
+                       ("video/mp4", None, None, pytest.approx(2.5),
+                        len(fake.files["c.mp4"].data)),
+                       ("image/png", 1800, 1800, None, len(big))]
+        assert s3_server.keys(bucket) == sorted(f"out/{a['storage_key']}" for a in assets)
+        client: Any = s3_server.client()
+        for a, name in zip(assets, ["a.png", "c.mp4", "big-chunked.png"], strict=True):
+            body = client.get_object(Bucket=bucket, Key=f"out/{a['storage_key']}")
+            assert body["Body"].read() == fake.files[name].data
+            assert body["ContentType"] == a["mime_type"]
+
+        fake.script("acme/m", Script(outputs=["doc.png"]))
+        refused = await _job(pool, n=1)
+        assert await process_job(ctx, refused.id) == "failed"
+        await _assert_failed_and_refunded(pool, refused, "output_type_not_allowed")
+        assert len(s3_server.keys(bucket)) == 3
+    finally:
+        await ctx.close()
+    assert not (rsettings.data_dir / "storage").exists()
