@@ -79,16 +79,19 @@ class LocalStorage(Storage):
         return self.root.joinpath(*check_key(key).parts)
 
     def _mkdirs(self, folder: Path) -> None:
-        if folder.is_dir():
+        """Create ``folder`` and any missing parent under the root, each 0700. The common
+        cases cost one system call: the folder exists, or only it is missing."""
+        try:
+            folder.mkdir(mode=DIR_MODE)
+        except FileExistsError:
             return
-        missing = []
-        while folder != self.root and not folder.exists():
-            missing.append(folder)
-            folder = folder.parent
-        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        for path in reversed(missing):
+        except FileNotFoundError:
+            if self.root not in folder.parents:  # the root itself, and whatever it is in
+                folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                return
+            self._mkdirs(folder.parent)
             with contextlib.suppress(FileExistsError):
-                path.mkdir(mode=DIR_MODE)
+                folder.mkdir(mode=DIR_MODE)
 
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
