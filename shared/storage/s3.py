@@ -89,14 +89,14 @@ class S3Storage(Storage):
         # A streamed multipart upload: the object appears only when it completes; a failed
         # stream aborts it, so nothing shows up under the key.
         await obstore.put_async(
-            self.store, key, counted(), attributes=_attributes(content_type),
+            self.store, key, counted(), attributes=_attributes(key, content_type),
             chunk_size=PART_BYTES, max_concurrency=PART_CONCURRENCY,
         )
         return total
 
     async def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> int:
         check_key(key)
-        await obstore.put_async(self.store, key, data, attributes=_attributes(content_type),
+        await obstore.put_async(self.store, key, data, attributes=_attributes(key, content_type),
                                 chunk_size=PART_BYTES, max_concurrency=PART_CONCURRENCY)
         return len(data)
 
@@ -160,5 +160,12 @@ class _EmptyReader(ObjectReader):
         return None
 
 
-def _attributes(content_type: str | None) -> dict[str, str] | None:
-    return {"Content-Type": content_type} if content_type else None
+def _attributes(key: str, content_type: str | None) -> dict[str, str]:
+    """What the store answers a presigned GET with: the type, shown inline (under the key's
+    last two segments, ``<job>-<index>.<ext>``), cached privately."""
+    name = "-".join(key.split("/")[-2:])
+    attributes = {"Content-Disposition": f'inline; filename="{name}"',
+                  "Cache-Control": "private, max-age=3600"}
+    if content_type:
+        attributes["Content-Type"] = content_type
+    return attributes

@@ -167,6 +167,9 @@ async def test_presign(store: Storage) -> None:
     assert response.status_code == 200
     assert response.content == b"\x89PNG signed"
     assert response.headers["content-type"] == "image/png"
+    job, name = key.split("/")[1:]
+    assert response.headers["content-disposition"] == f'inline; filename="{job}-{name}"'
+    assert response.headers["cache-control"] == "private, max-age=3600"
 
 
 async def test_local_files_are_private(tmp_path: Path) -> None:
