@@ -19,7 +19,7 @@ RUN pip install . \
     && mkdir -p /data/storage && chown -R genq /data
 
 USER genq
-VOLUME ["/data/storage"]
+VOLUME ["/data"]
 EXPOSE 8000
 ENTRYPOINT ["genq"]
 CMD ["up", "--host", "0.0.0.0", "--port", "8000"]

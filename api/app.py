@@ -8,10 +8,12 @@ closes them on shutdown.
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from api import assets, catalog, credits, health, jobs
@@ -27,7 +29,8 @@ from shared.errors import ConfigError
 from shared.logging import get_logger
 from shared.queue import create_arq_pool
 from shared.settings import Settings
-from shared.storage import LocalStorage
+from shared.storage import open_storage
+from shared.storage.signing import UrlSigner, load_signing_key
 
 log = get_logger(__name__)
 
@@ -43,9 +46,11 @@ def routes() -> list[Route]:
         Route("/v1/models", catalog.get_models, methods=["GET"]),
         Route("/v1/assets", assets.get_assets, methods=["GET"]),
         Route("/v1/assets/{asset_id}", assets.get_asset, methods=["GET"]),
-        Route("/v1/assets/{asset_id}/content", assets.get_asset_content, methods=["GET"]),
+        Route("/v1/assets/{asset_id}/content", assets.get_asset_content,
+              methods=["GET", "HEAD"]),
         Route("/v1/assets/{asset_id}/variants/{kind}", assets.get_asset_variant,
-              methods=["GET"]),
+              methods=["GET", "HEAD"]),
+        Route("/v1/files/{key:path}", assets.get_file, methods=["GET", "HEAD"]),
         Route("/v1/admin/users", credits.post_user, methods=["POST"]),
         Route("/v1/admin/users/{user_id}/credits", credits.post_grant, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
@@ -54,14 +59,39 @@ def routes() -> list[Route]:
     ]
 
 
+def middleware(settings: Settings) -> list[Middleware]:
+    """Request context, and CORS for the origins in ``GENQ_CORS_ORIGINS`` (none: no CORS
+    headers at all, so browsers keep the same-origin rule)."""
+    stack = [Middleware(RequestContextMiddleware)]
+    if settings.cors_origins:
+        stack.insert(0, Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range",
+                           "If-None-Match", "If-Range"],
+            expose_headers=["Content-Length", "Content-Range", "Accept-Ranges", "ETag",
+                            "Last-Modified", "Content-Disposition", "Retry-After"],
+            max_age=600,
+        ))
+    return stack
+
+
 def create_app(settings: Settings) -> Starlette:
     """The ASGI app for ``settings``; connections open when its lifespan starts."""
     if settings.database_url is None or settings.redis_url is None:
         raise ConfigError("create_app needs concrete database_url and redis_url")
     database_url, redis_url = settings.database_url, settings.redis_url
+    storage = open_storage(settings)
+    # /v1/files URLs are only made for the local folder: with S3 (and no key set) nothing is
+    # written to the data dir, and a random key refuses any /v1/files URL.
+    key = (load_signing_key(settings)
+           if storage.scheme == "file" or settings.url_signing_key is not None
+           else secrets.token_bytes(32))
     ctx = ApiContext(
         settings=settings,
-        storage=LocalStorage(settings.storage_root),
+        storage=storage,
+        signer=UrlSigner(key, settings.url_ttl_s, settings.public_base_url),
         keys=ApiKeyCache(settings.api_key_cache_ttl_s),
     )
 
@@ -91,11 +121,12 @@ def create_app(settings: Settings) -> Starlette:
                 await redis.aclose()
         finally:
             await pool.close()
+            await ctx.storage.aclose()
             log.info("api_stopped")
 
     app = Starlette(
         routes=routes(),
-        middleware=[Middleware(RequestContextMiddleware)],
+        middleware=middleware(settings),
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

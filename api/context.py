@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 
 from api.auth import ApiKeyCache
-from shared.storage import LocalStorage
+from shared.storage import Storage
+from shared.storage.signing import UrlSigner
 
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
@@ -24,7 +25,8 @@ class ApiContext:
     """The settings and the open connections of one app instance."""
 
     settings: Settings
-    storage: LocalStorage
+    storage: Storage
+    signer: UrlSigner
     keys: ApiKeyCache
     _pool: Pool | None = field(default=None, repr=False)
     _redis: ArqRedis | None = field(default=None, repr=False)
@@ -36,6 +38,10 @@ class ApiContext:
         """Use these connections (called by the lifespan once both are open)."""
         self._pool, self._redis, self._batches = pool, redis, batches
         self._catalog = catalog
+
+    async def content_url(self, key: str) -> str:
+        """The signed URL a browser loads ``key`` from, without an Authorization header."""
+        return await self.signer.signed_url(self.storage, key)
 
     def detach(self) -> None:
         """Forget the connections (the lifespan closes them)."""

@@ -265,7 +265,7 @@ async def submit_job(
         raise Conflict("the model catalog kept changing during this request; try again")
     if row["replayed"]:
         async with ctx.pool.acquire() as conn:
-            replayed = await load_job(conn, user_id, row["job_id"])
+            replayed = await load_job(conn, user_id, row["job_id"], sign=ctx.content_url)
         return Submitted(await _enqueue_replay(ctx, replayed), replayed=True)
     enqueued_at = await ctx.batches.enqueue(job_id)
     price = row["reserved"]
@@ -318,4 +318,4 @@ async def cancel_job(
                 )
         else:
             raise Conflict("the job kept changing state; try again")
-        return status_code, await load_job(conn, user_id, job_id)
+        return status_code, await load_job(conn, user_id, job_id, sign=ctx.content_url)

@@ -46,7 +46,7 @@ async def get_jobs(request: Request) -> Response:
     after = query.get("cursor", decode_time_cursor)
     async with ctx.pool.acquire() as conn:
         data, next_cursor = await list_jobs(
-            conn, user_id, status=status, after=after, limit=limit
+            conn, user_id, status=status, after=after, limit=limit, sign=ctx.content_url
         )
     return JSONResponse({"data": data, "next_cursor": next_cursor})
 
@@ -66,7 +66,7 @@ async def get_job(request: Request) -> Response:
     if job_id is None:
         raise JobNotFound(f"no job {echo(request.path_params['job_id'])}")
     async with ctx.pool.acquire() as conn:
-        return JSONResponse(await load_job(conn, user_id, job_id))
+        return JSONResponse(await load_job(conn, user_id, job_id, sign=ctx.content_url))
 
 
 async def post_cancel(request: Request) -> Response:

@@ -92,7 +92,13 @@ _SCHEMAS: dict[str, Any] = {
             "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
             "duration_seconds": {"type": ["number", "null"]},
             "seed": {"type": ["integer", "null"]}, "model": {"type": ["string", "null"]},
-            "content_url": {"type": "string"}, "created_at": _TIME, "expires_at": _TIME,
+            "content_url": {
+                "type": "string",
+                "description": "A signed URL that serves the bytes without an Authorization "
+                               "header until it expires (GENQ_URL_TTL_S): the store's "
+                               "presigned GET (S3), or /v1/files/{key}?exp=&sig= on this API "
+                               "(local folder)."},
+            "created_at": _TIME, "expires_at": _TIME,
             "fps": {"type": ["number", "null"]},
             "variants": {
                 "type": "object",
@@ -178,6 +184,25 @@ def _body(model: Any) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(model.__name__)}}}
 
 
+_CONTENT_SEMANTICS = (
+    "GET or HEAD. One byte range (Range: bytes=a-b, a- or -n) answers 206 with Content-Range, "
+    "a range past the end 416; If-None-Match with the ETag answers 304; the body streams "
+    "with ETag, Last-Modified, Content-Disposition: inline, X-Content-Type-Options: nosniff "
+    "and Cache-Control: private."
+)
+_CONTENT_HEADERS: list[dict[str, Any]] = [
+    {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
+    for name in ("Range", "If-None-Match", "If-Range")
+]
+_BINARY = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+_CONTENT_RESPONSES: dict[str, Any] = {
+    "200": {"description": "The file, with its MIME type", "content": _BINARY},
+    "206": {"description": "The requested byte range", "content": _BINARY},
+    "304": {"description": "Not modified (the ETag matches If-None-Match)"},
+    "416": _error("range_not_satisfiable: the range starts past the end"),
+}
+
+
 _PATHS: dict[str, dict[str, Any]] = {
     "/v1/jobs": {
         "post": {
@@ -258,23 +283,40 @@ _PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/assets/{asset_id}/content": {
         "get": {"summary": "Download an asset's bytes", "operationId": "getAssetContent",
-                "parameters": [{"name": "asset_id", **_ID_PARAM}],
-                "responses": {
-                    "200": {"description": "The file, with its MIME type",
-                            "content": {"*/*": {"schema": {"type": "string",
-                                                           "format": "binary"}}}},
-                    "404": _error("No such asset"), **_COMMON}},
+                "description": _CONTENT_SEMANTICS,
+                "parameters": [{"name": "asset_id", **_ID_PARAM}, *_CONTENT_HEADERS],
+                "responses": {**_CONTENT_RESPONSES,
+                              "404": _error("No such asset"), **_COMMON}},
+    },
+    "/v1/files/{key}": {
+        "get": {"summary": "Download stored bytes by a signed URL (an asset's content_url)",
+                "operationId": "getSignedFile", "security": [],
+                "description": "No Authorization header: the URL's signature is the "
+                               "credential. " + _CONTENT_SEMANTICS,
+                "parameters": [
+                    {"name": "key", "in": "path", "required": True,
+                     "schema": {"type": "string"}, "description": "The storage key (a path)"},
+                    {"name": "exp", "in": "query", "required": True,
+                     "schema": {"type": "integer"}, "description": "Expiry, Unix seconds"},
+                    {"name": "sig", "in": "query", "required": True,
+                     "schema": {"type": "string"},
+                     "description": "HMAC-SHA256 of the key and expiry, base64url"},
+                    *_CONTENT_HEADERS],
+                "responses": {**_CONTENT_RESPONSES,
+                              "403": _error("invalid_signature (tampered) or url_expired"),
+                              "404": _error("Nothing stored at this URL")}},
     },
     "/v1/assets/{asset_id}/variants/{kind}": {
         "get": {"summary": "Download an asset variant's bytes", "operationId": "getAssetVariant",
+                "description": "The variant's WebP bytes with the Authorization header (its "
+                               "`url` on the asset is the same without it). "
+                               + _CONTENT_SEMANTICS,
                 "parameters": [{"name": "asset_id", **_ID_PARAM},
                                {"name": "kind", "in": "path", "required": True,
-                                "schema": {"enum": ["thumb", "web", "poster"]}}],
-                "responses": {
-                    "200": {"description": "The variant file (image/webp)",
-                            "content": {"image/webp": {"schema": {"type": "string",
-                                                                  "format": "binary"}}}},
-                    "404": _error("No such asset or variant"), **_COMMON}},
+                                "schema": {"enum": ["thumb", "web", "poster"]}},
+                               *_CONTENT_HEADERS],
+                "responses": {**_CONTENT_RESPONSES,
+                              "404": _error("No such asset or variant"), **_COMMON}},
     },
     "/v1/admin/users": {
         "post": {"summary": "Create a user and API key (admin)", "operationId": "createUser",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from api.errors import AssetNotFound, JobNotFound
@@ -16,6 +17,18 @@ from sql import queries
 
 JOB_STATUSES = tuple(JobStatus)
 
+#: Makes the signed ``content_url`` of a storage key (``ApiContext.content_url``).
+Sign = Callable[[str], Awaitable[str]]
+
+
+async def signed_urls(sign: Sign, rows: Iterable[Any]) -> dict[str, str]:
+    """The signed URL of each asset row's storage key, and of its variants' keys."""
+    keys = []
+    for r in rows:
+        keys.append(r["storage_key"])
+        keys.extend(v["storage_key"] for v in (r["variants"] or {}).values())
+    return {key: await sign(key) for key in keys}
+
 
 def parse_id(raw: str) -> uuid.UUID | None:
     """A path id as a UUID, or None if it is not one."""
@@ -25,13 +38,15 @@ def parse_id(raw: str) -> uuid.UUID | None:
         return None
 
 
-async def load_job(conn: Connection, user_id: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any]:
+async def load_job(
+    conn: Connection, user_id: uuid.UUID, job_id: uuid.UUID, *, sign: Sign
+) -> dict[str, Any]:
     """One job as JSON; :class:`JobNotFound` if the user has no such job."""
     row = await conn.fetchrow(queries["get_job"], job_id, user_id)
     if row is None:
         raise JobNotFound(f"no job {job_id}")
     assets = await conn.fetch(queries["list_job_assets"], user_id, [job_id])
-    return job_json(row, assets)
+    return job_json(row, assets, await signed_urls(sign, assets))
 
 
 async def list_jobs(
@@ -41,6 +56,7 @@ async def list_jobs(
     status: str | None,
     after: tuple[Any, uuid.UUID] | None,
     limit: int,
+    sign: Sign,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of jobs, newest first, and the cursor of the next page (None on the last)."""
     created_at, last_id = after if after is not None else (None, None)
@@ -55,7 +71,8 @@ async def list_jobs(
         ):
             outputs[asset["job_id"]].append(asset)
     next_cursor = encode_time_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
-    return [job_json(r, outputs[r["id"]]) for r in page], next_cursor
+    urls = await signed_urls(sign, (a for rows in outputs.values() for a in rows))
+    return [job_json(r, outputs[r["id"]], urls) for r in page], next_cursor
 
 
 async def load_asset(conn: Connection, user_id: uuid.UUID, asset_id: uuid.UUID) -> Any:
@@ -73,6 +90,7 @@ async def list_assets(
     job_id: uuid.UUID | None,
     after: tuple[Any, uuid.UUID] | None,
     limit: int,
+    sign: Sign,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of assets, newest first, and the next page's cursor."""
     created_at, last_id = after if after is not None else (None, None)
@@ -81,4 +99,5 @@ async def list_assets(
     )
     page, more = rows[:limit], len(rows) > limit
     next_cursor = encode_time_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
-    return [asset_json(r) for r in page], next_cursor
+    urls = await signed_urls(sign, page)
+    return [asset_json(r, urls) for r in page], next_cursor

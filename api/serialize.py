@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -22,8 +22,9 @@ def _id(value: uuid.UUID | None) -> str | None:
     return str(value) if value is not None else None
 
 
-def asset_json(row: Row) -> dict[str, Any]:
-    """A workspace asset."""
+def asset_json(row: Row, urls: Mapping[str, str]) -> dict[str, Any]:
+    """A workspace asset; ``urls`` holds the signed URL (loads without a header) of its
+    storage key and of its variants' keys."""
     asset_id = str(row["id"])
     return {
         "id": asset_id,
@@ -38,9 +39,9 @@ def asset_json(row: Row) -> dict[str, Any]:
         "fps": row["fps"],
         "seed": row["generation_seed"],
         "model": row["model_used"],
-        "content_url": f"/v1/assets/{asset_id}/content",
+        "content_url": urls[row["storage_key"]],
         "variants": {
-            kind: {"url": f"/v1/assets/{asset_id}/variants/{kind}", "width": v["width"],
+            kind: {"url": urls[v["storage_key"]], "width": v["width"],
                    "height": v["height"], "mime_type": v["mime_type"]}
             for kind, v in sorted((row["variants"] or {}).items())
         },
@@ -49,8 +50,11 @@ def asset_json(row: Row) -> dict[str, Any]:
     }
 
 
-def job_json(row: Row, outputs: Sequence[Row] = ()) -> dict[str, Any]:
-    """A generation job with its cost and unexpired outputs."""
+def job_json(row: Row, outputs: Sequence[Row] = (),
+             urls: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A generation job with its cost and unexpired outputs (``urls``: each output's signed
+    ``content_url`` by storage key)."""
+    urls = urls or {}
     error = None
     if row["error_code"] is not None:
         error = {"code": row["error_code"], "message": row["error_message"] or ""}
@@ -71,7 +75,7 @@ def job_json(row: Row, outputs: Sequence[Row] = ()) -> dict[str, Any]:
             "captured": row["captured"] or 0,
             "refunded": row["refunded"] or 0,
         },
-        "outputs": [asset_json(a) for a in outputs],
+        "outputs": [asset_json(a, urls) for a in outputs],
         "error": error,
         "cancel_requested": row["cancel_requested_at"] is not None,
         "created_at": _time(row["created_at"]),

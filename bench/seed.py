@@ -183,7 +183,7 @@ async def expired_assets(pool: Pool, storage_dir: Path, user_ids: list[uuid.UUID
     )
     await pool.copy_records_to_table(
         "workspace_assets", records=assets,
-        columns=["id", "user_id", "job_id", "asset_index", "asset_type", "temp_storage_path",
+        columns=["id", "user_id", "job_id", "asset_index", "asset_type", "storage_key",
                  "file_size_bytes", "mime_type", "created_at", "expires_at"],
     )
     return [a[0] for a in assets]

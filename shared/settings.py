@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     data_dir: Path = Path(".genq")
     storage_dir: Path | None = None
+    # Where asset bytes live: file:///path (the local folder) or s3://bucket/prefix.
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
 
     db_pool_min_size: int = Field(default=2, ge=1, le=100)
     db_pool_max_size: int = Field(default=10, ge=1, le=500)
@@ -113,6 +117,13 @@ class Settings(BaseSettings):
     # Thumbnails, web-size copies and video posters, made by the worker after staging.
     variants_enabled: bool = True
     media_threads: int = Field(default=2, ge=1, le=64)
+    # content_url: how long a signed URL works, the key of the local folder's URLs (generated
+    # under data_dir when unset), and a CDN base for public items.
+    url_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    url_signing_key: SecretStr | None = None
+    public_base_url: str | None = None
+    # Origins a browser may call the API from (CORS); empty: no CORS headers.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Maintenance.
     cleanup_batch_size: int = Field(default=500, ge=1, le=100_000)
@@ -150,6 +161,45 @@ class Settings(BaseSettings):
                 f"unsupported type(s) {', '.join(unknown)}; choose from "
                 + ", ".join(sorted(ALLOWABLE_OUTPUT_TYPES))
             )
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("storage_url", "s3_endpoint_url", "s3_region", "public_base_url",
+                     "url_signing_key", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if value.startswith("file:///") or (value.startswith("s3://") and len(value) > 5
+                                             and not value[5:].startswith("/")):
+            return value
+        raise ValueError("must be file:///path or s3://bucket/prefix")
+
+    @field_validator("s3_endpoint_url", "public_base_url")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value is not None else None
+
+    @field_validator("url_signing_key")
+    @classmethod
+    def _check_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (openssl rand -hex 32)")
         return value
 
     @field_validator("sweep_interval_s")

@@ -25,6 +25,7 @@ from shared.embedded import Services, ensure_services
 from shared.queue import create_arq_pool
 from shared.services import prepare_database
 from shared.settings import Settings, load_settings
+from tests.s3_support import S3Server, run_s3_server
 
 
 def _with_database(url: str, name: str) -> str:
@@ -156,3 +157,9 @@ def settings(
         admin_token="test-admin-token-0123456789abcdef",
         _env_file=None,
     )
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-compatible server (moto in server mode) on 127.0.0.1, for the whole run."""
+    yield from run_s3_server()

@@ -10,7 +10,7 @@ from typing import Any
 from shared import ledger
 from shared.catalog import _parse, load_catalog, sync_catalog
 from shared.db import Connection, Pool
-from shared.storage import LocalStorage, asset_key
+from shared.storage import LocalStorage, Storage, asset_key
 from shared.users import create_user
 from sql import queries
 
@@ -201,10 +201,42 @@ async def stored_assets(
         ))
     await pool.copy_records_to_table(
         "workspace_assets", records=rows,
-        columns=["id", "user_id", "job_id", "asset_index", "asset_type", "temp_storage_path",
+        columns=["id", "user_id", "job_id", "asset_index", "asset_type", "storage_key",
                  "file_size_bytes", "mime_type", "created_at", "expires_at"],
     )
     return keys
+
+
+async def stored_objects(
+    pool: Pool,
+    storage: Storage,
+    user_id: uuid.UUID,
+    job_id: uuid.UUID,
+    expires_in_s: list[float],
+) -> list[str]:
+    """:func:`stored_assets` on any backend (written through the storage interface)."""
+    keys = []
+    for index in range(len(expires_in_s)):
+        key = asset_key(user_id, job_id, index, "png")
+        await storage.put_bytes(key, b"\x89PNG\r\n\x1a\n" + index.to_bytes(4, "big"))
+        keys.append(key)
+    await _asset_rows(pool, user_id, job_id, keys, expires_in_s)
+    return keys
+
+
+async def _asset_rows(pool: Pool, user_id: uuid.UUID, job_id: uuid.UUID, keys: list[str],
+                      expires_in_s: list[float]) -> None:
+    now = datetime.now(UTC)
+    rows = [
+        (uuid.uuid4(), user_id, job_id, index, "image", key, 12, "image/png",
+         now - timedelta(days=7), now + timedelta(seconds=delta))
+        for index, (key, delta) in enumerate(zip(keys, expires_in_s, strict=True))
+    ]
+    await pool.copy_records_to_table(
+        "workspace_assets", records=rows,
+        columns=["id", "user_id", "job_id", "asset_index", "asset_type", "storage_key",
+                 "file_size_bytes", "mime_type", "created_at", "expires_at"],
+    )
 
 
 def files_on_disk(storage: LocalStorage) -> set[str]:
@@ -214,3 +246,9 @@ def files_on_disk(storage: LocalStorage) -> set[str]:
     return {
         p.relative_to(storage.root).as_posix() for p in storage.root.rglob("*") if p.is_file()
     }
+
+
+def local(storage: Storage) -> LocalStorage:
+    """``storage`` as the local folder it is in this test (to look at its files)."""
+    assert isinstance(storage, LocalStorage), storage
+    return storage

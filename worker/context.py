@@ -12,7 +12,7 @@ import httpx
 
 from shared.db import Pool, create_pool
 from shared.settings import Settings
-from shared.storage import LocalStorage
+from shared.storage import open_storage
 from worker.jobs import WorkerBatches
 from worker.providers import build_providers
 from worker.providers.base import Provider
@@ -58,7 +58,7 @@ class WorkerContext:
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False
         )
-        stager = Stager(settings, LocalStorage(settings.storage_root), http)
+        stager = Stager(settings, open_storage(settings), http)
         worker_id = worker_id or new_worker_id()
         return cls(settings, pool, http, build_providers(settings), stager, worker_id,
                    recovery_pool, WorkerBatches(pool, settings, worker_id))
@@ -70,5 +70,6 @@ class WorkerContext:
             await provider.aclose()
         await self.http.aclose()
         await asyncio.to_thread(self.stager.close)
+        await self.stager.storage.aclose()
         await self.pool.close()
         await self.recovery_pool.close()

@@ -295,7 +295,7 @@ class _Run:
             return "lease_lost"
         if status != JobStatus.SUCCEEDED:
             # A failure, or a cancel that won at the final write: no asset row points here.
-            self.wc.stager.discard(self.job.user_id, self.job.id, self.staged)
+            await self.wc.stager.discard(self.staged)
         if status != outcome.status:
             log.info("cancel_won_at_finalize", outcome=outcome.status)
         log.info("job_finished", status=status,

@@ -124,7 +124,7 @@ class Final:
         """outputs_made and the asset rows (only for a success)."""
         made = len(self.assets) if self.outcome.status == JobStatus.SUCCEEDED else 0
         rows = [
-            {"asset_index": a.index, "asset_type": a.media.kind, "temp_storage_path": a.key,
+            {"asset_index": a.index, "asset_type": a.media.kind, "storage_key": a.key,
              "file_size_bytes": a.size, "mime_type": a.media.mime,
              "duration_seconds": a.duration_s, "width": a.width, "height": a.height,
              "fps": a.fps, "variants": [v.row() for v in a.variants]}

@@ -10,13 +10,11 @@ structured line.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
@@ -26,7 +24,7 @@ from shared.db import Connection, Pool
 from shared.logging import get_logger
 from shared.queue import enqueue_generations, requeue_generation
 from shared.settings import Settings
-from shared.storage import TMP_SUFFIX, LocalStorage
+from shared.storage import TMP_SUFFIX, Storage
 from shared.types import ACTIVE_STATUSES
 from sql import queries
 
@@ -79,10 +77,10 @@ def _timed(
     return wrap
 
 
-def _delete_files(storage: LocalStorage, keys: list[str]) -> tuple[int, int]:
+async def _delete_objects(storage: Storage, keys: list[str]) -> tuple[int, int]:
     removed = missing = 0
     for key in keys:
-        if storage.delete(key):
+        if await storage.delete(key):
             removed += 1
         else:
             missing += 1
@@ -91,25 +89,23 @@ def _delete_files(storage: LocalStorage, keys: list[str]) -> tuple[int, int]:
 
 @_timed("expire_assets")
 async def expire_assets(
-    report: TaskReport, pool: Pool, storage: LocalStorage, batch_size: int
+    report: TaskReport, pool: Pool, storage: Storage, batch_size: int
 ) -> None:
-    """Delete expired workspace assets, files first (their variants' too) and then rows (the
-    variant rows by cascade), one locked batch at a time.
+    """Delete expired workspace assets, stored objects first (their variants' too) and then rows
+    (the variant rows by cascade), one locked batch at a time.
 
-    The file goes before its row, inside the transaction that deletes the row: a crash leaves an
-    expired row whose file is gone (the next run deletes it; expired rows are never served), and
-    never a file without a row.
+    The object goes before its row, inside the transaction that deletes the row: a crash leaves
+    an expired row whose object is gone (the next run deletes it; expired rows are never
+    served), and never an object without a row.
     """
     while True:
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(queries["lock_expired_assets"], batch_size)
             if not rows:
                 return
-            keys = [r["temp_storage_path"] for r in rows]
+            keys = [r["storage_key"] for r in rows]
             variant_keys = [k for r in rows for k in r["variant_keys"]]
-            removed, missing = await asyncio.to_thread(
-                _delete_files, storage, keys + variant_keys
-            )
+            removed, missing = await _delete_objects(storage, keys + variant_keys)
             await conn.execute(queries["delete_assets"], [r["id"] for r in rows])
         report.add("rows_deleted", len(rows))
         report.add("files_deleted", removed)
@@ -120,39 +116,34 @@ async def expire_assets(
             return
 
 
-def _scan_storage(storage: LocalStorage, older_than: float) -> list[str]:
-    keys: list[str] = []
-    if not storage.root.exists():
-        return keys
-    for dirpath, _dirs, files in os.walk(storage.root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(path).st_mtime < older_than:
-                    keys.append(os.path.relpath(path, storage.root).replace(os.sep, "/"))
-    return keys
-
-
 @_timed("sweep_orphan_files")
 async def sweep_orphan_files(
-    report: TaskReport, pool: Pool, storage: LocalStorage, batch_size: int,
+    report: TaskReport, pool: Pool, storage: Storage, batch_size: int,
     grace_s: float = ORPHAN_GRACE_S,
 ) -> None:
-    """Delete stored files that no asset or asset variant row points at (a crash between
+    """Delete stored objects that no asset or asset variant row points at (a crash between
     write and insert)."""
-    keys = await asyncio.to_thread(_scan_storage, storage, time.time() - grace_s)
-    report.add("files_scanned", len(keys))
-    for start in range(0, len(keys), batch_size):
-        batch = keys[start:start + batch_size]
-        known = {
-            r["temp_storage_path"]
-            for r in await pool.fetch(queries["known_storage_paths"], batch)
-        }
-        orphans = [k for k in batch if k not in known]
-        if orphans:
-            removed, _ = await asyncio.to_thread(_delete_files, storage, orphans)
-            report.add("orphans_deleted", removed)
-            report.add("partial_files_deleted", sum(k.endswith(TMP_SUFFIX) for k in orphans))
+    older_than = datetime.fromtimestamp(time.time() - grace_s, UTC)
+    batch: list[str] = []
+    async for info in storage.list():
+        if info.last_modified >= older_than:
+            continue
+        report.add("files_scanned")
+        batch.append(info.key)
+        if len(batch) >= batch_size:
+            await _sweep_batch(report, pool, storage, batch)
+            batch = []
+    if batch:
+        await _sweep_batch(report, pool, storage, batch)
+
+
+async def _sweep_batch(report: TaskReport, pool: Pool, storage: Storage, keys: list[str]) -> None:
+    known = {r["storage_key"] for r in await pool.fetch(queries["known_storage_keys"], keys)}
+    orphans = [k for k in keys if k not in known]
+    if orphans:
+        removed, _ = await _delete_objects(storage, orphans)
+        report.add("orphans_deleted", removed)
+        report.add("partial_files_deleted", sum(k.endswith(TMP_SUFFIX) for k in orphans))
 
 
 @_timed("enqueue_new_jobs")

@@ -25,7 +25,7 @@ from shared.db import Pool, create_pool
 from shared.logging import get_logger
 from shared.queue import create_arq_pool
 from shared.settings import Settings
-from shared.storage import LocalStorage
+from shared.storage import open_storage
 from worker import maintenance
 from worker.maintenance import TaskReport
 
@@ -35,12 +35,12 @@ TaskFn = Callable[[Pool, ArqRedis, Settings], Awaitable[TaskReport]]
 
 
 def _expire_assets(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
-    storage = LocalStorage(settings.storage_root)
+    storage = open_storage(settings)
     return maintenance.expire_assets(pool, storage, settings.cleanup_batch_size)
 
 
 def _sweep_orphans(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
-    storage = LocalStorage(settings.storage_root)
+    storage = open_storage(settings)
     return maintenance.sweep_orphan_files(pool, storage, settings.cleanup_batch_size)
 
 

@@ -1,15 +1,13 @@
 """Copy a provider's outputs into our own storage, safely.
 
 Every output is streamed with a byte cap, typed by its magic bytes (never by its name or its
-Content-Type) and kept only if its type is in ``GENQ_OUTPUT_ALLOWED_TYPES``, written atomically
-under ``<user>/<job>/<index>.<ext>``, and measured from its header (an image's size; a video's
-size, duration and frame rate), refused past the pixel and duration limits before anything is
-decoded. URLs are fetched only from public addresses (or allowlisted hosts): the host is
-resolved, every address checked, and the connection made to the checked address, for every
-redirect hop. Variants (``worker/variants.py``) are made afterwards in a thread pool.
-
-The worker writes and reads outputs through ``writer``, ``write_bytes``, ``path``, ``open`` and
-``delete`` of :class:`LocalStorage`, here and in ``worker/variants.py`` only.
+Content-Type) and kept only if its type is in ``GENQ_OUTPUT_ALLOWED_TYPES``, streamed atomically
+into storage under ``<user>/<job>/<index>.<ext>`` (on S3, a multipart upload), and measured from
+its header (an image's size; a video's size, duration and frame rate), refused past the pixel
+and duration limits before anything is decoded. URLs are fetched only from public addresses (or
+allowlisted hosts): the host is resolved, every address checked, and the connection made to the
+checked address, for every redirect hop. Variants (``worker/variants.py``) are made afterwards in
+a thread pool and stored through the same storage interface.
 """
 
 from __future__ import annotations
@@ -17,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from pathlib import Path
 
 import httpx
 
@@ -29,7 +28,7 @@ from shared.errors import GenqError
 from shared.logging import get_logger
 from shared.retry import retry
 from shared.settings import Settings
-from shared.storage import LocalStorage, asset_key
+from shared.storage import LocalStorage, Storage, asset_key
 from shared.types import AssetType
 from worker import media, variants
 from worker.netguard import AddressBlocked, resolve_checked
@@ -40,6 +39,8 @@ log = get_logger(__name__)
 MAX_REDIRECTS = 5
 DOWNLOAD_ATTEMPTS = 3
 CHUNK_BYTES = 256 * 1024
+# How much of a stored image is read back for its dimensions (headers, EXIF included).
+IMAGE_HEADER_BYTES = 1024 * 1024
 
 
 class OutputRejected(GenqError):
@@ -78,7 +79,7 @@ def _default_port(url: httpx.URL) -> int:
 class Stager:
     """Stages outputs for one worker process (shares its HTTP client)."""
 
-    def __init__(self, settings: Settings, storage: LocalStorage, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, storage: Storage, http: httpx.AsyncClient) -> None:
         self.settings = settings
         self.storage = storage
         self.http = http
@@ -103,10 +104,15 @@ class Stager:
                 self.settings.media_threads, thread_name_prefix="genq-media")
         loop = asyncio.get_running_loop()
         try:
-            made = await loop.run_in_executor(
-                self._media_pool, variants.make_variants, self.storage, staged.key,
-                staged.media, self.limits,
-            )
+            async with self._readable(staged.key) as source:
+                planned = await loop.run_in_executor(
+                    self._media_pool, variants.make_variants, source, staged.key,
+                    staged.media, self.limits,
+                )
+            made = []
+            for variant, data in planned:
+                await self.storage.put_bytes(variant.key, data, content_type=variant.mime)
+                made.append(variant)
         except Exception as exc:
             log.warning("variants_failed", index=staged.index, key=staged.key,
                         error=repr(exc), exc_info=exc)
@@ -209,33 +215,26 @@ class Stager:
         kind = self._kind(index, head)
         self._check_size(index, len(head))
         key = asset_key(user_id, job_id, index, kind.ext)
-        total = len(head)
-        # The file calls block on the disk (mkdir, open, write, fsync, rename): they run in a
-        # thread, so one output's fsync never stalls the other jobs and heartbeats on this loop.
-        writer = self.storage.writer(key)
-        handle = await asyncio.to_thread(_open_and_write, writer, head)
-        try:
+
+        async def body() -> AsyncIterator[bytes]:
+            # Streamed into storage chunk by chunk (constant memory); a chunk past the cap
+            # raises here, and the storage keeps nothing of the output.
+            total = len(head)
+            yield head
             async for chunk in chunks:
                 total += len(chunk)
                 self._check_size(index, total)
-                await asyncio.to_thread(handle.write, chunk)
-        except BaseException as exc:
-            # Close and remove the temp file; no fsync on this path, so no need for a thread.
-            writer.__exit__(type(exc), exc, exc.__traceback__)
-            raise
+                yield chunk
 
-        def close_and_measure() -> StagedAsset:
-            writer.__exit__(None, None, None)
-            return self._measure(index, key, kind, total)
-
-        return await asyncio.to_thread(close_and_measure)
+        size = await self.storage.put(key, body(), content_type=kind.mime)
+        return await self._measure_stored(index, key, kind, size)
 
     async def _store_bytes(
         self, user_id: uuid.UUID, job_id: uuid.UUID, index: int, data: bytes
     ) -> StagedAsset:
         """An output already in memory: measured from its header on the event loop (an
-        unreadable one is never written), then written in one trip to a thread, which makes
-        nothing but system calls there."""
+        unreadable one is never written), then written in one call (on the local backend,
+        one trip to a thread, which makes nothing but system calls there)."""
         self._check_size(index, len(data))
         kind = self._kind(index, data[: media.SNIFF_BYTES])
         key = asset_key(user_id, job_id, index, kind.ext)
@@ -244,7 +243,7 @@ class Stager:
         else:
             # A video's container is probed by FFmpeg: in the thread, not on the loop.
             staged = await asyncio.to_thread(self._measure, index, key, kind, len(data), data)
-        await asyncio.to_thread(self.storage.write_bytes, key, data)
+        await self.storage.put_bytes(key, data, content_type=kind.mime)
         return staged
 
     def _kind(self, index: int, head: bytes) -> media.MediaType:
@@ -263,48 +262,58 @@ class Stager:
         return kind
 
     def _measure(self, index: int, key: str, kind: media.MediaType, size: int,
-                 data: bytes | None = None) -> StagedAsset:
+                 data: Path | bytes) -> StagedAsset:
         """The output's dimensions, and a video's duration and frame rate, read from the
-        header of ``data`` if given, else from the stored file (blocking: call from a thread).
-        An unreadable file, or one past the pixel or duration limit, is refused (nothing is
-        decoded) and its stored file deleted."""
-        source = self.storage.path(key) if data is None else data
+        header of ``data`` (bytes in memory, or a file). An unreadable file, or one past the
+        pixel or duration limit, is refused (nothing is decoded). Blocking for a video: call
+        it from a thread."""
         try:
             if kind.kind == AssetType.IMAGE:
-                width, height = media.check_image(source, self.limits)
+                width, height = media.check_image(data, self.limits)
                 return StagedAsset(index, key, size, kind, width, height, None)
-            info = media.check_video(source, self.limits)
+            info = media.check_video(data, self.limits)
         except media.MediaRefused as exc:
-            if data is None:
-                self.storage.delete(key)
             raise OutputRejected(f"output {index} was refused: {exc.message}",
                                  code=exc.code) from exc
         return StagedAsset(index, key, size, kind, info.width, info.height, info.duration_s,
                            info.fps)
 
-    def discard(self, user_id: uuid.UUID, job_id: uuid.UUID, assets: list[StagedAsset]) -> None:
-        """Delete staged files that will not become assets (the job failed or was canceled).
+    async def _measure_stored(self, index: int, key: str, kind: media.MediaType,
+                              size: int) -> StagedAsset:
+        """:meth:`_measure` for an output already stored under ``key``: an image from its
+        header (one range read, the same on every backend), a video by FFmpeg from a local file
+        (in a thread). A refused output's stored object is deleted."""
+        try:
+            if kind.kind == AssetType.IMAGE:
+                header = await self.storage.read_bytes(key, 0, min(size, IMAGE_HEADER_BYTES))
+                return self._measure(index, key, kind, size, header)
+            async with self._readable(key) as path:
+                return await asyncio.to_thread(self._measure, index, key, kind, size, path)
+        except OutputRejected:
+            await self.storage.delete(key)
+            raise
 
-        Call once staging is over: the job's folder goes too if nothing else is in it.
-        """
+    @contextlib.asynccontextmanager
+    async def _readable(self, key: str) -> AsyncIterator[Path]:
+        """A local file holding the stored object ``key``, for FFmpeg and Pillow: the file
+        itself on the local folder, else a private temporary copy (streamed, removed after)."""
+        if isinstance(self.storage, LocalStorage):
+            yield self.storage.path(key)
+            return
+        with tempfile.TemporaryDirectory(prefix="genq-media-") as folder:
+            path = Path(folder) / "object"
+            reader = await self.storage.open_range(key)
+            with path.open("wb") as handle:
+                async for chunk in reader.chunks():
+                    await asyncio.to_thread(handle.write, chunk)
+            yield path
+
+    async def discard(self, assets: list[StagedAsset]) -> None:
+        """Delete staged objects that will not become assets (the job failed or was
+        canceled); on the local folder, emptied job and user folders go too."""
         for asset in assets:
-            self.storage.delete(asset.key)
+            await self.storage.delete(asset.key)
             # Every kind, not only asset.variants: a cancel may have stopped the job while
             # its variants were being made.
             for kind in variants.KINDS:
-                self.storage.delete(variants.variant_key(asset.key, kind))
-        folder = self.storage.path(f"{user_id}/{job_id}")
-        for parent in (folder, folder.parent):
-            with contextlib.suppress(OSError):
-                parent.rmdir()
-
-
-def _open_and_write(writer: contextlib.AbstractContextManager[BinaryIO], data: bytes) -> BinaryIO:
-    """Enter ``writer`` and write ``data``; on failure, leave nothing behind."""
-    handle = writer.__enter__()
-    try:
-        handle.write(data)
-    except BaseException as exc:
-        writer.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    return handle
+                await self.storage.delete(variants.variant_key(asset.key, kind))

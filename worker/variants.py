@@ -1,7 +1,7 @@
 """Variants of a staged output: ``thumb`` (256 px, WebP) and ``web`` (1024 px, WebP, only when
 the image is larger) for images; ``poster`` (the first frame, WebP, at most 1024 px) for videos.
 
-Everything here blocks (decoding, resizing, encoding, writing): the worker runs it in a thread
+Everything here blocks (decoding, resizing, encoding): the worker runs it in a thread
 pool, off the event loop. The source's size was checked against the pixel limit when it was
 staged, from its header; it is checked again here before decoding.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image
 
-from shared.storage import LocalStorage
 from shared.types import AssetType
 from worker import media
 
@@ -99,16 +99,18 @@ def video_variants(source: BinaryIO) -> list[tuple[str, Image.Image]]:
 
 
 def make_variants(
-    storage: LocalStorage, asset_key: str, kind: media.MediaType, limits: media.Limits
-) -> list[Variant]:
-    """Make and store every variant of the stored asset ``asset_key`` (blocking)."""
-    with storage.open(asset_key) as handle:
+    source: Path, asset_key: str, kind: media.MediaType, limits: media.Limits
+) -> list[tuple[Variant, bytes]]:
+    """Every variant of the asset stored under ``asset_key``, read from the local file
+    ``source``, with its encoded bytes (blocking: decoding, resizing and encoding only; the
+    caller stores them)."""
+    with source.open("rb") as handle:
         planned = (image_variants(handle, limits) if kind.kind == AssetType.IMAGE
                    else video_variants(handle))
     made = []
     for name, image in planned:
         encoded = _webp(image)
         key = variant_key(asset_key, name)
-        storage.write_bytes(key, encoded)
-        made.append(Variant(name, VARIANT_MIME, image.width, image.height, len(encoded), key))
+        made.append((Variant(name, VARIANT_MIME, image.width, image.height, len(encoded), key),
+                     encoded))
     return made

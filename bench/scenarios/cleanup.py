@@ -35,8 +35,8 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     genq_s = report.duration_s
 
     ids = await seed.expired_assets(pool, root / "bare", user_ids, n)
-    paths = [str(root / "bare" / r["temp_storage_path"]) for r in await pool.fetch(
-        "SELECT temp_storage_path FROM workspace_assets WHERE id = ANY($1::uuid[])", ids)]
+    paths = [str(root / "bare" / r["storage_key"]) for r in await pool.fetch(
+        "SELECT storage_key FROM workspace_assets WHERE id = ANY($1::uuid[])", ids)]
     started = time.perf_counter()
     await asyncio.to_thread(_unlink_all, paths)
     await pool.execute("DELETE FROM workspace_assets WHERE id = ANY($1::uuid[])", ids)

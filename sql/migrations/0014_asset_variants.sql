@@ -55,21 +55,21 @@ BEGIN
         lease_expires_at = NULL, updated_at = now()
     WHERE j.id = p_job
     RETURNING j.* INTO v_job;
-    -- p_assets: [{asset_index, asset_type, temp_storage_path, file_size_bytes, mime_type,
+    -- p_assets: [{asset_index, asset_type, storage_key, file_size_bytes, mime_type,
     -- duration_seconds, width, height, fps, variants: [{kind, mime_type, width, height,
     -- file_size_bytes, storage_key}, ...]}, ...], only for a success. A replay inserts nothing.
     IF p_made > 0 THEN
         INSERT INTO workspace_assets AS w (
-            user_id, job_id, asset_index, asset_type, temp_storage_path, file_size_bytes,
+            user_id, job_id, asset_index, asset_type, storage_key, file_size_bytes,
             mime_type, duration_seconds, width, height, fps, generation_seed, original_prompt,
             model_used, generation_settings, created_at, expires_at
         )
-        SELECT v_job.user_id, v_job.id, a.asset_index, a.asset_type, a.temp_storage_path,
+        SELECT v_job.user_id, v_job.id, a.asset_index, a.asset_type, a.storage_key,
                a.file_size_bytes, a.mime_type, a.duration_seconds, a.width, a.height, a.fps,
                v_job.seed, v_job.prompt, v_job.model, v_job.params, now(),
                now() + make_interval(secs => p_asset_ttl_s)
         FROM jsonb_to_recordset(p_assets) AS a(
-            asset_index integer, asset_type text, temp_storage_path text,
+            asset_index integer, asset_type text, storage_key text,
             file_size_bytes bigint, mime_type text, duration_seconds double precision,
             width integer, height integer, fps double precision
         )

@@ -70,8 +70,9 @@ RETURNING id
 SELECT id, job_id, asset_index, asset_type, mime_type, file_size_bytes, width, height,
        duration_seconds, fps, generation_seed, model_used, created_at, expires_at,
        (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
-                'width', v.width, 'height', v.height, 'mime_type', v.mime_type)), '{}'::jsonb)
-        FROM asset_variants v WHERE v.asset_id = workspace_assets.id) AS variants
+                'width', v.width, 'height', v.height, 'mime_type', v.mime_type,
+                'storage_key', v.storage_key)), '{}'::jsonb)
+        FROM asset_variants v WHERE v.asset_id = workspace_assets.id) AS variants, storage_key
 FROM workspace_assets
 WHERE user_id = $1 AND job_id = ANY($2::uuid[]) AND expires_at > now()
 ORDER BY job_id, asset_index
@@ -81,8 +82,9 @@ ORDER BY job_id, asset_index
 SELECT id, job_id, asset_index, asset_type, mime_type, file_size_bytes, width, height,
        duration_seconds, fps, generation_seed, model_used, created_at, expires_at,
        (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
-                'width', v.width, 'height', v.height, 'mime_type', v.mime_type)), '{}'::jsonb)
-        FROM asset_variants v WHERE v.asset_id = workspace_assets.id) AS variants, temp_storage_path
+                'width', v.width, 'height', v.height, 'mime_type', v.mime_type,
+                'storage_key', v.storage_key)), '{}'::jsonb)
+        FROM asset_variants v WHERE v.asset_id = workspace_assets.id) AS variants, storage_key
 FROM workspace_assets
 WHERE id = $1 AND user_id = $2 AND expires_at > now()
 
@@ -100,8 +102,9 @@ WHERE w.id = $1 AND w.user_id = $2 AND w.expires_at > now() AND v.kind = $3
 SELECT id, job_id, asset_index, asset_type, mime_type, file_size_bytes, width, height,
        duration_seconds, fps, generation_seed, model_used, created_at, expires_at,
        (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
-                'width', v.width, 'height', v.height, 'mime_type', v.mime_type)), '{}'::jsonb)
-        FROM asset_variants v WHERE v.asset_id = workspace_assets.id) AS variants
+                'width', v.width, 'height', v.height, 'mime_type', v.mime_type,
+                'storage_key', v.storage_key)), '{}'::jsonb)
+        FROM asset_variants v WHERE v.asset_id = workspace_assets.id) AS variants, storage_key
 FROM workspace_assets
 WHERE user_id = $1 AND expires_at > now()
   AND ($2::uuid IS NULL OR job_id = $2)

@@ -3,7 +3,7 @@
 -- lock_expired_assets --
 -- A batch of expired assets with their variants' storage keys, locked so a concurrent cleanup
 -- skips them. $1 batch size.
-SELECT a.id, a.temp_storage_path,
+SELECT a.id, a.storage_key,
        ARRAY(SELECT v.storage_key FROM asset_variants v WHERE v.asset_id = a.id) AS variant_keys
 FROM workspace_assets a
 WHERE a.expires_at <= now()
@@ -83,9 +83,9 @@ WHERE status = 'open' AND expires_at < now()
 ORDER BY expires_at
 LIMIT $1
 
--- known_storage_paths --
+-- known_storage_keys --
 -- Which of these storage keys an asset row or an asset variant row points at. $1 text[] keys.
-SELECT temp_storage_path FROM workspace_assets WHERE temp_storage_path = ANY($1::text[])
+SELECT storage_key FROM workspace_assets WHERE storage_key = ANY($1::text[])
 UNION ALL
 SELECT storage_key FROM asset_variants WHERE storage_key = ANY($1::text[])
 

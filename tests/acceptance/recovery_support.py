@@ -207,7 +207,7 @@ async def assert_assets_on_disk(
     rows = await pool.fetch(
         """
         SELECT j.id, j.num_outputs, j.outputs_made,
-               array_agg(a.temp_storage_path ORDER BY a.asset_index)
+               array_agg(a.storage_key ORDER BY a.asset_index)
                    FILTER (WHERE a.id IS NOT NULL) AS paths,
                array_agg(a.asset_index ORDER BY a.asset_index)
                    FILTER (WHERE a.id IS NOT NULL) AS indexes

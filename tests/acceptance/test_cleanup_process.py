@@ -74,8 +74,8 @@ async def test_cleanup_killed_half_way_then_finished(
     assert 0 < left < total_expired, "the cleanup was not caught half-way"
 
     # Never a file without a row; rows whose file is gone may remain until the next run.
-    rows = {r["temp_storage_path"] for r in await pool.fetch(
-        "SELECT temp_storage_path FROM workspace_assets")}
+    rows = {r["storage_key"] for r in await pool.fetch(
+        "SELECT storage_key FROM workspace_assets")}
     assert files_on_disk(storage) <= rows
 
     done = subprocess.run(
@@ -86,7 +86,7 @@ async def test_cleanup_killed_half_way_then_finished(
     assert done.returncode == 0, done.stderr
     assert "expire_assets: " in done.stdout
     assert await _expired_left(pool) == 0
-    remaining = {r["temp_storage_path"] for r in await pool.fetch(
-        "SELECT temp_storage_path FROM workspace_assets")}
+    remaining = {r["storage_key"] for r in await pool.fetch(
+        "SELECT storage_key FROM workspace_assets")}
     assert remaining == kept
     assert files_on_disk(storage) == kept

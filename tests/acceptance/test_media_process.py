@@ -119,14 +119,14 @@ async def test_local_clip_is_an_mp4_with_duration_size_fps_and_a_poster(
     assert asset["duration_seconds"] == pytest.approx(2.0)
     assert asset["fps"] == pytest.approx(12.0)
     storage = LocalStorage(settings.storage_root)
-    with storage.open(asset["temp_storage_path"]) as f:
+    with storage.path(asset["storage_key"]).open("rb") as f:
         head = f.read(12)
     assert head[4:12] == b"ftypisom"
     [poster] = await pool.fetch("SELECT * FROM asset_variants WHERE asset_id = $1", asset["id"])
     assert (poster["kind"], poster["mime_type"], poster["width"], poster["height"]) == (
         "poster", "image/webp", 256, 256)
     assert poster["storage_key"] == f"{job.user_id}/{job.id}/0.poster.webp"
-    assert storage.size(poster["storage_key"]) == poster["file_size_bytes"]
+    assert storage.path(poster["storage_key"]).stat().st_size == poster["file_size_bytes"]
     with Image.open(storage.path(poster["storage_key"])) as image:
         assert (image.format, image.size) == ("WEBP", (256, 256))
     account = await assert_invariants(pool, job.user_id)

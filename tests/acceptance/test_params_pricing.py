@@ -17,7 +17,7 @@ from shared.embedded import free_port
 from shared.settings import Settings
 from tests.acceptance.recovery_support import Processes, process_env
 
-ADMIN = {"Authorization": "Bearer accept-admin-token"}
+ADMIN = {"Authorization": "Bearer accept-admin-token-0123456789abcdef"}
 TERMINAL = ("succeeded", "failed", "canceled")
 
 

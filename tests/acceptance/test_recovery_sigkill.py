@@ -100,8 +100,8 @@ async def test_workers_sigkilled_while_200_jobs_run(
     await assert_assets_on_disk(pool, storage, job_ids)
     on_disk = files_on_disk(storage)
     partial = {k for k in on_disk if k.endswith(TMP_SUFFIX)}
-    rows_keys = {r["temp_storage_path"] for r in await pool.fetch(
-        "SELECT temp_storage_path FROM workspace_assets")}
+    rows_keys = {r["storage_key"] for r in await pool.fetch(
+        "SELECT storage_key FROM workspace_assets")}
     assert len(rows_keys) == sum(1 + i % 2 for i in range(JOBS // ACCOUNTS)) * ACCOUNTS
     # Every output has its thumbnail, as a row and a file.
     variant_keys = {r["storage_key"] for r in await pool.fetch(

@@ -78,6 +78,8 @@ def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(
         }
         assert len(job["outputs"]) == 2
         assert (work / "lighthouse.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        assert (work / "lighthouse-signed.png").read_bytes() == (
+            work / "lighthouse.png").read_bytes()
         credits = json.loads(lines[lines.index("}") + 1])
         assert credits == {"balance": 48, "reserved": 0}
         ledger = [json.loads(line) for line in lines[lines.index("}") + 2:]]

@@ -43,7 +43,7 @@ async def test_openapi_documents_every_route_and_only_those(api: Api) -> None:
     }
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
     assert routes == documented
-    assert len(routes) == 16
+    assert len(routes) == 17
     for ref in _refs(document):
         assert _resolve(document, ref) is not None, ref
     job_body = document["components"]["schemas"]["JobCreate"]
@@ -131,7 +131,7 @@ async def _job_with_asset(api: Api, user: User, data: bytes) -> tuple[str, uuid.
     LocalStorage(api.settings.storage_root).write_bytes(key, data)
     asset_id = await api.pool.fetchval(
         "INSERT INTO workspace_assets (user_id, job_id, asset_index, asset_type, "
-        "temp_storage_path, file_size_bytes, mime_type, width, height, generation_seed) "
+        "storage_key, file_size_bytes, mime_type, width, height, generation_seed) "
         "VALUES ($1, $2, 0, 'image', $3, $4, 'image/png', 1, 1, 7) RETURNING id",
         user.id, job_id, key, len(data),
     )
@@ -146,7 +146,8 @@ async def test_assets_list_read_and_stream(api: Api) -> None:
 
     listing = (await api.client.get("/v1/assets", headers=alice.headers)).json()
     assert [a["id"] for a in listing["data"]] == [str(asset_id)]
-    assert listing["data"][0]["content_url"] == f"/v1/assets/{asset_id}/content"
+    content_url = listing["data"][0]["content_url"]
+    assert content_url.startswith(f"/v1/files/{alice.id}/{job_id}/0.png?exp=")
     by_job = await api.client.get(f"/v1/assets?job_id={job_id}", headers=alice.headers)
     assert len(by_job.json()["data"]) == 1
     one = (await api.client.get(f"/v1/assets/{asset_id}", headers=alice.headers)).json()
@@ -159,6 +160,14 @@ async def test_assets_list_read_and_stream(api: Api) -> None:
     assert content.headers["content-type"] == "image/png"
     assert content.headers["content-length"] == str(len(data))
     assert content.content == data
+    assert content.headers["x-content-type-options"] == "nosniff"
+    assert content.headers["content-disposition"] == f'inline; filename="{asset_id}.png"'
+
+    # The signed URL serves the same bytes to anyone holding it, no Authorization header.
+    signed = await api.client.get(content_url)
+    assert signed.status_code == 200
+    assert (signed.content, signed.headers["content-type"]) == (data, "image/png")
+    assert signed.headers["etag"] == content.headers["etag"]
 
     # Bob sees none of it.
     for path in (f"/v1/assets/{asset_id}", f"/v1/assets/{asset_id}/content"):
@@ -173,8 +182,8 @@ async def test_assets_list_read_and_stream(api: Api) -> None:
 async def test_expired_or_missing_asset_is_404(api: Api) -> None:
     user = await api.user(credits=10)
     _, gone = await _job_with_asset(api, user, b"\x89PNG-gone")
-    LocalStorage(api.settings.storage_root).delete(
-        await api.pool.fetchval("SELECT temp_storage_path FROM workspace_assets WHERE id = $1",
+    LocalStorage(api.settings.storage_root).delete_sync(
+        await api.pool.fetchval("SELECT storage_key FROM workspace_assets WHERE id = $1",
                                 gone))
     r = await api.client.get(f"/v1/assets/{gone}/content", headers=user.headers)
     assert (r.status_code, r.json()["error"]["code"]) == (404, "asset_not_found")

@@ -13,8 +13,7 @@ from PIL import Image
 
 from shared.db import Pool
 from shared.settings import Settings
-from shared.storage import LocalStorage
-from tests.factories import files_on_disk
+from tests.factories import files_on_disk, local
 from tests.integration.api_support import Api, User, api_fixture  # noqa: F401
 from worker import maintenance
 from worker.context import WorkerContext
@@ -43,8 +42,8 @@ async def _run(api: Api, wc: WorkerContext, user: User, model: str,
     return body
 
 
-async def _webp(api: Api, user: User, url: str) -> tuple[int, int]:
-    r = await api.client.get(url, headers=user.headers)
+async def _webp(api: Api, user: User | None, url: str) -> tuple[int, int]:
+    r = await api.client.get(url, headers=user.headers if user is not None else None)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/webp"
     assert r.headers["x-content-type-options"] == "nosniff"
@@ -63,7 +62,7 @@ async def _webp(api: Api, user: User, url: str) -> tuple[int, int]:
 async def test_image_variants_web_only_when_larger(
     api: Api, wc: WorkerContext, size: tuple[int, int], expected: dict[str, tuple[int, int]]
 ) -> None:
-    user = await api.user(credits=5)
+    user = await api.user(credits=20)
     job = await _run(api, wc, user, "local/sketch", {"width": size[0], "height": size[1]})
     [asset] = job["outputs"]
     assert (asset["width"], asset["height"]) == size
@@ -77,13 +76,17 @@ async def test_image_variants_web_only_when_larger(
     for row in rows:
         kind = row["kind"]
         shown = variants[kind]
-        assert shown["url"] == f"/v1/assets/{asset['id']}/variants/{kind}"
+        assert shown["url"].startswith(f"/v1/files/{base}.{kind}.webp?exp=")
         assert (shown["width"], shown["height"]) == expected[kind]
         assert (row["mime_type"], row["width"], row["height"]) == ("image/webp",
                                                                    *expected[kind])
         assert row["storage_key"] == f"{base}.{kind}.webp"
-        assert wc.stager.storage.size(row["storage_key"]) == row["file_size_bytes"]
-        assert await _webp(api, user, shown["url"]) == expected[kind]
+        assert local(wc.stager.storage).path(row["storage_key"]).stat().st_size == (
+            row["file_size_bytes"])
+        # The variant's url is signed: it loads without the Authorization header.
+        assert await _webp(api, None, shown["url"]) == expected[kind]
+        authed = f"/v1/assets/{asset['id']}/variants/{kind}"
+        assert await _webp(api, user, authed) == expected[kind]
     # The same asset read alone shows the same variants.
     r = await api.client.get(f"/v1/assets/{asset['id']}", headers=user.headers)
     assert r.json()["variants"] == variants
@@ -92,7 +95,7 @@ async def test_image_variants_web_only_when_larger(
 async def test_variant_route_answers_404_for_a_missing_variant_or_another_user(
     api: Api, wc: WorkerContext
 ) -> None:
-    user, other = await api.user(credits=5), await api.user(credits=5)
+    user, other = await api.user(credits=20), await api.user(credits=20)
     job = await _run(api, wc, user, "local/sketch", {"width": 200, "height": 200})
     asset_id = job["outputs"][0]["id"]
     for who, kind in ((user, "web"), (user, "poster"), (user, "nonsense"), (other, "thumb")):
@@ -108,10 +111,10 @@ async def test_variant_route_answers_404_for_a_missing_variant_or_another_user(
 async def test_variants_off_makes_none(api: Api, settings: Settings) -> None:
     ctx = await WorkerContext.open(settings.model_copy(update={"variants_enabled": False}))
     try:
-        user = await api.user(credits=5)
+        user = await api.user(credits=20)
         job = await _run(api, ctx, user, "local/sketch", {"width": 300, "height": 300})
         assert job["outputs"][0]["variants"] == {}
-        assert files_on_disk(ctx.stager.storage) == {f"{user.id}/{job['id']}/0.png"}
+        assert files_on_disk(local(ctx.stager.storage)) == {f"{user.id}/{job['id']}/0.png"}
     finally:
         await ctx.close()
 
@@ -119,9 +122,9 @@ async def test_variants_off_makes_none(api: Api, settings: Settings) -> None:
 async def test_expiry_deletes_variants_with_their_asset_and_the_sweep_keeps_them(
     api: Api, wc: WorkerContext, pool: Pool
 ) -> None:
-    user = await api.user(credits=5)
+    user = await api.user(credits=20)
     job = await _run(api, wc, user, "local/sketch", {"width": 1500, "height": 1100})
-    storage: LocalStorage = wc.stager.storage
+    storage = local(wc.stager.storage)
     base = f"{user.id}/{job['id']}/0"
     assert files_on_disk(storage) == {f"{base}.png", f"{base}.web.webp", f"{base}.thumb.webp"}
     # Every file has a row: the orphan sweep deletes none of them, even with no grace.

@@ -17,7 +17,16 @@ from shared.db import Pool, create_pool
 from shared.queue import requeue_generation
 from shared.settings import Settings
 from shared.storage import LocalStorage, asset_key
-from tests.factories import files_on_disk, funded_user, queued_job, reserve, stored_assets
+from shared.storage.s3 import S3Storage
+from tests.factories import (
+    files_on_disk,
+    funded_user,
+    queued_job,
+    reserve,
+    stored_assets,
+    stored_objects,
+)
+from tests.s3_support import S3Server
 from worker import maintenance
 from worker.scheduler import POOL_MAX_SIZE, TASKS, exclusive, run_task
 
@@ -27,8 +36,8 @@ def _storage(tmp_path: Path) -> LocalStorage:
 
 
 async def _asset_keys(pool: Pool) -> set[str]:
-    return {r["temp_storage_path"] for r in await pool.fetch(
-        "SELECT temp_storage_path FROM workspace_assets")}
+    return {r["storage_key"] for r in await pool.fetch(
+        "SELECT storage_key FROM workspace_assets")}
 
 
 async def test_expire_10000_assets_with_two_cleanups_at_once(pool: Pool, tmp_path: Path) -> None:
@@ -68,7 +77,7 @@ async def test_expired_row_whose_file_is_gone_is_still_deleted(
     user = await funded_user(pool, 10)
     job = await queued_job(pool, user)
     keys = await stored_assets(pool, storage, user, job, [-5.0, -5.0])
-    storage.delete(keys[0])
+    storage.delete_sync(keys[0])
     report = await maintenance.expire_assets(pool, storage, 10)
     assert report.counts == {"rows_deleted": 2, "files_deleted": 1, "files_already_gone": 1}
     assert await _asset_keys(pool) == set()
@@ -315,3 +324,32 @@ async def test_requeue_with_no_wait_handles_each_lost_job_once_per_run(
     assert report.counts == {"requeued": 25}
     queued = {m.decode() for m in await redis_client.zrange(settings.queue_name, 0, -1)}
     assert queued == {str(j) for j in jobs}
+
+
+async def test_expiry_and_orphan_sweep_on_s3(
+    pool: Pool, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same tasks on an S3 bucket: expired assets lose object and row; an object no row
+    claims goes once it is older than the grace period (all are, with a negative grace)."""
+    for name, value in s3_server.env().items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    bucket = s3_server.new_bucket()
+    storage = S3Storage(bucket, "p", endpoint_url=s3_server.endpoint_url, region="us-east-1")
+    user = await funded_user(pool, 10)
+    job = await queued_job(pool, user)
+    expired, kept = await stored_objects(pool, storage, user, job, [-5.0, 3600.0])
+    orphan = asset_key(user, job, 7, "png")
+    await storage.put_bytes(orphan, b"orphan")
+    assert len(s3_server.keys(bucket)) == 3 and f"p/{expired}" in s3_server.keys(bucket)
+
+    report = await maintenance.expire_assets(pool, storage, 10)
+    assert (report.counts["rows_deleted"], report.counts["files_deleted"]) == (1, 1)
+    assert await _asset_keys(pool) == {kept}
+    assert s3_server.keys(bucket) == sorted([f"p/{kept}", f"p/{orphan}"])
+
+    young = await maintenance.sweep_orphan_files(pool, storage, 100)
+    assert "orphans_deleted" not in young.counts  # within the grace period
+    swept = await maintenance.sweep_orphan_files(pool, storage, 100, grace_s=-60)
+    assert swept.counts["orphans_deleted"] == 1
+    assert s3_server.keys(bucket) == [f"p/{kept}"]

@@ -153,7 +153,7 @@ async def test_postgres_away_at_the_final_write_the_job_still_succeeds(
     assets = await assets_of(pool, job.id)
     assert len(assets) == 2
     for asset in assets:
-        assert (settings.storage_root / asset["temp_storage_path"]).is_file()
+        assert (settings.storage_root / asset["storage_key"]).is_file()
     assert [k for k, *_ in await ledger_kinds(pool, job.user_id)] == [
         "grant", "reserve", "capture"]
     account = await assert_invariants(pool, job.user_id)

@@ -17,6 +17,7 @@ from tests.factories import (
     create_job,
     job_row,
     ledger_kinds,
+    local,
 )
 from worker.context import WorkerContext
 from worker.generation import process_job
@@ -46,8 +47,8 @@ async def test_png_outputs_are_real_files_with_asset_rows(pool: Pool, wc: Worker
     assets = await assets_of(pool, job.id)
     assert [a["asset_index"] for a in assets] == [0, 1, 2]
     for a in assets:
-        path = wc.stager.storage.path(a["temp_storage_path"])
-        assert a["temp_storage_path"] == f"{job.user_id}/{job.id}/{a['asset_index']}.png"
+        path = local(wc.stager.storage).path(a["storage_key"])
+        assert a["storage_key"] == f"{job.user_id}/{job.id}/{a['asset_index']}.png"
         with Image.open(path) as img:
             assert (img.format, img.size) == ("PNG", (256, 256))
         assert (a["mime_type"], a["asset_type"], a["width"], a["height"]) == (
@@ -59,7 +60,7 @@ async def test_png_outputs_are_real_files_with_asset_rows(pool: Pool, wc: Worker
         ttl = (a["expires_at"] - a["created_at"]).total_seconds()
         assert abs(ttl - wc.settings.workspace_ttl_s) < 5
     # Three different images.
-    assert len({_digest(wc.stager.storage.path(a["temp_storage_path"])) for a in assets}) == 3
+    assert len({_digest(local(wc.stager.storage).path(a["storage_key"])) for a in assets}) == 3
 
     # 3 outputs x 1 credit captured; nothing refunded.
     assert await ledger_kinds(pool, job.user_id) == [
@@ -74,7 +75,7 @@ async def test_webp_model_and_determinism(pool: Pool, wc: WorkerContext) -> None
     c = await create_job(pool, model="local/poster", num_outputs=1, seed=8, prompt="a lighthouse")
     for job in (a, b, c):
         assert await process_job(wc, job.id) == "succeeded"
-    paths = [wc.stager.storage.path((await assets_of(pool, j.id))[0]["temp_storage_path"])
+    paths = [local(wc.stager.storage).path((await assets_of(pool, j.id))[0]["storage_key"])
              for j in (a, b, c)]
     with Image.open(paths[0]) as img:
         assert (img.format, img.size) == ("WEBP", (512, 768))
@@ -96,15 +97,15 @@ async def test_small_and_large_outputs_are_the_same_real_images(
     assets = await assets_of(pool, job.id)
     assert [(a["width"], a["height"]) for a in assets] == [(width, height)] * 2
     for asset in assets:
-        path = wc.stager.storage.path(asset["temp_storage_path"])
+        path = local(wc.stager.storage).path(asset["storage_key"])
         with Image.open(path) as img:
             assert (img.format, img.size) == ("PNG", (width, height))
         assert path.stat().st_size == asset["file_size_bytes"]
     again = await create_job(pool, num_outputs=1, seed=3,
                              params={"width": width, "height": height, "format": "png"})
     assert await process_job(wc, again.id) == "succeeded"
-    first = wc.stager.storage.path(assets[0]["temp_storage_path"])
-    second = wc.stager.storage.path((await assets_of(pool, again.id))[0]["temp_storage_path"])
+    first = local(wc.stager.storage).path(assets[0]["storage_key"])
+    second = local(wc.stager.storage).path((await assets_of(pool, again.id))[0]["storage_key"])
     assert _digest(first) == _digest(second)  # deterministic on both paths
 
 
@@ -195,5 +196,5 @@ async def test_a_late_attempt_never_deletes_the_winners_files(
     assets = await assets_of(pool, job.id)
     assert len(assets) == 2
     for asset in assets:
-        assert (settings.storage_root / asset["temp_storage_path"]).is_file()
+        assert (settings.storage_root / asset["storage_key"]).is_file()
     assert [k for k, *_ in await ledger_kinds(pool, job.user_id)].count("capture") == 1

@@ -17,6 +17,7 @@ from tests.factories import (
     files_on_disk,
     job_row,
     ledger_kinds,
+    local,
 )
 from worker.context import WorkerContext
 from worker.main import run_generation
@@ -45,7 +46,7 @@ async def test_a_stored_job_outside_the_schema_fails_and_is_refunded(
         "params.steps: is not an accepted parameter of this model; "
         "params.height: must be at most 2048; params.width: must be at most 2048")
     assert await assets_of(pool, job.id) == []
-    assert files_on_disk(wc.stager.storage) == set()
+    assert files_on_disk(local(wc.stager.storage)) == set()
     assert await ledger_kinds(pool, job.user_id) == [
         ("grant", 10, 0), ("reserve", -2, 2), ("refund", 2, -2)]
     account = await assert_invariants(pool, job.user_id)

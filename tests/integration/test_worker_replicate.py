@@ -20,9 +20,11 @@ from tests.factories import (
     create_job,
     job_row,
     ledger_kinds,
+    local,
 )
 from tests.fakes.replicate_server import FakeReplicate, Script
 from tests.media_samples import avif, gif, heic, jpeg, mp4, noisy_png, png, quicktime, webm
+from tests.s3_support import S3Server
 from worker.context import WorkerContext
 from worker.generation import process_job
 from worker.main import run_generation
@@ -114,7 +116,7 @@ async def test_success_stages_every_output(pool: Pool, wc: WorkerContext,
     assert got == [("image/png", "image", 64, 48, None), ("image/jpeg", "image", 32, 16, None),
                    ("video/mp4", "video", 64, 48, pytest.approx(2.5))]
     for a, name in zip(assets, ["a.png", "b.jpg", "c.mp4"], strict=True):
-        path = wc.stager.storage.path(a["temp_storage_path"])
+        path = local(wc.stager.storage).path(a["storage_key"])
         assert path.read_bytes() == fake.files[name].data
         assert a["file_size_bytes"] == len(fake.files[name].data)
     assert (await assert_invariants(pool, job.user_id)).balance == 0  # 3 x 3 captured
@@ -195,7 +197,7 @@ async def test_output_too_large(pool: Pool, rsettings: Settings, models: None,
         job = await _job(pool, n=1)
         assert await process_job(ctx, job.id) == "failed"
         await _assert_failed_and_refunded(pool, job, "output_too_large")
-        assert not ctx.stager.storage.path(f"{job.user_id}/{job.id}").exists()
+        assert not local(ctx.stager.storage).path(f"{job.user_id}/{job.id}").exists()
     finally:
         await ctx.close()
 
@@ -212,7 +214,7 @@ async def test_large_outputs_stream_intact_and_the_cap_holds_without_content_len
         job = await _job(pool, n=2)
         assert await process_job(ctx, job.id) == "failed"
         await _assert_failed_and_refunded(pool, job, "output_too_large")
-        assert list(ctx.stager.storage.root.rglob("*")) == []  # not even a temp file
+        assert list(local(ctx.stager.storage).root.rglob("*")) == []  # not even a temp file
     finally:
         await ctx.close()
     ctx = await _open(rsettings, output_max_bytes=len(big))
@@ -220,7 +222,7 @@ async def test_large_outputs_stream_intact_and_the_cap_holds_without_content_len
         job = await _job(pool, n=2)
         assert await process_job(ctx, job.id) == "succeeded"
         for a in await assets_of(pool, job.id):
-            assert ctx.stager.storage.path(a["temp_storage_path"]).read_bytes() == big
+            assert local(ctx.stager.storage).path(a["storage_key"]).read_bytes() == big
             assert (a["width"], a["height"], a["file_size_bytes"]) == (700, 700, len(big))
     finally:
         await ctx.close()
@@ -234,7 +236,7 @@ async def test_output_of_the_wrong_type(pool: Pool, wc: WorkerContext,
     job = await _job(pool, n=1)
     assert await process_job(wc, job.id) == "failed"
     await _assert_failed_and_refunded(pool, job, "unsupported_output_type")
-    assert not wc.stager.storage.path(f"{job.user_id}/{job.id}").exists()
+    assert not local(wc.stager.storage).path(f"{job.user_id}/{job.id}").exists()
 
 
 async def test_output_on_a_private_address_is_refused(pool: Pool, rsettings: Settings,
@@ -408,12 +410,12 @@ async def test_output_types_are_told_apart_and_the_allowlist_decides(
                    (2, "video/webm", "video", 64, 48)]
     assert assets[2]["duration_seconds"] == pytest.approx(2.0, abs=0.15)
     assert assets[2]["fps"] == pytest.approx(10.0)
-    assert [a["temp_storage_path"].rsplit("/", 1)[1] for a in assets] == [
+    assert [a["storage_key"].rsplit("/", 1)[1] for a in assets] == [
         "0.gif", "1.avif", "2.webm"]
     # The HEIC output was refused and its 3 credits refunded.
     assert await ledger_kinds(pool, job.user_id) == [
         ("grant", 20, 0), ("reserve", -12, 12), ("capture", 0, -9), ("refund", 3, -3)]
-    stored = {p.name for p in wc.stager.storage.root.rglob("*") if p.is_file()}
+    stored = {p.name for p in local(wc.stager.storage).root.rglob("*") if p.is_file()}
     assert not any(name.startswith("3.") for name in stored)
 
 
@@ -426,7 +428,7 @@ async def test_a_heic_output_is_refused_and_refunded(
     assert await process_job(wc, job.id) == "failed"
     row = await _assert_failed_and_refunded(pool, job, "unsupported_output_type")
     assert "image/heic" in row["error_message"]
-    assert not wc.stager.storage.path(f"{job.user_id}/{job.id}").exists()
+    assert not local(wc.stager.storage).path(f"{job.user_id}/{job.id}").exists()
 
 
 async def test_quicktime_is_refused_unless_allowed(
@@ -446,7 +448,7 @@ async def test_quicktime_is_refused_unless_allowed(
         [asset] = await assets_of(pool, job.id)
         assert (asset["mime_type"], asset["asset_type"], asset["width"], asset["height"]) == (
             "video/quicktime", "video", 64, 48)
-        assert asset["temp_storage_path"].endswith("/0.mov")
+        assert asset["storage_key"].endswith("/0.mov")
     finally:
         await ctx.close()
 
@@ -463,6 +465,59 @@ async def test_a_variant_that_cannot_be_made_leaves_the_output_and_the_job_fine(
     assert (asset["width"], asset["height"]) == (300, 300)
     assert await pool.fetchval(
         "SELECT count(*) FROM asset_variants WHERE asset_id = $1", asset["id"]) == 0
-    stored = sorted(p.name for p in wc.stager.storage.root.rglob("*") if p.is_file())
+    stored = sorted(p.name for p in local(wc.stager.storage).root.rglob("*") if p.is_file())
     assert stored == ["0.png"]
     assert (await assert_invariants(pool, job.user_id)).balance == 97
+
+
+async def test_outputs_stream_into_s3_measured_by_range_reads(
+    pool: Pool, rsettings: Settings, models: None, fake: FakeReplicate, s3_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same staging on an S3 bucket: each output streamed up (the large one in several
+    parts), an image's dimensions read back with a ranged GET, a video's probed by FFmpeg from
+    a temporary copy, nothing left in the bucket by a refused output, and nothing written to
+    the data dir."""
+    for name, value in s3_server.env().items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    bucket = s3_server.new_bucket()
+    big = noisy_png(1800, 1800)  # several 5 MiB parts
+    assert len(big) > 6 * 1024 * 1024
+    fake.add_file("big-chunked.png", big, "image/png", chunked=True)
+    fake.add_file("doc.png", b"%PDF-1.7\n" + b"x" * 100, "image/png")
+    s3 = {"storage_url": f"s3://{bucket}/out", "s3_endpoint_url": s3_server.endpoint_url,
+          "s3_region": "us-east-1"}
+    ctx = await _open(rsettings, **s3)
+    try:
+        fake.script("acme/m", Script(outputs=["a.png", "c.mp4", "big-chunked.png"]))
+        job = await _job(pool, n=3)
+        assert await process_job(ctx, job.id) == "succeeded"
+        assets = await assets_of(pool, job.id)
+        got = [(a["mime_type"], a["width"], a["height"], a["duration_seconds"],
+                a["file_size_bytes"]) for a in assets]
+        assert got == [("image/png", 64, 48, None, len(fake.files["a.png"].data)),
+                       ("video/mp4", 64, 48, pytest.approx(2.5),
+                        len(fake.files["c.mp4"].data)),
+                       ("image/png", 1800, 1800, None, len(big))]
+        variant_keys = [r["storage_key"] for r in await pool.fetch(
+            "SELECT v.storage_key FROM asset_variants v JOIN workspace_assets a "
+            "ON a.id = v.asset_id WHERE a.job_id = $1", job.id)]
+        # Two thumbs (the large image also gets a web copy) and the video's poster.
+        assert len(variant_keys) == 4
+        assert s3_server.keys(bucket) == sorted(
+            f"out/{k}" for k in [*(a["storage_key"] for a in assets), *variant_keys])
+        client: Any = s3_server.client()
+        for a, name in zip(assets, ["a.png", "c.mp4", "big-chunked.png"], strict=True):
+            body = client.get_object(Bucket=bucket, Key=f"out/{a['storage_key']}")
+            assert body["Body"].read() == fake.files[name].data
+            assert body["ContentType"] == a["mime_type"]
+
+        fake.script("acme/m", Script(outputs=["doc.png"]))
+        refused = await _job(pool, n=1)
+        assert await process_job(ctx, refused.id) == "failed"
+        await _assert_failed_and_refunded(pool, refused, "unsupported_output_type")
+        assert len(s3_server.keys(bucket)) == 3 + len(variant_keys)
+    finally:
+        await ctx.close()
+    assert not (rsettings.data_dir / "storage").exists()

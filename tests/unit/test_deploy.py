@@ -34,7 +34,8 @@ def compose() -> dict[str, Any]:
 
 def test_services_and_volumes(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker", "scheduler"}
+    assert set(services) == {"postgres", "redis", "minio", "minio-init", "migrate", "api",
+                             "worker", "scheduler"}
     declared = set(compose["volumes"])
     for name, svc in services.items():
         for dep in svc.get("depends_on", {}):
@@ -42,7 +43,7 @@ def test_services_and_volumes(compose: dict[str, Any]) -> None:
         for mount in svc.get("volumes", []):
             source = mount.split(":", 1)[0]
             assert source in declared, f"{name} mounts undeclared volume {source}"
-    assert {"pgdata", "redisdata", "storage"} <= declared
+    assert {"pgdata", "redisdata", "miniodata"} <= declared
 
 
 def test_every_command_is_a_real_genq_command(compose: dict[str, Any]) -> None:
@@ -71,6 +72,10 @@ def test_health_checks_and_startup_order(compose: dict[str, Any]) -> None:
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["redis"]["condition"] == "service_healthy"
+        assert deps["minio-init"]["condition"] == "service_completed_successfully"
+    assert services["minio"]["healthcheck"]["test"]
+    assert services["minio-init"]["restart"] == "no"
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
 
 
 def test_worker_scales(compose: dict[str, Any]) -> None:
@@ -78,9 +83,23 @@ def test_worker_scales(compose: dict[str, Any]) -> None:
     # A fixed container name or host port would make `--scale worker=N` fail.
     assert "container_name" not in worker
     assert "ports" not in worker
-    # API and workers share the asset files: the API serves what workers stored.
-    assert "storage:/data/storage" in worker["volumes"]
-    assert "storage:/data/storage" in compose["services"]["api"]["volumes"]
+    # Workers share no disk with the API: outputs go to the bucket both use.
+    assert "volumes" not in worker
+
+
+def test_services_store_assets_in_the_minio_bucket(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    init = " ".join(services["minio-init"]["command"])
+    bucket_made = re.search(r"mc mb --ignore-existing genq/(\S+)", init)
+    assert bucket_made is not None
+    for name in ("migrate", "api", "worker", "scheduler"):
+        env = services[name]["environment"]
+        assert env["GENQ_STORAGE_URL"].startswith(f"s3://{bucket_made.group(1)}/")
+        assert env["GENQ_S3_ENDPOINT_URL"] == "http://minio:9000"
+        # genq's S3 credentials are MinIO's root credentials, whatever .env says.
+        assert env["AWS_ACCESS_KEY_ID"] == services["minio"]["environment"]["MINIO_ROOT_USER"]
+        assert (env["AWS_SECRET_ACCESS_KEY"]
+                == services["minio"]["environment"]["MINIO_ROOT_PASSWORD"])
 
 
 def test_services_reach_each_other_by_compose_name(compose: dict[str, Any]) -> None:

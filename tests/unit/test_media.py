@@ -170,5 +170,5 @@ async def test_discard_removes_variant_files_the_staged_asset_does_not_list(
         storage.write_bytes(name, b"x")
     async with httpx.AsyncClient() as http:
         stager = Stager(settings, storage, http)
-        stager.discard(user, job, [StagedAsset(0, key, 1, media.PNG, 1, 1, None)])
+        await stager.discard([StagedAsset(0, key, 1, media.PNG, 1, 1, None)])
     assert list(storage.root.rglob("*")) == []

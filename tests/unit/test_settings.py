@@ -57,6 +57,13 @@ def test_reads_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("GENQ_OUTPUT_ALLOWED_TYPES", "application/pdf"),
         ("GENQ_MEDIA_MAX_PIXELS", "0"),
         ("GENQ_MEDIA_THREADS", "0"),
+        ("GENQ_STORAGE_URL", "/var/genq"),
+        ("GENQ_STORAGE_URL", "s3:///no-bucket"),
+        ("GENQ_STORAGE_URL", "gs://bucket"),
+        ("GENQ_S3_ENDPOINT_URL", "minio:9000"),
+        ("GENQ_URL_SIGNING_KEY", "too-short"),
+        ("GENQ_URL_TTL_S", "0"),
+        ("GENQ_PUBLIC_BASE_URL", "cdn.example.com"),
     ],
 )
 def test_invalid_setting_names_the_variable(
@@ -91,3 +98,11 @@ def test_output_allowed_types(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENQ_OUTPUT_ALLOWED_TYPES", " Image/PNG, video/quicktime ,")
     assert load_settings(_env_file=None).output_allowed_types == [
         "image/png", "video/quicktime"]
+def test_storage_and_cors_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENQ_STORAGE_URL", "s3://media/genq")
+    monkeypatch.setenv("GENQ_S3_ENDPOINT_URL", "https://r2.example.com/")
+    monkeypatch.setenv("GENQ_CORS_ORIGINS", "https://app.example.com/, http://localhost:5173")
+    s = load_settings(_env_file=None)
+    assert (s.storage_url, s.s3_endpoint_url) == ("s3://media/genq", "https://r2.example.com")
+    assert s.cors_origins == ["https://app.example.com", "http://localhost:5173"]
+    assert s.url_ttl_s == 3600
