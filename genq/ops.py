@@ -9,6 +9,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from shared.db import connect
+from shared.errors import GenqError
 from shared.services import prepare_database, running_services
 from shared.settings import Settings
 
@@ -24,13 +25,25 @@ async def migrate_command(settings: Settings) -> int:
     return 0
 
 
+class NotMigrated(GenqError):
+    """The database has no genq schema yet: run `genq migrate` first."""
+
+    code = "not_migrated"
+
+
 async def status_command(settings: Settings) -> int:
-    """Print migrations, models and row counts."""
+    """Print migrations, models and row counts; :class:`NotMigrated` on a database genq never
+    migrated (it changes nothing)."""
     async with running_services(settings, prepare=False) as running:
         conn = await connect(running.database_url)
         try:
             print(f"database: {_redact(running.database_url)}")
             print(f"redis:    {_redact(running.redis_url)}")
+            if await conn.fetchval("SELECT to_regclass('genq_migrations')") is None:
+                raise NotMigrated(
+                    "the database is not migrated (it has no genq tables): "
+                    "run `genq migrate` first"
+                )
             for row in await conn.fetch(
                 "SELECT version, name, applied_at FROM genq_migrations ORDER BY version"
             ):
