@@ -120,23 +120,24 @@ def up_command(settings: Settings, host: str, port: int) -> int:
     stop everything (exit 1) if one keeps dying."""
     import time
 
-    from genq.stack import Stack, pick_port
-
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    from genq.stack import Stack, StartCancelled, pick_port
 
     stack = Stack(settings, host=host, port=pick_port(port))
+
+    def stop(signum: int, frame: object) -> None:
+        # Also heard during start-up: start() and wait_ready() give up at once.
+        stack.stop_requested = True
+
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         stack.start()
         stack.wait_ready()
         print(f"genq is up: API at {stack.base_url} (Ctrl-C to stop)", flush=True)
-        while not stopping:
+        while not stack.stop_requested:
             stack.supervise()
             time.sleep(0.2)
+    except StartCancelled:
+        pass
     finally:
         stack.stop()
         for sig, handler in previous.items():
