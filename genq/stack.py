@@ -132,16 +132,20 @@ class Stack:
             raise StartCancelled
 
     def _log_file(self, name: str) -> BinaryIO | None:
-        """``<log_dir>/<name>.log`` opened for appending, for genq's user alone; None without
-        a log folder (the output then goes to this process's own)."""
+        """``<log_dir>/<name>.log`` opened for appending; None without a log folder (the
+        output then goes to this process's own)."""
         if self.log_dir is None:
             return None
-        # For genq's user alone, also when an older genq made them readable by all.
-        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.log_dir.chmod(0o700)
-        fd = os.open(self.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.fchmod(fd, 0o600)
-        return os.fdopen(fd, "ab")
+        return os.fdopen(open_log(self.log_dir, name), "ab")
+
+    def _last_words(self, name: str) -> str:
+        """``: <its last line> (its output is in <log>)`` for a child whose output went to the
+        log folder, else nothing."""
+        if self.log_dir is None:
+            return ""
+        path = self.log_dir / f"{name}.log"
+        lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+        return (f": {lines[-1]}" if lines else "") + f" (its output is in {path})"
 
     def _migrate(self) -> None:
         """Run `genq migrate` once before the children start, so they do not race to do it.
@@ -172,14 +176,8 @@ class Stack:
             raise
         self._check_stop()
         if code != 0:
-            message = f"genq migrate failed ({describe_exit(code)})"
-            if self.log_dir is not None:
-                path = self.log_dir / "migrate.log"
-                lines = path.read_text(errors="replace").strip().splitlines()
-                if lines:
-                    message += f": {lines[-1]}"
-                message += f" (its output is in {path})"
-            raise ChildFailed(message)
+            raise ChildFailed(
+                f"genq migrate failed ({describe_exit(code)}){self._last_words('migrate')}")
 
     def _spawn(self, name: str) -> None:
         log_file = self._log_file(name)
@@ -202,8 +200,8 @@ class Stack:
             for name, proc in self.children.items():
                 code = proc.poll()
                 if code is not None:
-                    raise ChildFailed(
-                        f"genq {name} exited during start-up ({describe_exit(code)})")
+                    raise ChildFailed(f"genq {name} exited during start-up "
+                                      f"({describe_exit(code)}){self._last_words(name)}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
                     return
@@ -265,6 +263,16 @@ class Stack:
         if self.services is not None:
             self.services.stop()
             self.services = None
+
+
+def open_log(log_dir: Path, name: str) -> int:
+    """A descriptor of ``<log_dir>/<name>.log`` opened for appending, the file and the folder
+    for genq's user alone (also when an older genq made them readable by all)."""
+    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_dir.chmod(0o700)
+    fd = os.open(log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def _interrupt(proc: subprocess.Popen[bytes]) -> None:
