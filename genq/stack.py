@@ -3,7 +3,9 @@
 ``genq up`` and ``genq demo`` use this. The children are ordinary ``genq api`` / ``genq worker``
 / ``genq scheduler`` processes given the resolved service URLs, so they behave exactly as they do
 when deployed one by one. Stopping sends SIGTERM to each child, waits, then stops the embedded
-servers this process started.
+servers this process started. A stop asked for during start-up (:attr:`Stack.stop_requested`,
+set by ``genq up``'s SIGINT/SIGTERM handler) is acted on at once, not when the API is ready.
+With a log folder, each child's output (``genq migrate`` included) goes to ``<name>.log`` there.
 
 ``genq up`` supervises them (:meth:`Stack.supervise`): a child that exits on its own is started
 again after a backoff that doubles with each recent death (0.5 s, 1 s, 2 s, ... up to 30 s), and
