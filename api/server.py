@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 from types import FrameType
 
 import uvicorn
+import uvloop
 from starlette.types import ASGIApp
 
 from api.app import create_app
 from api.protocol import HttpLimits, protocol_class
 from shared.logging import get_logger
-from shared.services import prepare_database, resolve_services
+from shared.services import running_services
 from shared.settings import Settings
 
 log = get_logger(__name__)
@@ -47,25 +47,24 @@ def serve(settings: Settings, *, host: str, port: int) -> int:
 
     Returns 0 after a clean shutdown, 1 if the app failed to start.
     """
+
+    async def run() -> int:
+        async with running_services(settings) as running:
+            config = server_config(create_app(running.settings), running.settings,
+                                   host=host, port=port)
+            server = uvicorn.Server(config)
+            log.info("api_listening", host=host, port=port)
+            with contextlib.suppress(_Terminated):
+                await server.serve()
+            return 0 if server.started else 1
+
     # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal under the handler
     # it found; with the default one the process would die before stopping embedded servers.
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    services = None
     try:
-        services = resolve_services(settings)
-        asyncio.run(prepare_database(services.database_url, settings))
-        resolved = settings.model_copy(
-            update={"database_url": services.database_url, "redis_url": services.redis_url}
-        )
-        config = server_config(create_app(resolved), resolved, host=host, port=port)
-        server = uvicorn.Server(config)
-        log.info("api_listening", host=host, port=port)
-        with contextlib.suppress(_Terminated):
-            server.run()
-        return 0 if server.started else 1
+        # The loop uvicorn's "auto" picks (uvloop is a dependency).
+        return uvloop.run(run())
     except _Terminated:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if services is not None:
-            services.stop()

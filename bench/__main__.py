@@ -55,23 +55,22 @@ async def _main(args: argparse.Namespace) -> int:
     rows: list[Row] = []
     failed: dict[str, str] = {}
     try:
-        await env.start()
-        for name in args.names:
-            print(f"== {name}", file=sys.stderr, flush=True)
-            started = time.perf_counter()
-            try:
-                new = await SCENARIOS[name](env, args.quick)
-            except Exception as exc:  # one broken scenario should not hide the others
-                failed[name] = f"{type(exc).__name__}: {exc}"
-                print(f"   failed: {failed[name]}", file=sys.stderr, flush=True)
-                for proc in list(env.procs):
-                    env.stop(proc)
-                continue
-            rows.extend(new)
-            print(table(new), file=sys.stderr)
-            print(f"   ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+        async with env.running():
+            for name in args.names:
+                print(f"== {name}", file=sys.stderr, flush=True)
+                started = time.perf_counter()
+                try:
+                    new = await SCENARIOS[name](env, args.quick)
+                except Exception as exc:  # one broken scenario should not hide the others
+                    failed[name] = f"{type(exc).__name__}: {exc}"
+                    print(f"   failed: {failed[name]}", file=sys.stderr, flush=True)
+                    for proc in list(env.procs):
+                        env.stop(proc)
+                    continue
+                rows.extend(new)
+                print(table(new), file=sys.stderr)
+                print(f"   ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
     finally:
-        await env.close()
         shutil.rmtree(env.storage_dir, ignore_errors=True)
     write_json(args.out, rows, quick=args.quick, extra={"failed": failed, "run_id": env.run_id})
     print(table(rows))

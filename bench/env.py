@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -29,9 +30,9 @@ import httpx
 from arq.connections import ArqRedis
 
 from shared.db import Pool, create_pool
-from shared.embedded import Services, ensure_services, free_port
+from shared.embedded import free_port
 from shared.queue import create_arq_pool
-from shared.services import prepare_database
+from shared.services import prepare_database, running_services
 from shared.settings import Settings
 
 BENCH_DATABASE = "genq_bench"
@@ -108,7 +109,6 @@ class BenchEnv:
     settings: Settings
     work_dir: Path
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    services: Services | None = None
     database_url: str = ""
     redis_url: str = ""
     pool: Pool | None = None
@@ -125,32 +125,30 @@ class BenchEnv:
         """Whether PostgreSQL is the embedded one (then the run has its own database)."""
         return self.settings.database_url is None
 
-    async def start(self) -> None:
-        """Start or attach to the services; migrate a fresh bench database."""
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[BenchEnv]:
+        """For the block: the services (started or attached to), a fresh migrated bench
+        database, a pool and a Redis client; afterwards every process this run started is
+        stopped, the clients closed and the servers this run started stopped."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.services = await asyncio.to_thread(
-            ensure_services, self.settings.database_url, self.settings.redis_url,
-            self.settings.data_dir,
-        )
-        self.database_url = self.services.database_url
-        if self.embedded_database:
-            self.database_url = await _fresh_database(self.database_url)
-        self.redis_url = self.services.redis_url
-        await prepare_database(self.database_url, self.settings)
-        self.pool = await create_pool(self.database_url, min_size=2, max_size=20)
-        self.redis = await create_arq_pool(self.redis_url)
-
-    async def close(self) -> None:
-        """Stop every process, close clients, stop the servers this run started."""
-        for proc in self.procs:
-            proc.stop()
-        self.procs.clear()
-        if self.redis is not None:
-            await self.redis.aclose()
-        if self.pool is not None:
-            await self.pool.close()
-        if self.services is not None:
-            self.services.stop()
+        async with running_services(self.settings, prepare=False) as services:
+            try:
+                self.database_url = services.database_url
+                if self.embedded_database:
+                    self.database_url = await _fresh_database(self.database_url)
+                self.redis_url = services.redis_url
+                await prepare_database(self.database_url, self.settings)
+                self.pool = await create_pool(self.database_url, min_size=2, max_size=20)
+                self.redis = await create_arq_pool(self.redis_url)
+                yield self
+            finally:
+                for proc in self.procs:
+                    proc.stop()
+                self.procs.clear()
+                if self.redis is not None:
+                    await self.redis.aclose()
+                if self.pool is not None:
+                    await self.pool.close()
 
     def db(self) -> Pool:
         """The harness's pool."""

@@ -7,6 +7,7 @@ job's outputs, the balance before and after and the ledger; then stops everythin
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 import time
@@ -16,9 +17,13 @@ from typing import Any, TextIO
 
 import httpx
 
-from genq.stack import Stack, pick_port
+from genq.stack import Stack, open_log, pick_port
+from shared.errors import GenqError
+from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
 from shared.types import TERMINAL_STATUSES, JobStatus
+
+log = get_logger(__name__)
 
 DEMO_CREDITS = 100
 DEMO_JOBS: list[tuple[str, str, int]] = [
@@ -179,7 +184,28 @@ def _row(job: dict[str, Any]) -> str:
 
 
 def run_demo(settings: Settings, out: TextIO = sys.stdout) -> int:
-    """Run the demo; 0 if every job ended as expected and the credits add up."""
+    """Run the demo; 0 if every job ended as expected and the credits add up.
+
+    ``out`` shows the demo alone: this process's log lines go to ``demo.log`` in the log folder,
+    next to those of the processes it starts (``genq migrate`` included). A failure is said on
+    standard error, naming the log folder.
+    """
+    log_dir = settings.data_dir / "logs"
+    # Open for the rest of the process: loggers keep the stream they first wrote to.
+    log_stream = os.fdopen(open_log(log_dir, "demo"), "a", buffering=1)
+    configure_logging(settings.log_level, settings.log_format, stream=log_stream)
+    try:
+        return _run_demo(settings, out, log_dir)
+    except GenqError:
+        raise  # the command line says it
+    except Exception as exc:
+        log.exception("demo_failed")
+        print(f"genq demo failed: {type(exc).__name__}: {exc} (the logs are in {log_dir})",
+              file=sys.stderr, flush=True)
+        return 1
+
+
+def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
     admin_token = (
         settings.admin_token.get_secret_value() if settings.admin_token
         else secrets.token_urlsafe(24)
@@ -189,9 +215,9 @@ def run_demo(settings: Settings, out: TextIO = sys.stdout) -> int:
         # Slow enough to watch, fast enough to wait for.
         extra_env["GENQ_LOCAL_LATENCY_S"] = "1.0"
     stack = Stack(settings, host="127.0.0.1", port=pick_port(0), extra_env=extra_env,
-                  log_dir=settings.data_dir / "logs")
+                  log_dir=log_dir)
     print(f"starting genq (data in {settings.data_dir.resolve()}, logs in "
-          f"{(settings.data_dir / 'logs').resolve()}) ...", file=out, flush=True)
+          f"{log_dir.resolve()}) ...", file=out, flush=True)
     stack.start()
     try:
         stack.wait_ready()

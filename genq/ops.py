@@ -9,32 +9,41 @@ from collections.abc import Coroutine
 from typing import Any
 
 from shared.db import connect
-from shared.services import prepare_database, resolve_services
+from shared.errors import GenqError
+from shared.services import prepare_database, running_services
 from shared.settings import Settings
 
 
 async def migrate_command(settings: Settings) -> int:
     """Apply migrations and sync the catalog; stop embedded servers this command started."""
-    services = resolve_services(settings)
-    try:
-        applied = await prepare_database(services.database_url, settings)
-        if applied:
-            print("applied migrations: " + ", ".join(applied))
-        else:
-            print("database is up to date")
-    finally:
-        services.stop()
+    async with running_services(settings, prepare=False) as running:
+        applied = await prepare_database(running.database_url, settings)
+    if applied:
+        print("applied migrations: " + ", ".join(applied))
+    else:
+        print("database is up to date")
     return 0
 
 
+class NotMigrated(GenqError):
+    """The database has no genq schema yet: run `genq migrate` first."""
+
+    code = "not_migrated"
+
+
 async def status_command(settings: Settings) -> int:
-    """Print migrations, models and row counts."""
-    services = resolve_services(settings)
-    try:
-        conn = await connect(services.database_url)
+    """Print migrations, models and row counts; :class:`NotMigrated` on a database genq never
+    migrated (it changes nothing)."""
+    async with running_services(settings, prepare=False) as running:
+        conn = await connect(running.database_url)
         try:
-            print(f"database: {_redact(services.database_url)}")
-            print(f"redis:    {_redact(services.redis_url)}")
+            print(f"database: {_redact(running.database_url)}")
+            print(f"redis:    {_redact(running.redis_url)}")
+            if await conn.fetchval("SELECT to_regclass('genq_migrations')") is None:
+                raise NotMigrated(
+                    "the database is not migrated (it has no genq tables): "
+                    "run `genq migrate` first"
+                )
             for row in await conn.fetch(
                 "SELECT version, name, applied_at FROM genq_migrations ORDER BY version"
             ):
@@ -52,8 +61,6 @@ async def status_command(settings: Settings) -> int:
                 print(f"{table:<18} {count} rows")
         finally:
             await conn.close()
-    finally:
-        services.stop()
     return 0
 
 
@@ -91,16 +98,12 @@ async def cleanup_command(settings: Settings, only: list[str] | None) -> int:
     """Run maintenance tasks once and print one line per task."""
     from worker.scheduler import TASKS, run_once
 
-    services = resolve_services(settings)
-    try:
-        await prepare_database(services.database_url, settings)
+    async with running_services(settings) as running:
         reports = await run_once(
-            settings, services.database_url, services.redis_url, only or list(TASKS)
+            settings, running.database_url, running.redis_url, only or list(TASKS)
         )
         for report in reports:
             print(report.summary())
-    finally:
-        services.stop()
     return 0
 
 
@@ -108,12 +111,8 @@ async def scheduler_command(settings: Settings) -> None:
     """Run the scheduler until cancelled."""
     from worker.scheduler import run_scheduler
 
-    services = resolve_services(settings)
-    try:
-        await prepare_database(services.database_url, settings)
-        await run_scheduler(settings, services.database_url, services.redis_url)
-    finally:
-        services.stop()
+    async with running_services(settings) as running:
+        await run_scheduler(settings, running.database_url, running.redis_url)
 
 
 def up_command(settings: Settings, host: str, port: int) -> int:
@@ -121,23 +120,24 @@ def up_command(settings: Settings, host: str, port: int) -> int:
     stop everything (exit 1) if one keeps dying."""
     import time
 
-    from genq.stack import Stack, pick_port
-
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    from genq.stack import Stack, StartCancelled, pick_port
 
     stack = Stack(settings, host=host, port=pick_port(port))
+
+    def stop(signum: int, frame: object) -> None:
+        # Also heard during start-up: start() and wait_ready() give up at once.
+        stack.stop_requested = True
+
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         stack.start()
         stack.wait_ready()
         print(f"genq is up: API at {stack.base_url} (Ctrl-C to stop)", flush=True)
-        while not stopping:
+        while not stack.stop_requested:
             stack.supervise()
             time.sleep(0.2)
+    except StartCancelled:
+        pass
     finally:
         stack.stop()
         for sig, handler in previous.items():
@@ -150,16 +150,12 @@ async def users_create_command(settings: Settings, email: str) -> int:
     """Create a user and print its API key once."""
     from shared.users import create_user
 
-    services = resolve_services(settings)
-    try:
-        await prepare_database(services.database_url, settings)
-        conn = await connect(services.database_url)
+    async with running_services(settings) as running:
+        conn = await connect(running.database_url)
         try:
             user = await create_user(conn, email)
         finally:
             await conn.close()
-    finally:
-        services.stop()
     print(f"user_id: {user.id}")
     print(f"email:   {user.email}")
     print(f"api_key: {user.api_key}   (shown once; store it now)")
@@ -172,15 +168,12 @@ async def credits_grant_command(
     """Grant credits and print the new balance."""
     from shared import ledger
 
-    services = resolve_services(settings)
-    try:
-        conn = await connect(services.database_url)
+    async with running_services(settings, prepare=False) as running:
+        conn = await connect(running.database_url)
         try:
             grant = await ledger.grant(conn, user_id, amount, idempotency_key=key, reason=reason)
         finally:
             await conn.close()
-    finally:
-        services.stop()
     replay = " (already granted with this key; nothing changed)" if grant.replayed else ""
     print(f"granted {amount} to {user_id}: balance {grant.balance_after}, "
           f"ledger entry {grant.entry_id}{replay}")

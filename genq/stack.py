@@ -3,7 +3,9 @@
 ``genq up`` and ``genq demo`` use this. The children are ordinary ``genq api`` / ``genq worker``
 / ``genq scheduler`` processes given the resolved service URLs, so they behave exactly as they do
 when deployed one by one. Stopping sends SIGTERM to each child, waits, then stops the embedded
-servers this process started.
+servers this process started. A stop asked for during start-up (:attr:`Stack.stop_requested`,
+set by ``genq up``'s SIGINT/SIGTERM handler) is acted on at once, not when the API is ready.
+With a log folder, each child's output (``genq migrate`` included) goes to ``<name>.log`` there.
 
 ``genq up`` supervises them (:meth:`Stack.supervise`): a child that exits on its own is started
 again after a backoff that doubles with each recent death (0.5 s, 1 s, 2 s, ... up to 30 s), and
@@ -47,6 +49,10 @@ class ChildFailed(GenqError):
     code = "child_failed"
 
 
+class StartCancelled(Exception):
+    """A stop was asked for (:attr:`Stack.stop_requested`) while the stack was starting."""
+
+
 def describe_exit(returncode: int) -> str:
     """``exit code 2`` or ``signal SIGKILL``, from a ``Popen.returncode``."""
     if returncode < 0:
@@ -72,6 +78,9 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
     services: Services | None = None
+    # Set it (a signal handler may) to make start() and wait_ready() give up promptly with
+    # StartCancelled; the caller then calls stop().
+    stop_requested: bool = False
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _child_env: dict[str, str] = field(default_factory=dict, repr=False)
     _commands: dict[str, list[str]] = field(default_factory=dict, repr=False)
@@ -98,7 +107,11 @@ class Stack:
         return env
 
     def start(self) -> None:
-        """Start services (embedded where unset) and the three processes."""
+        """Start services (embedded where unset), migrate, and start the three processes.
+
+        Raises :class:`StartCancelled` if :attr:`stop_requested` was set meanwhile, with
+        everything it had started stopped again.
+        """
         self.services = resolve_services(self.settings)
         self._child_env = self._env()
         self._commands = {
@@ -107,27 +120,69 @@ class Stack:
             "scheduler": ["scheduler"],
         }
         try:
-            # Migrate once before the children start, so they do not race to do it.
-            subprocess.run(
-                [sys.executable, "-m", "genq", "migrate"], env=self._child_env, check=True,
-                stdout=subprocess.DEVNULL,
-            )
+            self._check_stop()
+            self._migrate()
             for name in self._commands:
+                self._check_stop()
                 self._spawn(name)
         except BaseException:
             self.stop()
             raise
 
+    def _check_stop(self) -> None:
+        if self.stop_requested:
+            raise StartCancelled
+
+    def _log_file(self, name: str) -> BinaryIO | None:
+        """``<log_dir>/<name>.log`` opened for appending; None without a log folder (the
+        output then goes to this process's own)."""
+        if self.log_dir is None:
+            return None
+        return os.fdopen(open_log(self.log_dir, name), "ab")
+
+    def _last_words(self, name: str) -> str:
+        """``: <its last line> (its output is in <log>)`` for a child whose output went to the
+        log folder, else nothing."""
+        if self.log_dir is None:
+            return ""
+        path = self.log_dir / f"{name}.log"
+        lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+        return (f": {lines[-1]}" if lines else "") + f" (its output is in {path})"
+
+    def _migrate(self) -> None:
+        """Run `genq migrate` once before the children start, so they do not race to do it.
+
+        A stop asked for meanwhile interrupts it (SIGINT, as Ctrl-C would); a failure raises
+        :class:`ChildFailed` with the last line it wrote when that went to the log folder.
+        """
+        log_file = self._log_file("migrate")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "genq", "migrate"], env=self._child_env,
+                stdout=subprocess.DEVNULL if log_file is None else log_file,
+                stderr=None if log_file is None else subprocess.STDOUT,
+            )
+        finally:
+            if log_file is not None:
+                log_file.close()  # the child has its own copy
+        try:
+            while True:
+                try:
+                    code = proc.wait(timeout=0.1)
+                except subprocess.TimeoutExpired:
+                    self._check_stop()
+                else:
+                    break
+        except BaseException:
+            _interrupt(proc)
+            raise
+        self._check_stop()
+        if code != 0:
+            raise ChildFailed(
+                f"genq migrate failed ({describe_exit(code)}){self._last_words('migrate')}")
+
     def _spawn(self, name: str) -> None:
-        log_file: BinaryIO | None = None
-        if self.log_dir is not None:
-            # For genq's user alone, also when an older genq made them readable by all.
-            self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.log_dir.chmod(0o700)
-            fd = os.open(self.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                         0o600)
-            os.fchmod(fd, 0o600)
-            log_file = os.fdopen(fd, "ab")
+        log_file = self._log_file(name)
         try:
             self.children[name] = subprocess.Popen(  # noqa: S603
                 [sys.executable, "-m", "genq", *self._commands[name]], env=self._child_env,
@@ -139,14 +194,16 @@ class Stack:
                 log_file.close()  # the child has its own copy
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Block until ``/readyz`` answers 200, or raise if a child died or time ran out."""
+        """Block until ``/readyz`` answers 200, or raise if a child died, time ran out or a stop
+        was asked for (:class:`StartCancelled`)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            self._check_stop()
             for name, proc in self.children.items():
                 code = proc.poll()
                 if code is not None:
-                    raise ChildFailed(
-                        f"genq {name} exited during start-up ({describe_exit(code)})")
+                    raise ChildFailed(f"genq {name} exited during start-up "
+                                      f"({describe_exit(code)}){self._last_words(name)}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
                     return
@@ -208,6 +265,28 @@ class Stack:
         if self.services is not None:
             self.services.stop()
             self.services = None
+
+
+def open_log(log_dir: Path, name: str) -> int:
+    """A descriptor of ``<log_dir>/<name>.log`` opened for appending, the file and the folder
+    for genq's user alone (also when an older genq made them readable by all)."""
+    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_dir.chmod(0o700)
+    fd = os.open(log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def _interrupt(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT ``proc`` (as Ctrl-C would) and wait for it; SIGKILL it if it hangs."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=CHILD_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def pick_port(port: int) -> int:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
 from shared.catalog import load_catalog, sync_catalog
 from shared.db import connect, migrate
 from shared.embedded import Services, ensure_services
@@ -23,3 +27,34 @@ async def prepare_database(database_url: str, settings: Settings) -> list[str]:
     finally:
         await conn.close()
     return applied
+
+
+@dataclass(frozen=True)
+class Running:
+    """The services a command runs on: resolved URLs, and the settings with them filled in."""
+
+    settings: Settings
+    # They may carry a password: never in a repr or a log line.
+    database_url: str = field(repr=False)
+    redis_url: str = field(repr=False)
+
+
+@contextlib.asynccontextmanager
+async def running_services(settings: Settings, *, prepare: bool = True) -> AsyncIterator[Running]:
+    """The services of one command, for the length of the block.
+
+    Resolves them (the configured URLs, embedded servers under ``settings.data_dir`` for the
+    unset ones), migrates and syncs the catalog unless ``prepare`` is false, and yields them.
+    However the block ends, the embedded servers this process started are stopped (never ones
+    it only attached to).
+    """
+    services = resolve_services(settings)
+    try:
+        if prepare:
+            await prepare_database(services.database_url, settings)
+        resolved = settings.model_copy(
+            update={"database_url": services.database_url, "redis_url": services.redis_url}
+        )
+        yield Running(resolved, services.database_url, services.redis_url)
+    finally:
+        services.stop()

@@ -25,7 +25,7 @@ from arq.worker import Worker, func
 from shared.catalog import load_catalog
 from shared.logging import get_logger
 from shared.queue import GENERATION_FUNCTION, redis_settings
-from shared.services import prepare_database, resolve_services
+from shared.services import running_services
 from shared.settings import Settings
 from worker.context import WorkerContext
 from worker.generation import JobBusy, JobRetry, process_job
@@ -136,15 +136,8 @@ async def serve(settings: Settings) -> None:
 
 async def worker_command(settings: Settings) -> int:
     """``genq worker``: resolve services, migrate, and serve."""
-    services = resolve_services(settings)
-    try:
-        await prepare_database(services.database_url, settings)
-        resolved = settings.model_copy(
-            update={"database_url": services.database_url, "redis_url": services.redis_url}
-        )
-        await serve(resolved)
-    finally:
-        services.stop()
+    async with running_services(settings) as running:
+        await serve(running.settings)
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 import uuid
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 from shared import ledger
@@ -75,3 +76,23 @@ def test_status_shows_the_service_urls_without_their_passwords(settings: Setting
     assert re.search(r"^database: postgresql://postgres:\*\*\*@127\.0\.0\.1:\d+/", result.stdout,
                      re.MULTILINE)
     assert re.search(r"^redis: +redis://:\*\*\*@127\.0\.0\.1:\d+/0$", result.stdout, re.MULTILINE)
+
+
+async def test_status_on_a_database_never_migrated_says_so_and_changes_nothing(
+    settings: Settings, empty_database_url: str
+) -> None:
+    result = _genq(settings.model_copy(update={"database_url": empty_database_url}), "status")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "genq: the database is not migrated (it has no genq tables): run `genq migrate` first"
+    )
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        tables = await conn.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
+            "'information_schema')"
+        )
+    finally:
+        await conn.close()
+    assert tables == 0

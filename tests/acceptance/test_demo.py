@@ -7,7 +7,9 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+from shared.embedded import Services
 from tests.acceptance.stack_support import ROOT, alive, clean_env, embedded_pids
 
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".webp": b"RIFF"}
@@ -22,6 +24,9 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
+    # The terminal shows the demo alone: no log line of its own or of `genq migrate`.
+    assert result.stderr == ""
+    assert not [line for line in out.splitlines() if line.startswith("{")], out
 
     assert "demo finished: everything adds up" in out
     statuses = re.findall(
@@ -67,11 +72,36 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
     # The processes' logs and the stored assets are for genq's user alone.
     logs = data_dir / "logs"
     assert stat.S_IMODE(logs.stat().st_mode) == 0o700
-    assert sorted(f.name for f in logs.iterdir()) == ["api.log", "scheduler.log", "worker.log"]
+    assert sorted(f.name for f in logs.iterdir()) == [
+        "api.log", "demo.log", "migrate.log", "scheduler.log", "worker.log"]
+    assert '"event": "migration_applied"' in (logs / "migrate.log").read_text()
     assert {stat.S_IMODE(f.stat().st_mode) for f in logs.iterdir()} == {0o600}
     stored = [f for f in (data_dir / "storage").rglob("*") if f.is_file()]
     assert len(stored) == 9
     assert {stat.S_IMODE(f.stat().st_mode) for f in stored} == {0o600}
     folders = [data_dir / "storage", *(f for f in (data_dir / "storage").rglob("*") if f.is_dir())]
     assert {stat.S_IMODE(f.stat().st_mode) for f in folders} == {0o700}
+    assert embedded_pids(data_dir) == [] or not any(alive(p) for p in embedded_pids(data_dir))
+
+
+def test_demo_that_cannot_start_says_why_on_stderr_and_leaves_nothing_running(
+    clean_data_dir: Path, services: Services
+) -> None:
+    data_dir = clean_data_dir
+    nowhere = urlunsplit(urlsplit(services.database_url)._replace(path="/genq_nowhere"))
+    result = subprocess.run(
+        [sys.executable, "-m", "genq", "demo"],
+        cwd=ROOT, env=clean_env(GENQ_DATA_DIR=str(data_dir), GENQ_DATABASE_URL=nowhere),
+        capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    migrate_log = data_dir / "logs" / "migrate.log"
+    assert result.stderr.splitlines() == [
+        'genq: genq migrate failed (exit code 1): asyncpg.exceptions.InvalidCatalogNameError: '
+        f'database "genq_nowhere" does not exist (its output is in {migrate_log})'
+    ]
+    assert "Traceback" in migrate_log.read_text()  # the details are in the log
+    assert "demo finished" not in result.stdout
+    # The embedded valkey it started for the demo is stopped again.
     assert embedded_pids(data_dir) == [] or not any(alive(p) for p in embedded_pids(data_dir))

@@ -202,3 +202,34 @@ def test_a_child_that_keeps_dying_makes_up_give_up_and_stop_everything(up: Up) -
     assert left == [], f"still running after giving up: {left}"
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{up.url}/readyz", timeout=2)
+
+
+def _processes_of(data_dir: Path) -> list[int]:
+    """Every live process started for the installation in ``data_dir``: `genq up` gives its
+    environment (GENQ_DATA_DIR) to its children and to the embedded servers it starts."""
+    marker = f"GENQ_DATA_DIR={data_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "environ").read_bytes().split(b"\0") \
+                        and alive(int(entry.name)):
+                    found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_during_start_up_stops_everything_at_once(up: Up) -> None:
+    # `genq up` migrates (in a child) after the embedded servers started, before the API.
+    up.child("migrate")
+    started = _processes_of(up.data_dir)
+    assert len(started) >= 3, started  # genq up, genq migrate, the embedded servers
+    up.proc.send_signal(signal.SIGINT)
+    code = up.proc.wait(WAIT_S)
+
+    assert code == 0, up.output()
+    assert "genq is up" not in up.output()  # it did not wait for the API to be ready
+    assert up.output().rstrip().endswith("genq stopped"), up.output()
+    assert _processes_of(up.data_dir) == []
+    assert not any(alive(pid) for pid in started)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{up.url}/readyz", timeout=2)
