@@ -7,6 +7,7 @@ and unexpected exceptions are mapped here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shared.errors import GenqError, NotFound
+from shared.errors import GenqError, NotFound, RateLimited
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -144,6 +145,8 @@ async def genq_error_handler(request: Request, exc: Exception) -> Response:
     """A domain error: its own status and code."""
     assert isinstance(exc, GenqError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     if exc.status >= 500:
         log.error("request_failed", code=exc.code, error=exc.message)
     return error_response(exc.status, exc.code, exc.message, exc.details, headers)

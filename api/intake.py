@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +27,9 @@ from shared.errors import (
     GenqError,
     IdempotencyConflict,
     InsufficientCredits,
+    RateLimited,
 )
+from shared.limits import check_submit_rate
 from shared.logging import get_logger
 from shared.queue import enqueue_generations
 from shared.retry import retry
@@ -230,6 +233,28 @@ class IntakeBatches:
         rows = await self.pool.fetch(queries["mark_jobs_enqueued"], job_ids)
         marked: dict[uuid.UUID, datetime] = {row["id"]: row["enqueued_at"] for row in rows}
         return [marked.get(job_id) for job_id in job_ids]
+
+
+async def admit_submission(ctx: ApiContext, user_id: uuid.UUID) -> None:
+    """Count a submission against the user's rate (``GENQ_USER_SUBMITS_PER_MINUTE``): over it,
+    :class:`RateLimited` before anything is written. Redis out of reach admits the request (the
+    intake keeps accepting jobs while Redis is down)."""
+    per_minute = ctx.settings.user_submits_per_minute
+    if per_minute <= 0:
+        return
+    try:
+        async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
+            wait_s = await check_submit_rate(ctx.redis, ctx.settings.queue_name, user_id,
+                                             per_minute)
+    except _ENQUEUE_ERRORS as exc:
+        log.warning("rate_check_failed", error=repr(exc))
+        return
+    if wait_s is not None:
+        raise RateLimited(
+            f"more than {per_minute} submissions in this minute; try again later",
+            retry_after_s=wait_s,
+            details={"limit_per_minute": per_minute, "retry_after_s": math.ceil(wait_s)},
+        )
 
 
 async def submit_job(

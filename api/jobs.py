@@ -9,7 +9,7 @@ from api.auth import authenticate
 from api.body import read_json
 from api.context import context
 from api.errors import JobNotFound, echo
-from api.intake import cancel_job, submit_job
+from api.intake import admit_submission, cancel_job, submit_job
 from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse_limit
 from api.query import QueryParams, one_of
 from api.reads import JOB_STATUSES, list_jobs, load_job, parse_id
@@ -29,6 +29,7 @@ async def create_job(request: Request) -> Response:
         max_prompt_chars=ctx.settings.max_prompt_chars,
         max_params_bytes=ctx.settings.max_params_bytes,
     )
+    await admit_submission(ctx, user_id)
     result = await submit_job(ctx, user_id, job, key)
     headers = {"Location": f"/v1/jobs/{result.job['id']}"}
     if result.replayed:

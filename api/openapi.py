@@ -217,6 +217,11 @@ _PATHS: dict[str, dict[str, Any]] = {
                               "the request, send it again"),
                 "422": _error("validation_error: details name each failing field, e.g. "
                               "params.width; nothing was reserved"),
+                "429": {**_error("rate_limited: more submissions this minute than the user's "
+                                 "limit; nothing was written"),
+                        "headers": {"Retry-After": {
+                            "description": "Seconds until the next submission is admitted",
+                            "schema": {"type": "integer"}}}},
                 **_BODY_ERRORS, **_COMMON,
             },
         },

@@ -82,3 +82,15 @@ class Conflict(GenqError):
 
     code = "conflict"
     status = 409
+
+
+class RateLimited(GenqError):
+    """Too many requests; try again after ``retry_after_s`` seconds."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str | None = None, *, retry_after_s: float,
+                 details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after_s = retry_after_s

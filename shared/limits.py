@@ -1,0 +1,190 @@
+"""Rate and concurrency limits shared by every genq process, kept in Redis.
+
+Each limit is one Lua script, so it is atomic however many API processes and workers share the
+Redis, and each reads the clock from Redis (``TIME``), so machines whose clocks disagree still
+count the same windows:
+
+- :func:`check_submit_rate`: a user's submissions per minute at the intake, one round trip;
+- :class:`ModelLimits`: a model's ``max_per_minute``, and its ``max_concurrency`` (a semaphore
+  of leases that expire, so the place of a worker killed with SIGKILL comes back by itself).
+
+A per-minute limit is a sliding log (a sorted set of the last 60 s of admitted calls): at most
+that many in *any* 60 s window, never a burst of twice the rate across a window edge as a fixed
+window or a token bucket allows. Keys live under the queue name, so deployments (and tests)
+sharing one Redis do not mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+# How long a waiting worker sleeps at most between two looks at a full semaphore.
+MAX_WAIT_STEP_S = 1.0
+MIN_WAIT_STEP_S = 0.02
+
+# Calls in the last 60 s (a sorted set scored by the call's time). KEYS: the log.
+# ARGV: the limit, a unique member. Returns {1, 0} when this call may go now (and records it),
+# {0, ms until the oldest call leaves the window} otherwise.
+SLIDING_LOG_LUA = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - 60000)
+local limit = tonumber(ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < limit then
+    redis.call('ZADD', KEYS[1], now_ms, ARGV[2])
+    redis.call('PEXPIRE', KEYS[1], 61000)
+    return {1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(oldest[2]) + 60000 - now_ms + 1}
+"""
+
+# A semaphore of expiring leases (a sorted set: member = lease, score = its expiry in ms).
+# KEYS: the set. ARGV: the limit, the lease, its length in ms. Returns {1, 0} when the lease
+# is held (taken or renewed), {0, ms until the first lease expires} otherwise.
+SEMAPHORE_LUA = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) or
+        redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]), ARGV[2])
+    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + 1000)
+    return {1, 0}
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(first[2]) - now_ms}
+"""
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+
+async def _run(redis: Redis, script: str, keys: list[str], args: list[Any]) -> list[int]:
+    """EVALSHA ``script``, loading it first if the server does not know it yet."""
+    try:
+        result = await redis.evalsha(_sha(script), len(keys), *keys, *args)  # type: ignore[misc]
+    except NoScriptError:
+        await redis.script_load(script)
+        result = await redis.evalsha(_sha(script), len(keys), *keys, *args)  # type: ignore[misc]
+    return [int(v) for v in result]
+
+
+async def check_submit_rate(
+    redis: Redis, prefix: str, user_id: uuid.UUID, per_minute: int
+) -> float | None:
+    """Count one submission of ``user_id``; None if admitted, else the seconds until one more
+    is admitted (what Retry-After says). A refused submission does not count."""
+    admitted, wait_ms = await _run(
+        redis, SLIDING_LOG_LUA, [f"{prefix}:limits:submits:{user_id}"],
+        [per_minute, uuid.uuid4().hex],
+    )
+    return None if admitted else wait_ms / 1000
+
+
+@dataclass(frozen=True)
+class ModelLimit:
+    """A model's limits from the catalog; None is unlimited."""
+
+    key: str
+    max_concurrency: int | None
+    max_per_minute: int | None
+
+    @property
+    def limited(self) -> bool:
+        return self.max_concurrency is not None or self.max_per_minute is not None
+
+
+class ModelSlot:
+    """A held place under a model's limits: renew it while the provider works, release it
+    when the provider is done."""
+
+    def __init__(self, limits: ModelLimits, limit: ModelLimit, lease: str | None) -> None:
+        self._limits, self._limit, self._lease = limits, limit, lease
+
+    async def renew(self) -> None:
+        """Extend the concurrency lease (the worker's heartbeat calls this)."""
+        if self._lease is not None and self._limit.max_concurrency is not None:
+            await _run(self._limits.redis, SEMAPHORE_LUA,
+                       [self._limits.concurrency_key(self._limit.key)],
+                       [self._limit.max_concurrency, self._lease, self._limits.lease_ms])
+
+    async def release(self) -> None:
+        """Give the concurrency place back (a lease not released expires on its own)."""
+        if self._lease is not None:
+            lease, self._lease = self._lease, None
+            await self._limits.redis.zrem(self._limits.concurrency_key(self._limit.key), lease)
+
+
+class ModelLimits:
+    """The per-model limits of one worker's Redis."""
+
+    def __init__(self, redis: Redis, prefix: str, lease_s: float) -> None:
+        self.redis, self.prefix = redis, prefix
+        self.lease_ms = max(1000, int(lease_s * 1000))
+
+    def concurrency_key(self, model: str) -> str:
+        return f"{self.prefix}:limits:model:{model}:running"
+
+    def rate_key(self, model: str) -> str:
+        return f"{self.prefix}:limits:model:{model}:calls"
+
+    async def acquire(self, limit: ModelLimit, *, new_call: bool) -> ModelSlot:
+        """Wait until ``limit`` lets one more call of its model start, and take the place.
+
+        ``new_call``: the call creates a prediction (counted by ``max_per_minute``); resuming
+        one already created takes only a concurrency place. Waiting holds nothing but this
+        coroutine: no database connection and no provider call.
+        """
+        lease: str | None = None
+        waited = False
+        if limit.max_concurrency is not None:
+            lease = uuid.uuid4().hex
+            while True:
+                held, wait_ms = await _run(
+                    self.redis, SEMAPHORE_LUA, [self.concurrency_key(limit.key)],
+                    [limit.max_concurrency, lease, self.lease_ms],
+                )
+                if held:
+                    break
+                waited = True
+                await asyncio.sleep(_step(wait_ms))
+        slot = ModelSlot(self, limit, lease)
+        if new_call and limit.max_per_minute is not None:
+            try:
+                member = uuid.uuid4().hex
+                while True:
+                    ok, wait_ms = await _run(
+                        self.redis, SLIDING_LOG_LUA, [self.rate_key(limit.key)],
+                        [limit.max_per_minute, member],
+                    )
+                    if ok:
+                        break
+                    waited = True
+                    # The concurrency place is held meanwhile: keep it alive.
+                    await slot.renew()
+                    await asyncio.sleep(min(wait_ms / 1000, MAX_WAIT_STEP_S))
+            except BaseException:
+                await asyncio.shield(slot.release())
+                raise
+        if waited:
+            log.info("model_limit_waited", model=limit.key)
+        return slot
+
+
+def _step(wait_ms: int) -> float:
+    """How long to sleep before looking at a full semaphore again: until its first lease
+    expires, but never so long that a released place goes unnoticed for more than a second."""
+    return max(MIN_WAIT_STEP_S, min(wait_ms / 1000, MAX_WAIT_STEP_S))
