@@ -85,6 +85,8 @@ async def get_models(request: Request) -> Response:
             "price_tiers": m.price_tiers,
             "max_outputs": m.max_outputs,
             "timeout_s": m.timeout_s,
+            "max_concurrency": m.max_concurrency,
+            "max_per_minute": m.max_per_minute,
             "params": m.params,
             "params_schema": m.params_schema,
             "description": m.description,

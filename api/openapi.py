@@ -161,6 +161,12 @@ _SCHEMAS: dict[str, Any] = {
                     "price_per_output": {"type": "integer"}}},
             },
             "max_outputs": {"type": "integer"}, "timeout_s": {"type": "integer"},
+            "max_concurrency": {"type": ["integer", "null"],
+                                "description": "Provider calls of this model running at once "
+                                               "across all workers; null: no limit."},
+            "max_per_minute": {"type": ["integer", "null"],
+                               "description": "Predictions of this model created in any 60 s; "
+                                              "null: no limit."},
             "params": {"type": "object", "description": "The defaults a job's params merge over."},
             "params_schema": {
                 "type": "object",

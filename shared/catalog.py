@@ -63,6 +63,10 @@ class ModelSpec(BaseModel):
     price_tiers: list[PriceTier] = Field(default_factory=list)
     description: str = ""
     enabled: bool = True
+    # Provider limits across every worker (None: none): predictions running at once, and
+    # predictions created in any 60 s.
+    max_concurrency: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _rules_hold(self) -> ModelSpec:
@@ -135,6 +139,8 @@ class CatalogModel:
     revision: str = ""
     description: str = ""
     enabled: bool = True
+    max_concurrency: int | None = None
+    max_per_minute: int | None = None
 
 
 @dataclass(frozen=True)
@@ -369,6 +375,7 @@ async def sync_catalog(conn: Connection, specs: list[ModelSpec]) -> int:
                 s.price_per_output, s.max_outputs, s.timeout_s, s.params, s.description,
                 s.enabled, s.effective_schema(),
                 [t.model_dump(mode="json") for t in s.price_tiers], s.revision(),
+                s.max_concurrency, s.max_per_minute,
             )
         await conn.execute(queries["disable_models_not_in"], [s.key for s in specs])
     return len(specs)

@@ -33,22 +33,28 @@ log = get_logger(__name__)
 MAX_WAIT_STEP_S = 1.0
 MIN_WAIT_STEP_S = 0.02
 
-# Calls in the last 60 s (a sorted set scored by the call's time). KEYS: the log.
-# ARGV: the limit, a unique member. Returns {1, 0} when this call may go now (and records it),
-# {0, ms until the oldest call leaves the window} otherwise.
+# Calls in the last window (a sorted set scored by the call's time). KEYS: the log.
+# ARGV: the limit, a unique member, the window (ms). Returns {1, 0} when this call may go now
+# (and records it), {0, ms until the oldest call leaves the window} otherwise.
 SLIDING_LOG_LUA = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - 60000)
+local window = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - window)
 local limit = tonumber(ARGV[1])
 if redis.call('ZCARD', KEYS[1]) < limit then
     redis.call('ZADD', KEYS[1], now_ms, ARGV[2])
-    redis.call('PEXPIRE', KEYS[1], 61000)
+    redis.call('PEXPIRE', KEYS[1], window + 1000)
     return {1, 0}
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, tonumber(oldest[2]) + 60000 - now_ms + 1}
+return {0, tonumber(oldest[2]) + window - now_ms + 1}
 """
+RATE_WINDOW_MS = 60_000
+# A model's calls are spaced by one more second than the provider's minute: a call admitted
+# here reaches the provider a little later, and those delays differ from call to call, so an
+# exact 60 s here could still put one call too many into some 60 s of the provider's.
+PROVIDER_WINDOW_MS = RATE_WINDOW_MS + 1_000
 
 # A semaphore of expiring leases (a sorted set: member = lease, score = its expiry in ms).
 # KEYS: the set. ARGV: the limit, the lease, its length in ms. Returns {1, 0} when the lease
@@ -89,7 +95,7 @@ async def check_submit_rate(
     is admitted (what Retry-After says). A refused submission does not count."""
     admitted, wait_ms = await _run(
         redis, SLIDING_LOG_LUA, [f"{prefix}:limits:submits:{user_id}"],
-        [per_minute, uuid.uuid4().hex],
+        [per_minute, uuid.uuid4().hex, RATE_WINDOW_MS],
     )
     return None if admitted else wait_ms / 1000
 
@@ -168,7 +174,7 @@ class ModelLimits:
                 while True:
                     ok, wait_ms = await _run(
                         self.redis, SLIDING_LOG_LUA, [self.rate_key(limit.key)],
-                        [limit.max_per_minute, member],
+                        [limit.max_per_minute, member, PROVIDER_WINDOW_MS],
                     )
                     if ok:
                         break

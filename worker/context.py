@@ -9,8 +9,10 @@ import uuid
 from dataclasses import dataclass
 
 import httpx
+from redis.asyncio import Redis
 
 from shared.db import Pool, create_pool
+from shared.limits import ModelLimits
 from shared.settings import Settings
 from shared.storage import open_storage
 from worker.jobs import WorkerBatches
@@ -40,10 +42,14 @@ class WorkerContext:
     # extra round trip per use.
     recovery_pool: Pool
     batches: WorkerBatches
+    # The models' provider limits, kept in Redis (None: no Redis given, limits not enforced).
+    limits: ModelLimits | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, *, worker_id: str | None = None) -> WorkerContext:
-        """Connect to Postgres and build the providers and the output stager."""
+    async def open(cls, settings: Settings, *, worker_id: str | None = None,
+                   redis: Redis | None = None) -> WorkerContext:
+        """Connect to Postgres and build the providers and the output stager; with ``redis``,
+        enforce the models' provider limits there."""
         if settings.database_url is None:
             raise ValueError("settings.database_url must be resolved before the worker starts")
         pool = await create_pool(
@@ -60,8 +66,10 @@ class WorkerContext:
         )
         stager = Stager(settings, open_storage(settings), http)
         worker_id = worker_id or new_worker_id()
+        limits = (ModelLimits(redis, settings.queue_name, settings.lease_s)
+                  if redis is not None else None)
         return cls(settings, pool, http, build_providers(settings), stager, worker_id,
-                   recovery_pool, WorkerBatches(pool, settings, worker_id))
+                   recovery_pool, WorkerBatches(pool, settings, worker_id), limits)
 
     async def close(self) -> None:
         """Close providers, the HTTP client and the pools."""

@@ -27,6 +27,7 @@ from structlog.contextvars import bound_contextvars
 
 from shared.catalog import stored_params_problems
 from shared.errors import GenqError, NotFound
+from shared.limits import ModelLimit, ModelSlot
 from shared.logging import get_logger
 from shared.retry import backoff_delay, is_transient, retry_transient
 from shared.types import JobStatus
@@ -126,6 +127,8 @@ class _Run:
         self.staged: list[StagedAsset] = []
         self.cancel_requested = job.cancel_requested_at is not None
         self.lease_lost = False
+        # The place this attempt holds under its model's provider limits, while it holds one.
+        self.slot: ModelSlot | None = None
 
     async def run(self) -> str:
         job = self.job
@@ -184,6 +187,9 @@ class _Run:
             num_outputs=job.num_outputs, params=dict(job.params), seed=job.seed,
         )
         try:
+            # Waiting for the model's limits is not part of its timeout: that starts once
+            # the provider may be called.
+            await self._take_slot()
             async with asyncio.timeout(timeout_s):
                 result = await provider.generate(
                     request, prediction_id=self.prediction_id, on_created=self._on_created
@@ -202,10 +208,30 @@ class _Run:
             log.warning("provider_rejected_params", error=repr(exc), exc_info=exc)
             return Outcome(JobStatus.FAILED, "invalid_params",
                            f"The model could not use the job's params: {_brief(exc)}"), []
+        finally:
+            await asyncio.shield(self._release_slot())
         outputs = result.outputs[: job.num_outputs]
         if not outputs:
             return Outcome(JobStatus.FAILED, "no_outputs", "The model returned no outputs."), []
         return await self._stage(outputs)
+
+    async def _take_slot(self) -> None:
+        """Wait for a place under the model's ``max_concurrency`` and, when this attempt will
+        create a prediction, ``max_per_minute`` (shared by every worker, in Redis)."""
+        job, limits = self.job, self.wc.limits
+        limit = ModelLimit(job.model, job.model_max_concurrency, job.model_max_per_minute)
+        if limits is None or not limit.limited:
+            return
+        self.slot = await limits.acquire(limit, new_call=self.prediction_id is None)
+
+    async def _release_slot(self) -> None:
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            try:
+                await slot.release()
+            except Exception as exc:
+                # The lease expires on its own.
+                log.warning("model_slot_release_failed", error=repr(exc))
 
     def _params_refused(self) -> Outcome | None:
         """A failure if the stored params no longer match the model's schema (accepted before
@@ -273,6 +299,11 @@ class _Run:
                 self.lease_lost = True
                 work.cancel()
                 return
+            if self.slot is not None:
+                try:
+                    await self.slot.renew()
+                except Exception as exc:
+                    log.warning("model_slot_renew_failed", error=repr(exc))
             if cancel_at is not None:
                 log.info("cancel_requested")
                 self.cancel_requested = True

@@ -52,6 +52,9 @@ class ClaimedJob:
     model_timeout_s: int | None
     model_params_schema: dict[str, Any] | None = None
     model_revision: str | None = None
+    # The model's provider limits (None: none).
+    model_max_concurrency: int | None = None
+    model_max_per_minute: int | None = None
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def job_timeout_s(settings: Settings) -> float:
 async def on_startup(ctx: dict[str, Any]) -> None:
     """Open the pool, HTTP client and providers; start the lease recovery loop."""
     settings: Settings = ctx["settings"]
-    wc = await WorkerContext.open(settings)
+    wc = await WorkerContext.open(settings, redis=ctx["redis"])
     ctx[CTX_KEY] = wc
     ctx["genq_recovery"] = asyncio.create_task(recovery_loop(
         wc.recovery_pool, ctx["redis"], settings

@@ -5,8 +5,8 @@
 -- claim_jobs --
 -- Take jobs (group commit: the claims waiting in this worker, one statement): each one queued,
 -- or running with an expired lease (its worker died or handed it back). A job not in the
--- result was not claimable. Also returns the model's provider ref, timeout, params schema and
--- revision (NULL if the model is unknown), which the attempt needs next, so it does not need a
+-- result was not claimable. Also returns the model's provider ref, timeout, params schema,
+-- revision and limits (NULL if the model is unknown), which the attempt needs next, so it does not need a
 -- second round trip.
 -- $1 job ids (uuid[], no duplicates), $2 lease_owner (worker id), $3 lease seconds (float).
 UPDATE generation_jobs j
@@ -24,7 +24,9 @@ RETURNING j.id, j.user_id, j.model, j.provider, j.prompt, j.num_outputs, j.param
           (SELECT m.ref FROM models m WHERE m.key = j.model) AS model_ref,
           (SELECT m.timeout_s FROM models m WHERE m.key = j.model) AS model_timeout_s,
           (SELECT m.params_schema FROM models m WHERE m.key = j.model) AS model_params_schema,
-          (SELECT m.revision FROM models m WHERE m.key = j.model) AS model_revision
+          (SELECT m.revision FROM models m WHERE m.key = j.model) AS model_revision,
+          (SELECT m.max_concurrency FROM models m WHERE m.key = j.model) AS model_max_concurrency,
+          (SELECT m.max_per_minute FROM models m WHERE m.key = j.model) AS model_max_per_minute
 
 -- get_job_state --
 -- Why a claim found nothing. $1 job_id.

@@ -50,6 +50,8 @@ class Script:
     error: str = "the model crashed"
     # File names (served here) or absolute URLs, one per output.
     outputs: list[str] = field(default_factory=list)
+    # The provider's own rate limit: a create past this many in the last 60 s is a 429.
+    max_creates_per_minute: int | None = None
 
 
 @dataclass
@@ -73,6 +75,10 @@ class FakeReplicate:
         self.redirects: dict[str, str] = {}
         self.predictions: dict[str, FakePrediction] = {}
         self.creates: Counter[str] = Counter()  # successful creates per model
+        # When each successful create arrived (time.monotonic()), per model.
+        self.create_times: dict[str, list[float]] = {}
+        # Creates refused for the model's rate limit (Script.max_creates_per_minute).
+        self.rate_limited: Counter[str] = Counter()
         self.requests: list[tuple[str, str]] = []
         self.cancels: list[str] = []
         self.auth_headers: set[str] = set()
@@ -137,8 +143,15 @@ class FakeReplicate:
             left = self._create_errors_left.setdefault(model, [])
             if left:
                 return self._error(left.pop(0), script.retry_after)
+            now = time.monotonic()
+            times = self.create_times.setdefault(model, [])
+            if script.max_creates_per_minute is not None and sum(
+                    1 for t in times if t > now - 60) >= script.max_creates_per_minute:
+                self.rate_limited[model] += 1
+                return self._error(429, "1")
+            times.append(now)
             pid = f"pred{next(self._ids):04d}"
-            p = FakePrediction(pid, model, version, body.get("input") or {}, time.monotonic(),
+            p = FakePrediction(pid, model, version, body.get("input") or {}, now,
                                get_errors_left=list(script.get_errors))
             self.predictions[pid] = p
             self.creates[model] += 1
