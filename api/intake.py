@@ -21,6 +21,7 @@ from api.validation import JobCreate, field_error, request_hash
 from shared import ledger
 from shared.batch import Batcher
 from shared.catalog import ModelRules
+from shared.dispatch import dispatch
 from shared.errors import (
     AccountNotFound,
     Conflict,
@@ -177,11 +178,17 @@ class IntakeBatches:
         self.enqueue: Batcher[uuid.UUID, datetime | None] = Batcher(
             self._enqueue, max_batch=ENQUEUE_BATCH, max_flushes=ENQUEUE_FLUSHES
         )
+        # With a per-user running cap: (job, user) -> when the job was dispatched, or None if
+        # it waits for a place.
+        self.dispatch: Batcher[tuple[uuid.UUID, uuid.UUID], datetime | None] = Batcher(
+            self._dispatch, max_batch=ENQUEUE_BATCH, max_flushes=ENQUEUE_FLUSHES
+        )
 
     async def drain(self) -> None:
         """Let started batches finish (before the pools close)."""
         await self.submit.drain()
         await self.enqueue.drain()
+        await self.dispatch.drain()
 
     async def submit_many(
         self, items: list[SubmitItem]
@@ -220,6 +227,27 @@ class IntakeBatches:
             once, what="submit", attempts=_DEADLOCK_TRIES, base_s=0.0, max_s=0.0,
             retry_on=lambda exc: isinstance(exc, asyncpg.DeadlockDetectedError),
         )
+
+    async def _dispatch(
+        self, items: list[tuple[uuid.UUID, uuid.UUID]]
+    ) -> list[datetime | None]:
+        """Dispatch the users' oldest waiting jobs up to their cap (these jobs among them,
+        if the cap leaves room); when each of these was dispatched, None if it waits."""
+        s = self.settings
+        try:
+            done = await dispatch(self.pool, self.redis, s.queue_name,
+                                  [user for _, user in items], s.user_max_running)
+        except _ENQUEUE_ERRORS as exc:
+            log.warning("dispatch_failed", error=repr(exc))
+            return [None] * len(items)
+        return [done.get(job_id) for job_id, _ in items]
+
+    async def queue(self, job_id: uuid.UUID, user_id: uuid.UUID) -> datetime | None:
+        """Put an accepted job on the queue now, or with a running cap, when its user has
+        room; when it was, None if not yet."""
+        if self.settings.user_max_running > 0:
+            return await self.dispatch((job_id, user_id))
+        return await self.enqueue(job_id)
 
     async def _enqueue(self, job_ids: list[uuid.UUID]) -> list[datetime | None]:
         """Put committed jobs on the arq queue and record when; None for all if Redis is
@@ -291,8 +319,8 @@ async def submit_job(
     if row["replayed"]:
         async with ctx.pool.acquire() as conn:
             replayed = await load_job(conn, user_id, row["job_id"], sign=ctx.content_url)
-        return Submitted(await _enqueue_replay(ctx, replayed), replayed=True)
-    enqueued_at = await ctx.batches.enqueue(job_id)
+        return Submitted(await _enqueue_replay(ctx, user_id, replayed), replayed=True)
+    enqueued_at = await ctx.batches.queue(job_id, user_id)
     price = row["reserved"]
     log.info("job_accepted", job_id=str(job_id), model=job.model, price=price)
     return Submitted(job_json({
@@ -305,10 +333,12 @@ async def submit_job(
     }), replayed=False)
 
 
-async def _enqueue_replay(ctx: ApiContext, found: dict[str, Any]) -> dict[str, Any]:
-    """The original job of a replayed request, enqueued again if Redis missed it first."""
+async def _enqueue_replay(ctx: ApiContext, user_id: uuid.UUID,
+                          found: dict[str, Any]) -> dict[str, Any]:
+    """The original job of a replayed request, enqueued again if Redis missed it first (or
+    dispatched, if its user has room)."""
     if found["status"] == JobStatus.QUEUED and found["enqueued_at"] is None:
-        enqueued_at = await ctx.batches.enqueue(uuid.UUID(found["id"]))
+        enqueued_at = await ctx.batches.queue(uuid.UUID(found["id"]), user_id)
         if enqueued_at is not None:
             found["enqueued_at"] = enqueued_at.isoformat()
     return found

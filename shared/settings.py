@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     max_params_bytes: int = Field(default=8 * 1024, ge=2)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
     # Submissions one user may make per minute (0: no limit); a plan may set its own.
+    # Jobs one user may have dispatched to the workers at once (0: no cap); the rest wait.
+    user_max_running: int = Field(default=0, ge=0, le=1_000_000)
     user_submits_per_minute: int = Field(default=0, ge=0, le=1_000_000)
     # The HTTP server, before any request reaches the app: the request line and headers together,
     # how many header lines, how long the head and then the body may take to arrive, how long an

@@ -6,19 +6,31 @@ import asyncio
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
-from redis.asyncio import Redis
 
+from shared.batch import Batcher
 from shared.db import Pool, create_pool
+from shared.dispatch import dispatch
 from shared.limits import ModelLimits
+from shared.logging import get_logger
 from shared.settings import Settings
 from shared.storage import open_storage
 from worker.jobs import WorkerBatches
 from worker.providers import build_providers
 from worker.providers.base import Provider
 from worker.staging import Stager
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+log = get_logger(__name__)
+# Users whose jobs finished together share one dispatch (group commit, as the finalize).
+DISPATCH_BATCH = 64
+DISPATCH_FLUSHES = 2
 
 
 def new_worker_id() -> str:
@@ -44,10 +56,32 @@ class WorkerContext:
     batches: WorkerBatches
     # The models' provider limits, kept in Redis (None: no Redis given, limits not enforced).
     limits: ModelLimits | None = None
+    # The queue, for dispatching a user's waiting jobs when one of theirs finishes.
+    redis: ArqRedis | None = None
+
+    def __post_init__(self) -> None:
+        self._dispatcher: Batcher[uuid.UUID, int] = Batcher(
+            self._dispatch, max_batch=DISPATCH_BATCH, max_flushes=DISPATCH_FLUSHES)
+
+    async def _dispatch(self, users: list[uuid.UUID]) -> Sequence[int]:
+        assert self.redis is not None
+        s = self.settings
+        done = await dispatch(self.pool, self.redis, s.queue_name, users, s.user_max_running)
+        return [0] * len(users) if not done else [len(done)] * len(users)
+
+    async def job_finished(self, user_id: uuid.UUID) -> None:
+        """With a per-user running cap, a finished job frees a place: dispatch the user's next
+        waiting job now. A failure leaves it to the scheduler's sweep."""
+        if self.settings.user_max_running <= 0 or self.redis is None:
+            return
+        try:
+            await self._dispatcher(user_id)
+        except Exception as exc:
+            log.warning("dispatch_after_finish_failed", error=repr(exc))
 
     @classmethod
     async def open(cls, settings: Settings, *, worker_id: str | None = None,
-                   redis: Redis | None = None) -> WorkerContext:
+                   redis: ArqRedis | None = None) -> WorkerContext:
         """Connect to Postgres and build the providers and the output stager; with ``redis``,
         enforce the models' provider limits there."""
         if settings.database_url is None:
@@ -69,11 +103,12 @@ class WorkerContext:
         limits = (ModelLimits(redis, settings.queue_name, settings.lease_s)
                   if redis is not None else None)
         return cls(settings, pool, http, build_providers(settings), stager, worker_id,
-                   recovery_pool, WorkerBatches(pool, settings, worker_id), limits)
+                   recovery_pool, WorkerBatches(pool, settings, worker_id), limits, redis)
 
     async def close(self) -> None:
         """Close providers, the HTTP client and the pools."""
         await self.batches.drain()
+        await self._dispatcher.drain()
         for provider in self.providers.values():
             await provider.aclose()
         await self.http.aclose()

@@ -324,6 +324,8 @@ class _Run:
             # claims is removed by the orphan sweep.
             log.warning("lease_lost_at_finalize")
             return "lease_lost"
+        # The user's place under the running cap is free: their next waiting job can go.
+        await self.wc.job_finished(self.job.user_id)
         if status != JobStatus.SUCCEEDED:
             # A failure, or a cancel that won at the final write: no asset row points here.
             await self.wc.stager.discard(self.staged)

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from shared import ledger
 from shared.db import Connection, Pool
+from shared.dispatch import dispatch
 from shared.logging import get_logger
 from shared.queue import enqueue_generations, requeue_generation
 from shared.settings import Settings
@@ -37,6 +38,8 @@ ORPHAN_GRACE_S = 3600.0
 # recorded): the prompt sweep leaves it alone. Enqueueing it anyway would be harmless (arq
 # refuses an id it holds), only wasted.
 NEW_JOB_GRACE_S = 1.0
+# Users per dispatch statement of the sweep (one transaction, one advisory lock per user).
+DISPATCH_USERS = 50
 
 
 @dataclass
@@ -152,7 +155,13 @@ async def enqueue_new_jobs(
 ) -> None:
     """Enqueue ``queued`` jobs that were never enqueued: the intake accepted them while Redis
     was unreachable (``enqueued_at`` NULL). Cheap, so it runs every few seconds, and such jobs
-    start soon after Redis is back instead of waiting for :func:`requeue_lost_jobs`."""
+    start soon after Redis is back instead of waiting for :func:`requeue_lost_jobs`.
+
+    With a per-user running cap the same jobs are the ones waiting for a place: each of their
+    users gets a dispatch instead, which enqueues as many as the cap leaves room for."""
+    if settings.user_max_running > 0:
+        await _dispatch_waiting(report, pool, redis, settings)
+        return
     while True:
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
@@ -175,6 +184,17 @@ async def enqueue_new_jobs(
             return
 
 
+async def _dispatch_waiting(
+    report: TaskReport, pool: Pool, redis: ArqRedis, settings: Settings
+) -> None:
+    users = [r["user_id"] for r in await pool.fetch(
+        queries["waiting_users"], NEW_JOB_GRACE_S, settings.cleanup_batch_size)]
+    for start in range(0, len(users), DISPATCH_USERS):
+        done = await dispatch(pool, redis, settings.queue_name,
+                              users[start:start + DISPATCH_USERS], settings.user_max_running)
+        report.add("dispatched", len(done))
+
+
 @_timed("requeue_lost_jobs")
 async def requeue_lost_jobs(
     report: TaskReport, pool: Pool, redis: ArqRedis, settings: Settings
@@ -193,7 +213,8 @@ async def requeue_lost_jobs(
     while True:
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                queries["lost_queued_jobs"], cutoff, settings.cleanup_batch_size
+                queries["lost_queued_jobs"], cutoff, settings.cleanup_batch_size,
+                settings.user_max_running <= 0,
             )
             if not rows:
                 return

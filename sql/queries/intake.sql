@@ -120,3 +120,24 @@ FROM credit_ledger WHERE id = $1 AND user_id = $2
 -- get_job_status --
 -- $1 job_id, $2 user_id.
 SELECT status FROM generation_jobs WHERE id = $1 AND user_id = $2
+
+-- dispatch_jobs --
+-- The per-user running cap (see 0016_fair_sharing.sql): mark the users' oldest waiting jobs
+-- dispatched, up to the cap. $1 user ids (uuid[]), $2 cap.
+SELECT job_id, user_id, enqueued_at FROM genq_dispatch($1::uuid[], $2)
+
+-- undispatch_jobs --
+-- Jobs dispatched whose enqueue failed wait again (the next dispatch or sweep retries them).
+-- $1 job ids (uuid[]).
+UPDATE generation_jobs SET enqueued_at = NULL, updated_at = now()
+WHERE id = ANY($1::uuid[]) AND status = 'queued'
+
+-- waiting_users --
+-- Users with jobs waiting for a dispatch, their oldest waiting job older than $1 seconds (a
+-- younger one may still be in the intake's hands); $2 limit.
+SELECT user_id FROM generation_jobs
+WHERE status = 'queued' AND enqueued_at IS NULL
+  AND created_at < now() - make_interval(secs => $1)
+GROUP BY user_id
+ORDER BY min(created_at)
+LIMIT $2

@@ -23,11 +23,13 @@ SELECT now() - make_interval(secs => $1)
 -- lost_queued_jobs --
 -- Queued jobs last enqueued (or created) before $1 (timestamptz, from requeue_cutoff), oldest
 -- first, with how long they have waited; $2 limit. Locked so two sweeps do not both re-enqueue
--- one job.
+-- one job. $3: include jobs never enqueued (false with a per-user running cap: those wait for
+-- a dispatch, not for a requeue).
 SELECT id,
        extract(epoch FROM now() - coalesce(enqueued_at, created_at))::float8 AS waited_s
 FROM generation_jobs
 WHERE status = 'queued'
+  AND ($3 OR enqueued_at IS NOT NULL)
   AND coalesce(enqueued_at, created_at) < $1
 ORDER BY created_at
 LIMIT $2
