@@ -16,7 +16,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from api import assets, catalog, credits, health, jobs
+from api import assets, catalog, credits, health, jobs, plans
 from api.auth import ApiKeyCache
 from api.catalog import CatalogCache
 from api.context import ApiContext
@@ -53,6 +53,8 @@ def routes() -> list[Route]:
         Route("/v1/files/{key:path}", assets.get_file, methods=["GET", "HEAD"]),
         Route("/v1/admin/users", credits.post_user, methods=["POST"]),
         Route("/v1/admin/users/{user_id}/credits", credits.post_grant, methods=["POST"]),
+        Route("/v1/admin/users/{user_id}/plan", plans.put_user_plan, methods=["PUT"]),
+        Route("/v1/me", plans.get_me, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint(build_openapi()), methods=["GET"]),

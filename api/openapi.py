@@ -11,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from api import plans
 from api.validation import CreditGrant, JobCreate, UserCreate
 from shared.types import AssetType, JobStatus, LedgerKind
 
@@ -364,6 +365,7 @@ _PATHS: dict[str, dict[str, Any]] = {
 def build_openapi() -> dict[str, Any]:
     """The whole document."""
     schemas = dict(_SCHEMAS)
+    schemas.update(plans.OPENAPI_SCHEMAS)
     for model in (JobCreate, UserCreate, CreditGrant):
         schemas[model.__name__] = model.model_json_schema(ref_template=_REF)
     return {
@@ -371,7 +373,8 @@ def build_openapi() -> dict[str, Any]:
         "info": {"title": "genq", "version": "1",
                  "description": "Job backend for AI image and video generation."},
         "security": [{"bearer": []}],
-        "paths": _PATHS,
+        "paths": {**_PATHS, **plans.openapi_paths(_COMMON, _ADMIN, _BODY_ERRORS, _ID_PARAM,
+                                                  _error)},
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {

@@ -47,7 +47,8 @@ async def dispatch(
     ids = [r["job_id"] for r in rows]
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
-            await enqueue_generations(redis, queue_name, ids)
+            await enqueue_generations(redis, queue_name, ids,
+                                      [r["priority_tier"] for r in rows])
     except _ENQUEUE_ERRORS as exc:
         log.warning("dispatch_enqueue_failed", jobs=len(ids), error=repr(exc))
         await pool.execute(queries["undispatch_jobs"], ids)

@@ -61,8 +61,16 @@ async def create_arq_pool(redis_url: str) -> ArqRedis:
     return await create_pool(redis_settings(redis_url))
 
 
-def _enqueue_args(redis: ArqRedis, queue_name: str, job_id: uuid.UUID) -> list[Any]:
-    """KEYS and ARGV of :data:`ENQUEUE_LUA` for one job, due now."""
+# Priority tiers: arq takes due jobs lowest score first, and a job's score is its enqueue time,
+# so a higher tier's job is scored as if it had been enqueued this much earlier per tier. The
+# head start is bounded: a lower tier's job that has waited longer than that goes before a
+# higher tier's newer one, so no tier starves.
+TIER_HEAD_START_MS = 60_000
+
+
+def _enqueue_args(redis: ArqRedis, queue_name: str, job_id: uuid.UUID,
+                  tier: int = 0) -> list[Any]:
+    """KEYS and ARGV of :data:`ENQUEUE_LUA` for one job, due now (and earlier per ``tier``)."""
     arq_id = str(job_id)
     enqueue_time_ms = timestamp_ms()
     # As enqueue_job without _defer_*, _expires or _job_try: score = enqueue time, expiry =
@@ -72,19 +80,22 @@ def _enqueue_args(redis: ArqRedis, queue_name: str, job_id: uuid.UUID) -> list[A
     # redis-py types script arguments as str (it sends the pickled job's bytes unchanged);
     # hence Any.
     return [JOB_KEY_PREFIX + arq_id, RESULT_KEY_PREFIX + arq_id, queue_name,
-            redis.expires_extra_ms, job, arq_id, enqueue_time_ms]
+            redis.expires_extra_ms, job, arq_id, enqueue_time_ms - tier * TIER_HEAD_START_MS]
 
 
 async def enqueue_generations(
-    redis: ArqRedis, queue_name: str, job_ids: Sequence[uuid.UUID]
+    redis: ArqRedis, queue_name: str, job_ids: Sequence[uuid.UUID],
+    tiers: Sequence[int] | None = None,
 ) -> list[bool]:
     """Put jobs on the queue with ``_job_id`` = job id, exactly as arq's ``enqueue_job``
     would (same record, serializer, expiry and score, due now), all in one round trip.
 
     One flag per job: False when arq already holds a job (or a kept result) under that id,
-    which makes enqueueing the same job twice harmless.
+    which makes enqueueing the same job twice harmless. ``tiers``: each job's priority tier
+    (its plan's), moving it ahead of lower tiers' jobs (:data:`TIER_HEAD_START_MS`).
     """
-    calls = [_enqueue_args(redis, queue_name, job_id) for job_id in job_ids]
+    calls = [_enqueue_args(redis, queue_name, job_id, tiers[i] if tiers else 0)
+             for i, job_id in enumerate(job_ids)]
 
     async def run() -> list[Any]:
         pipe = redis.pipeline(transaction=False)

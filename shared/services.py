@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from shared.catalog import load_catalog, sync_catalog
 from shared.db import connect, migrate
 from shared.embedded import Services, ensure_services
+from shared.plans import load_plans, sync_plans
 from shared.settings import Settings
 
 
@@ -18,12 +19,15 @@ def resolve_services(settings: Settings) -> Services:
 
 
 async def prepare_database(database_url: str, settings: Settings) -> list[str]:
-    """Apply pending migrations and sync the model catalog; return the migrations applied."""
+    """Apply pending migrations and sync the model and plan catalogs; return the migrations
+    applied."""
     specs = load_catalog(settings.models_file)
+    plans = load_plans(settings.plans_file)
     conn = await connect(database_url)
     try:
         applied = await migrate(conn)
         await sync_catalog(conn, specs)
+        await sync_plans(conn, plans)
     finally:
         await conn.close()
     return applied

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
 
     # Catalog.
     models_file: Path | None = None
+    # Plans, merged over the built-in ones (shared/plans.toml).
+    plans_file: Path | None = None
 
     # Queue and worker.
     queue_name: str = Field(default="genq:queue", min_length=1)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from shared import ledger
+from shared import ledger, plans
 from shared.db import Connection, Pool
 from shared.dispatch import dispatch
 from shared.logging import get_logger
@@ -193,6 +193,22 @@ async def _dispatch_waiting(
         done = await dispatch(pool, redis, settings.queue_name,
                               users[start:start + DISPATCH_USERS], settings.user_max_running)
         report.add("dispatched", len(done))
+
+
+@_timed("grant_plan_credits")
+async def grant_plan_credits(
+    report: TaskReport, pool: Pool, settings: Settings, now: datetime | None = None
+) -> None:
+    """Grant each user on a granting plan their credits for the current period (a UTC day or
+    month), once: the ledger's idempotency key ``plan:<plan>:<period start>`` makes a second
+    grant, by this run or any other scheduler's, a replay. ``now``: the instant whose period is
+    granted (the clock when None)."""
+    run = await plans.grant_plan_credits(pool, now=now or datetime.now(UTC),
+                                         batch_size=settings.cleanup_batch_size)
+    report.add("granted", run.granted)
+    report.add("credits", run.credits)
+    if run.over_limit:
+        report.add("over_balance_limit", run.over_limit)
 
 
 @_timed("requeue_lost_jobs")

@@ -64,6 +64,10 @@ def _retire_jobs(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[T
     return maintenance.retire_old_jobs(pool, settings)
 
 
+def _grant_plans(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
+    return maintenance.grant_plan_credits(pool, settings)
+
+
 # Name -> task, in the order `genq cleanup` runs them.
 TASKS: dict[str, TaskFn] = {
     "enqueue-new-jobs": _enqueue_new,
@@ -73,6 +77,7 @@ TASKS: dict[str, TaskFn] = {
     "settle-stale-reservations": _settle_stale,
     "retire-old-jobs": _retire_jobs,
     "sweep-orphan-files": _sweep_orphans,
+    "grant-plan-credits": _grant_plans,
 }
 
 

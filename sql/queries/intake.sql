@@ -124,7 +124,7 @@ SELECT status FROM generation_jobs WHERE id = $1 AND user_id = $2
 -- dispatch_jobs --
 -- The per-user running cap (see 0016_fair_sharing.sql): mark the users' oldest waiting jobs
 -- dispatched, up to the cap. $1 user ids (uuid[]), $2 cap.
-SELECT job_id, user_id, enqueued_at FROM genq_dispatch($1::uuid[], $2)
+SELECT job_id, user_id, enqueued_at, priority_tier FROM genq_dispatch($1::uuid[], $2)
 
 -- undispatch_jobs --
 -- Jobs dispatched whose enqueue failed wait again (the next dispatch or sweep retries them).
