@@ -36,7 +36,8 @@ async def capped_api(settings: Settings, pool: Pool) -> AsyncIterator[Api]:
         yield Api(app, client, configured, pool)
 
 
-def _worker(settings: Settings, tmp_path: Path) -> WorkerProcess:
+def _worker(settings: Settings, tmp_path: Path, *, cap: int = CAP, slots: int = SLOTS,
+            job_s: float = JOB_S, plans_file: Path | None = None) -> WorkerProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENQ_")}
     assert settings.database_url is not None and settings.redis_url is not None
     env.update({
@@ -44,14 +45,16 @@ def _worker(settings: Settings, tmp_path: Path) -> WorkerProcess:
         "GENQ_REDIS_URL": settings.redis_url,
         "GENQ_DATA_DIR": str(settings.data_dir),
         "GENQ_QUEUE_NAME": settings.queue_name,
-        "GENQ_USER_MAX_RUNNING": str(CAP),
-        "GENQ_MAX_JOBS": str(SLOTS),
-        "GENQ_LOCAL_LATENCY_S": str(JOB_S),
+        "GENQ_USER_MAX_RUNNING": str(cap),
+        "GENQ_MAX_JOBS": str(slots),
+        "GENQ_LOCAL_LATENCY_S": str(job_s),
         "GENQ_VARIANTS_ENABLED": "false",
         "GENQ_LOG_FORMAT": "json",
         "GENQ_LOG_LEVEL": "warning",
         "GENQ_DB_POOL_MIN_SIZE": "1",
     })
+    if plans_file is not None:
+        env["GENQ_PLANS_FILE"] = str(plans_file)
     return WorkerProcess(env, tmp_path, "worker")
 
 
