@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,10 @@ class ApiContext:
     _redis: ArqRedis | None = field(default=None, repr=False)
     _batches: IntakeBatches | None = field(default=None, repr=False)
     _catalog: CatalogCache | None = field(default=None, repr=False)
+    # User id -> (their plan's submissions per minute, None for the setting; when to look
+    # again), kept as long as a verified API key.
+    plan_rates: dict[uuid.UUID, tuple[int | None, float]] = field(default_factory=dict,
+                                                                repr=False)
 
     def attach(self, pool: Pool, redis: ArqRedis, batches: IntakeBatches,
                catalog: CatalogCache) -> None:

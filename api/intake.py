@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -263,11 +264,31 @@ class IntakeBatches:
         return [marked.get(job_id) for job_id in job_ids]
 
 
+# Plan rates remembered per process, at most this many users (then forgotten all at once).
+_PLAN_RATE_ENTRIES = 10_000
+
+
+async def _plan_rate(ctx: ApiContext, user_id: uuid.UUID) -> int | None:
+    """The user's plan's submissions per minute (None: the setting), read at most once per
+    ``GENQ_API_KEY_CACHE_TTL_S`` per user and process."""
+    now = time.monotonic()
+    cached = ctx.plan_rates.get(user_id)
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    rate = await ctx.pool.fetchval(queries["user_submit_rate"], user_id)
+    if len(ctx.plan_rates) >= _PLAN_RATE_ENTRIES:
+        ctx.plan_rates.clear()
+    ctx.plan_rates[user_id] = (rate, now + ctx.settings.api_key_cache_ttl_s)
+    return rate if isinstance(rate, int) else None
+
+
 async def admit_submission(ctx: ApiContext, user_id: uuid.UUID) -> None:
-    """Count a submission against the user's rate (``GENQ_USER_SUBMITS_PER_MINUTE``): over it,
-    :class:`RateLimited` before anything is written. Redis out of reach admits the request (the
-    intake keeps accepting jobs while Redis is down)."""
-    per_minute = ctx.settings.user_submits_per_minute
+    """Count a submission against the user's rate (their plan's ``submits_per_minute``, else
+    ``GENQ_USER_SUBMITS_PER_MINUTE``): over it, :class:`RateLimited` before anything is
+    written. Redis out of reach admits the request (the intake keeps accepting jobs while
+    Redis is down)."""
+    plan_rate = await _plan_rate(ctx, user_id)
+    per_minute = plan_rate if plan_rate is not None else ctx.settings.user_submits_per_minute
     if per_minute <= 0:
         return
     try:

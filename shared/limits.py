@@ -74,6 +74,41 @@ return {0, tonumber(first[2]) - now_ms}
 """
 
 
+# A model's place, all or nothing in one round trip: a concurrency lease (KEYS[1], as
+# SEMAPHORE_LUA) and, for a new prediction, a slot in the calls of the last window (KEYS[2], as
+# SLIDING_LOG_LUA). ARGV: max concurrency (0: none), the lease, its length (ms), max per window
+# (0: none, or not a new call), a unique member, the window (ms). Returns {1, 0} when both are
+# taken, else {0, ms worth waiting} and takes neither.
+MODEL_SLOT_LUA = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max_running, max_calls = tonumber(ARGV[1]), tonumber(ARGV[4])
+local window = tonumber(ARGV[6])
+if max_running > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+    if not redis.call('ZSCORE', KEYS[1], ARGV[2]) and
+            redis.call('ZCARD', KEYS[1]) >= max_running then
+        local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+        return {0, tonumber(first[2]) - now_ms}
+    end
+end
+if max_calls > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - window)
+    if redis.call('ZCARD', KEYS[2]) >= max_calls then
+        local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+        return {0, tonumber(oldest[2]) + window - now_ms + 1}
+    end
+    redis.call('ZADD', KEYS[2], now_ms, ARGV[5])
+    redis.call('PEXPIRE', KEYS[2], window + 1000)
+end
+if max_running > 0 then
+    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]), ARGV[2])
+    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + 1000)
+end
+return {1, 0}
+"""
+
+
 def _sha(script: str) -> str:
     return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
@@ -151,43 +186,27 @@ class ModelLimits:
         """Wait until ``limit`` lets one more call of its model start, and take the place.
 
         ``new_call``: the call creates a prediction (counted by ``max_per_minute``); resuming
-        one already created takes only a concurrency place. Waiting holds nothing but this
-        coroutine: no database connection and no provider call.
+        one already created takes only a concurrency place. Both are taken together or not at
+        all, in one round trip. Waiting holds nothing but this coroutine: no database
+        connection, no provider call, no place.
         """
-        lease: str | None = None
+        lease = uuid.uuid4().hex
+        max_calls = limit.max_per_minute if new_call and limit.max_per_minute else 0
         waited = False
-        if limit.max_concurrency is not None:
-            lease = uuid.uuid4().hex
-            while True:
-                held, wait_ms = await _run(
-                    self.redis, SEMAPHORE_LUA, [self.concurrency_key(limit.key)],
-                    [limit.max_concurrency, lease, self.lease_ms],
-                )
-                if held:
-                    break
-                waited = True
-                await asyncio.sleep(_step(wait_ms))
-        slot = ModelSlot(self, limit, lease)
-        if new_call and limit.max_per_minute is not None:
-            try:
-                member = uuid.uuid4().hex
-                while True:
-                    ok, wait_ms = await _run(
-                        self.redis, SLIDING_LOG_LUA, [self.rate_key(limit.key)],
-                        [limit.max_per_minute, member, PROVIDER_WINDOW_MS],
-                    )
-                    if ok:
-                        break
-                    waited = True
-                    # The concurrency place is held meanwhile: keep it alive.
-                    await slot.renew()
-                    await asyncio.sleep(min(wait_ms / 1000, MAX_WAIT_STEP_S))
-            except BaseException:
-                await asyncio.shield(slot.release())
-                raise
+        while True:
+            ok, wait_ms = await _run(
+                self.redis, MODEL_SLOT_LUA,
+                [self.concurrency_key(limit.key), self.rate_key(limit.key)],
+                [limit.max_concurrency or 0, lease, self.lease_ms, max_calls, lease,
+                 PROVIDER_WINDOW_MS],
+            )
+            if ok:
+                break
+            waited = True
+            await asyncio.sleep(_step(wait_ms))
         if waited:
             log.info("model_limit_waited", model=limit.key)
-        return slot
+        return ModelSlot(self, limit, lease if limit.max_concurrency else None)
 
 
 def _step(wait_ms: int) -> float:

@@ -66,6 +66,11 @@ DECLARE
     tier integer;
 BEGIN
     FOR u IN SELECT DISTINCT x FROM unnest(p_users) AS x ORDER BY x LOOP
+        -- Nothing waiting (the usual case when a job finishes): no lock, no count. A job
+        -- committed after this look has its own dispatch, by the intake after its commit.
+        CONTINUE WHEN NOT EXISTS (
+            SELECT 1 FROM generation_jobs w
+            WHERE w.user_id = u AND w.status = 'queued' AND w.enqueued_at IS NULL);
         PERFORM pg_advisory_xact_lock(16, hashtext(u::text));
         SELECT coalesce(us.max_running, p.max_running, p_cap), p.priority_tier INTO cap, tier
         FROM users us JOIN plans p ON p.name = us.plan WHERE us.id = u;

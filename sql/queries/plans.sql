@@ -36,6 +36,10 @@ FROM users u JOIN plans p ON p.name = u.plan
 LEFT JOIN credit_accounts a ON a.user_id = u.id
 WHERE u.id = $1
 
+-- user_submit_rate --
+-- $1 user id: their plan's submissions per minute (NULL: the server's setting).
+SELECT p.submits_per_minute FROM users u JOIN plans p ON p.name = u.plan WHERE u.id = $1
+
 -- users_due_plan_grant --
 -- Users on an enabled plan that grants credits whose ledger has no grant yet for the period
 -- $1 (timestamptz, "now") is in, by user id after $2; $3 limit.

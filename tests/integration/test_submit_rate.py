@@ -4,12 +4,20 @@ rate_limited with Retry-After and writes nothing; other users are not affected."
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from shared.db import Pool
+from shared.plans import load_plans, sync_plans
 from shared.settings import Settings
-from tests.integration.api_support import Api, User, api_fixture, running_app  # noqa: F401
+from tests.integration.api_support import (  # noqa: F401
+    ADMIN,
+    Api,
+    User,
+    api_fixture,
+    running_app,
+)
 
 JOB = {"model": "local/sketch", "prompt": "a lighthouse", "num_outputs": 1}
 PER_MINUTE = 3
@@ -67,3 +75,28 @@ async def test_no_rate_by_default(api: Api) -> None:
     for _ in range(PER_MINUTE + 5):
         r = await api.client.post("/v1/jobs", json=JOB, headers=user.headers)
         assert r.status_code == 202, r.text
+
+
+async def test_a_plan_sets_its_own_rate(limited: Api, tmp_path: Path) -> None:
+    api = limited
+    plans_file = tmp_path / "plans.toml"
+    plans_file.write_text('[[plans]]\nname = "slow"\nsubmits_per_minute = 1\n\n'
+                          '[[plans]]\nname = "busy"\nsubmits_per_minute = 6\n')
+    async with api.pool.acquire() as conn:
+        await sync_plans(conn, load_plans(plans_file))
+    slow, busy = await api.user(credits=100), await api.user(credits=100)
+    for user, plan in ((slow, "slow"), (busy, "busy")):
+        r = await api.client.put(f"/v1/admin/users/{user.id}/plan", json={"plan": plan},
+                                 headers=ADMIN)
+        assert r.status_code == 200, r.text
+    assert (await api.client.post("/v1/jobs", json=JOB, headers=slow.headers)).status_code == 202
+    r = await api.client.post("/v1/jobs", json=JOB, headers=slow.headers)
+    assert r.status_code == 429
+    assert r.json()["error"]["details"]["limit_per_minute"] == 1
+    # Above the server's rate of PER_MINUTE: the plan's 6 hold.
+    for _ in range(6):
+        r = await api.client.post("/v1/jobs", json=JOB, headers=busy.headers)
+        assert r.status_code == 202, r.text
+    r = await api.client.post("/v1/jobs", json=JOB, headers=busy.headers)
+    assert r.status_code == 429
+    assert await _jobs_of(api, slow) == 1 and await _jobs_of(api, busy) == 6
