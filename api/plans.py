@@ -4,7 +4,7 @@ OpenAPI entries (:data:`OPENAPI_PATHS`, :data:`OPENAPI_SCHEMAS`, merged by api/o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -15,7 +15,7 @@ from api.body import read_json
 from api.context import context
 from api.errors import UserNotFound, ValidationFailed, echo
 from api.reads import parse_id
-from api.validation import field_error, parse_body
+from api.validation import INTEGRAL, field_error, parse_body
 from shared.logging import get_logger
 from shared.plans import plan_json
 from sql import queries
@@ -29,6 +29,8 @@ class PlanAssign(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     plan: str = Field(min_length=1, max_length=64)
+    # The user's own running cap over the plan's (null: the plan's); left out: unchanged.
+    max_running: Annotated[int, Field(ge=1, le=1_000_000), INTEGRAL] | None = None
 
 
 def _me_json(row: Any) -> dict[str, Any]:
@@ -52,8 +54,8 @@ async def get_me(request: Request) -> Response:
 
 
 async def put_user_plan(request: Request) -> Response:
-    """PUT /v1/admin/users/{user_id}/plan: put the user on an existing plan; 200 with the user
-    as GET /v1/me shows them."""
+    """PUT /v1/admin/users/{user_id}/plan: put the user on an existing plan (and, with
+    ``max_running``, set their own running cap); 200 with the user as GET /v1/me shows them."""
     ctx = context(request)
     require_admin(ctx, request)
     user_id = parse_id(request.path_params["user_id"])
@@ -66,6 +68,8 @@ async def put_user_plan(request: Request) -> Response:
                 field_error("plan", f"no plan {echo(body.plan)!r}")])
         if await conn.fetchval(queries["set_user_plan"], user_id, body.plan) is None:
             raise UserNotFound(f"no user {user_id}")
+        if "max_running" in body.model_fields_set:
+            await conn.execute(queries["set_user_max_running"], user_id, body.max_running)
         row = await conn.fetchrow(queries["user_with_plan"], user_id)
     assert row is not None
     log.info("user_plan_set", target_user_id=str(user_id), plan=body.plan)

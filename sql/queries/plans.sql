@@ -27,6 +27,10 @@ FROM plans WHERE name = $1 AND enabled
 -- $1 user id, $2 plan name (enabled: checked by the caller). No row: no such user.
 UPDATE users SET plan = $2 WHERE id = $1 RETURNING id
 
+-- set_user_max_running --
+-- $1 user id, $2 their own running cap (NULL: their plan's).
+UPDATE users SET max_running = $2 WHERE id = $1
+
 -- user_with_plan --
 -- $1 user id: the user, their plan and their account.
 SELECT u.id, u.email, u.created_at, u.max_running AS user_max_running, p.name,

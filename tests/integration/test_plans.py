@@ -65,6 +65,18 @@ async def test_me_shows_the_default_plan_and_an_admin_assigns_another(api: Api) 
     assert me["plan"]["name"] == "pro"
     assert me["max_running"] == 8
 
+    # The user's own cap over the plan's; left out, it stays; null, the plan's again.
+    r = await api.client.put(f"/v1/admin/users/{user.id}/plan",
+                             json={"plan": "studio", "max_running": 3}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert (r.json()["plan"]["name"], r.json()["max_running"]) == ("studio", 3)
+    r = await api.client.put(f"/v1/admin/users/{user.id}/plan", json={"plan": "pro"},
+                             headers=ADMIN)
+    assert r.json()["max_running"] == 3
+    r = await api.client.put(f"/v1/admin/users/{user.id}/plan",
+                             json={"plan": "pro", "max_running": None}, headers=ADMIN)
+    assert r.json()["max_running"] == 8
+
 
 async def test_bad_plan_assignments_are_refused_and_change_nothing(api: Api) -> None:
     user = await api.user()
@@ -76,6 +88,10 @@ async def test_bad_plan_assignments_are_refused_and_change_nothing(api: Api) -> 
     r = await api.client.put(f"/v1/admin/users/{user.id}/plan", json={"plan": 3},
                              headers=ADMIN)
     assert r.status_code == 422
+    r = await api.client.put(f"/v1/admin/users/{user.id}/plan",
+                             json={"plan": "pro", "max_running": 0}, headers=ADMIN)
+    assert r.status_code == 422
+    assert r.json()["error"]["details"][0]["field"] == "max_running"
     r = await api.client.put(f"/v1/admin/users/{uuid.uuid4()}/plan", json={"plan": "pro"},
                              headers=ADMIN)
     assert r.status_code == 404
