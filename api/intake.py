@@ -380,6 +380,9 @@ async def cancel_job(
                     status_code = 200
             if row is not None:
                 log.info("job_canceled", job_id=str(job_id))
+                if ctx.settings.user_max_running > 0:
+                    # A dispatched job leaving the queue frees a place for the next one.
+                    await ctx.batches.dispatch((job_id, user_id))
                 break
             if await conn.fetchval(queries["request_job_cancel"], job_id, user_id) is not None:
                 log.info("job_cancel_requested", job_id=str(job_id))
