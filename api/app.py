@@ -27,6 +27,7 @@ from api.openapi import build_openapi, openapi_endpoint
 from shared.db import create_pool
 from shared.errors import ConfigError
 from shared.logging import get_logger
+from shared.plans import load_plans
 from shared.queue import create_arq_pool
 from shared.settings import Settings
 from shared.storage import open_storage
@@ -35,8 +36,9 @@ from shared.storage.signing import UrlSigner, load_signing_key
 log = get_logger(__name__)
 
 
-def routes() -> list[Route]:
-    """Every route of the v1 API (the contract in DESIGN.md)."""
+def routes(plan_names: list[str] | None = None) -> list[Route]:
+    """Every route of the v1 API; ``plan_names``: the plans an admin may assign (the
+    document lists them)."""
     return [
         Route("/v1/jobs", jobs.jobs_collection, methods=["GET", "POST"]),
         Route("/v1/jobs/{job_id}", jobs.get_job, methods=["GET"]),
@@ -57,7 +59,7 @@ def routes() -> list[Route]:
         Route("/v1/me", plans.get_me, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint(build_openapi()), methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint(build_openapi(plan_names)), methods=["GET"]),
     ]
 
 
@@ -127,7 +129,7 @@ def create_app(settings: Settings) -> Starlette:
             log.info("api_stopped")
 
     app = Starlette(
-        routes=routes(),
+        routes=routes([p.name for p in load_plans(settings.plans_file)]),
         middleware=middleware(settings),
         exception_handlers=exception_handlers(),
         lifespan=lifespan,

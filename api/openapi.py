@@ -362,10 +362,10 @@ _PATHS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_openapi() -> dict[str, Any]:
-    """The whole document."""
+def build_openapi(plan_names: list[str] | None = None) -> dict[str, Any]:
+    """The whole document; ``plan_names``: the plans an admin may assign."""
     schemas = dict(_SCHEMAS)
-    schemas.update(plans.OPENAPI_SCHEMAS)
+    schemas.update(plans.openapi_schemas(plan_names))
     for model in (JobCreate, UserCreate, CreditGrant):
         schemas[model.__name__] = model.model_json_schema(ref_template=_REF)
     return {

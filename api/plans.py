@@ -13,21 +13,14 @@ from starlette.responses import JSONResponse, Response
 from api.auth import authenticate, require_admin
 from api.body import read_json
 from api.context import context
-from api.errors import UserNotFound, echo
+from api.errors import UserNotFound, ValidationFailed, echo
 from api.reads import parse_id
-from api.validation import INTEGRAL, parse_body
-from shared.errors import NotFound
+from api.validation import INTEGRAL, field_error, parse_body
 from shared.logging import get_logger
 from shared.plans import plan_json
 from sql import queries
 
 log = get_logger(__name__)
-
-
-class PlanNotFound(NotFound):
-    """No such plan (or it is no longer offered)."""
-
-    code = "plan_not_found"
 
 
 class PlanAssign(BaseModel):
@@ -71,7 +64,8 @@ async def put_user_plan(request: Request) -> Response:
     body = parse_body(PlanAssign, await read_json(request, ctx.settings.max_body_bytes))
     async with ctx.pool.acquire() as conn, conn.transaction():
         if await conn.fetchrow(queries["get_plan"], body.plan) is None:
-            raise PlanNotFound(f"no plan {echo(body.plan)!r}")
+            raise ValidationFailed("unknown plan", details=[
+                field_error("plan", f"no plan {echo(body.plan)!r}")])
         if await conn.fetchval(queries["set_user_plan"], user_id, body.plan) is None:
             raise UserNotFound(f"no user {user_id}")
         if "max_running" in body.model_fields_set:
@@ -111,8 +105,16 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
         "max_running": {**_NULLABLE_INT,
                         "description": "The user's own cap, else the plan's."},
         "credits": _ref("Credits")}},
-    "PlanAssign": PlanAssign.model_json_schema(),
 }
+
+
+def openapi_schemas(plan_names: list[str] | None) -> dict[str, Any]:
+    """The schemas of these routes; ``plan_names`` (the plans of this server's catalog) become
+    the request's enum, so a name outside it is schema-invalid (422)."""
+    assign = PlanAssign.model_json_schema()
+    if plan_names:
+        assign["properties"]["plan"] = {**assign["properties"]["plan"], "enum": plan_names}
+    return {**OPENAPI_SCHEMAS, "PlanAssign": assign}
 
 
 def openapi_paths(common: dict[str, Any], admin: dict[str, Any],
@@ -129,7 +131,8 @@ def openapi_paths(common: dict[str, Any], admin: dict[str, Any],
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _ref("PlanAssign")}}},
             "responses": {"200": _json(_ref("Me"), "The user on their new plan"),
-                          "404": error("user_not_found, or plan_not_found: no such plan"),
-                          "422": error("validation_error"),
+                          "404": error("No such user"),
+                          "422": error("validation_error, also for a plan that does not "
+                                       "exist"),
                           **body_errors, **admin}}},
     }

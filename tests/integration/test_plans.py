@@ -82,8 +82,9 @@ async def test_bad_plan_assignments_are_refused_and_change_nothing(api: Api) -> 
     user = await api.user()
     r = await api.client.put(f"/v1/admin/users/{user.id}/plan", json={"plan": "platinum"},
                              headers=ADMIN)
-    assert r.status_code == 404, r.text
-    assert r.json()["error"]["code"] == "plan_not_found"
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "validation_error"
+    assert r.json()["error"]["details"][0]["field"] == "plan"
     r = await api.client.put(f"/v1/admin/users/{user.id}/plan", json={"plan": 3},
                              headers=ADMIN)
     assert r.status_code == 422
