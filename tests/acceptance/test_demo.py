@@ -77,7 +77,10 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
     assert '"event": "migration_applied"' in (logs / "migrate.log").read_text()
     assert {stat.S_IMODE(f.stat().st_mode) for f in logs.iterdir()} == {0o600}
     stored = [f for f in (data_dir / "storage").rglob("*") if f.is_file()]
-    assert len(stored) == 9
+    # The 9 images and their 9 thumbnails, the clip and its poster.
+    assert len(stored) == 20
+    assert sum(f.name.endswith(".thumb.webp") for f in stored) == 9
+    assert sum(f.name.endswith(".poster.webp") for f in stored) == 1
     assert {stat.S_IMODE(f.stat().st_mode) for f in stored} == {0o600}
     folders = [data_dir / "storage", *(f for f in (data_dir / "storage").rglob("*") if f.is_dir())]
     assert {stat.S_IMODE(f.stat().st_mode) for f in folders} == {0o700}
