@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -71,6 +72,10 @@ _DEADLOCK_TRIES = 3
 # The SQLSTATE genq_submit raises for a user without a credit account.
 NO_DATA_FOUND = "P0002"
 
+
+# A job sent without a seed gets one below this, chosen at submit and recorded on the job, so
+# every output can be made again from its job (31 bits: every provider takes it).
+CHOSEN_SEED_BOUND = 2**31
 
 # The constraint genq_submit names when the model changed since the intake checked the request.
 CATALOG_CHANGED = "genq_submit_catalog_changed"
@@ -242,7 +247,11 @@ async def submit_job(
     only the enqueue and its ``enqueued_at`` hint follow it.
     """
     job_id = uuid.uuid4()
+    # The Idempotency-Key is bound to the body as the client sent it; a seed chosen here comes
+    # after, so a replay of a seedless body finds the original job (and its seed).
     digest = request_hash(job) if key is not None else None
+    if job.seed is None:
+        job = job.model_copy(update={"seed": secrets.randbelow(CHOSEN_SEED_BOUND)})
     for _ in range(_CATALOG_TRIES):
         generation = ctx.catalog.generation
         rules = await ctx.catalog.lookup(job.model)
