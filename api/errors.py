@@ -83,6 +83,12 @@ class AssetNotFound(NotFound):
     code = "asset_not_found"
 
 
+class FileNotFound(NotFound):
+    """Nothing is stored at this signed URL."""
+
+    code = "file_not_found"
+
+
 class UserNotFound(NotFound):
     """No such user."""
 

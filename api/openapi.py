@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.validation import CreditGrant, JobCreate, UserCreate
+from api.admin.models import CreditGrant, UserCreate
+from api.jobs.models import JobCreate
+from api.routing import Call, Endpoint, Reply
 from shared.types import AssetType, JobStatus, LedgerKind
 
 _REF = "#/components/schemas/{model}"
@@ -370,10 +371,11 @@ def build_openapi() -> dict[str, Any]:
     }
 
 
-def openapi_endpoint(document: dict[str, Any]) -> Any:
-    """A handler that serves ``document``."""
+def openapi_endpoint(document: dict[str, Any]) -> Endpoint:
+    """The endpoint that serves ``document``."""
 
-    async def openapi(request: Request) -> Response:
+    async def openapi(call: Call) -> Response:
         return JSONResponse(document)
 
-    return openapi
+    return Endpoint("GET", "/openapi.json", openapi, "openapi", "This document",
+                    {200: Reply("OpenAPI 3.1")}, auth="none")

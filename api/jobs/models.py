@@ -1,0 +1,78 @@
+"""What ``/v1/jobs`` takes and answers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.assets.models import Row, _time, asset_json
+from api.errors import ValidationFailed
+from api.validation import INTEGRAL, MAX_SEED, field_error, params_problem
+
+
+class JobCreate(BaseModel):
+    """``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    model: str = Field(min_length=1, max_length=200, description="A model key from /v1/models.")
+    prompt: str = Field(min_length=1, description="What to generate.")
+    num_outputs: Annotated[int, Field(ge=1, le=100), INTEGRAL] = Field(
+        default=1, description="Up to the model's max."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Provider parameters, merged over the model's defaults; the result must "
+                    "match the model's params_schema (see /v1/models) and sets its price.",
+    )
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), INTEGRAL] | None = None
+
+
+def check_job(job: JobCreate, *, max_prompt_chars: int, max_params_bytes: int) -> None:
+    """The limits that come from settings; :class:`ValidationFailed` listing every problem."""
+    problems = []
+    if not job.prompt.strip():
+        problems.append(field_error("prompt", "must not be blank"))
+    elif len(job.prompt) > max_prompt_chars:
+        problems.append(field_error("prompt", f"must be at most {max_prompt_chars} characters"))
+    if (problem := params_problem(job.params, max_params_bytes)) is not None:
+        problems.append(field_error("params", problem))
+    if problems:
+        raise ValidationFailed("invalid request body", details=problems)
+
+
+def job_json(row: Row, outputs: Sequence[Row] = (),
+             urls: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A generation job with its cost and unexpired outputs (``urls``: each output's signed
+    ``content_url`` by storage key)."""
+    urls = urls or {}
+    error = None
+    if row["error_code"] is not None:
+        error = {"code": row["error_code"], "message": row["error_message"] or ""}
+    reserved = row["reserved"]
+    if reserved is None:  # a free model: nothing was reserved
+        reserved = 0
+    return {
+        "id": str(row["id"]),
+        "status": row["status"],
+        "model": row["model"],
+        "prompt": row["prompt"],
+        "num_outputs": row["num_outputs"],
+        "params": row["params"],
+        "seed": row["seed"],
+        "cost": {
+            "price_per_output": row["price_per_output"],
+            "reserved": reserved,
+            "captured": row["captured"] or 0,
+            "refunded": row["refunded"] or 0,
+        },
+        "outputs": [asset_json(a, urls) for a in outputs],
+        "error": error,
+        "cancel_requested": row["cancel_requested_at"] is not None,
+        "created_at": _time(row["created_at"]),
+        "enqueued_at": _time(row["enqueued_at"]),
+        "started_at": _time(row["started_at"]),
+        "finished_at": _time(row["finished_at"]),
+    }
