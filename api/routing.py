@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth import authenticate, require_admin
@@ -86,6 +86,12 @@ class Endpoint:
     errors: Mapping[int, str] = field(default_factory=dict)
     #: GET also answers HEAD with the same headers and no body (documented on the GET).
     head: bool = False
+
+
+def reply(body: BaseModel, status: int = 200,
+          headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """A response model as the JSON answer."""
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
 def _serve(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.credits.models import LedgerEntry
+from api.fields import Response
 from api.validation import INTEGRAL, MAX_GRANT
 
 # One side of an email address: no "@", no control character (NUL included) and no white space,
@@ -33,3 +36,18 @@ class CreditGrant(BaseModel):
 
     amount: Annotated[int, Field(ge=1, le=MAX_GRANT), INTEGRAL]
     reason: str | None = Field(default=None, max_length=500)
+
+
+class NewUser(Response):
+    """A user just created, with its API key."""
+
+    id: uuid.UUID
+    email: str
+    api_key: str = Field(description="Shown only in this response.")
+
+
+class GrantResult(Response):
+    """The balance after a grant, and the grant's ledger entry."""
+
+    balance: int
+    entry: LedgerEntry

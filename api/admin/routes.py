@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from api.admin.models import CreditGrant, UserCreate
+from api.admin.models import CreditGrant, GrantResult, NewUser, UserCreate
 from api.body import read_json
-from api.credits.models import ledger_entry_json
+from api.credits.models import LedgerEntry
 from api.errors import UserNotFound, echo
-from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply
+from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply, reply
 from api.validation import idempotency_key, parse_body, parse_id
 from shared import ledger
 from shared.errors import AccountNotFound
@@ -27,10 +27,8 @@ async def post_user(call: Call) -> Response:
         user = await create_user(conn, body.email)
     log.info("user_created", new_user_id=str(user.id))
     # The body carries a secret: no cache along the way may keep it.
-    return JSONResponse(
-        {"id": str(user.id), "email": user.email, "api_key": user.api_key}, status_code=201,
-        headers={"Cache-Control": "no-store"},
-    )
+    return reply(NewUser(id=user.id, email=user.email, api_key=user.api_key), 201,
+                 {"Cache-Control": "no-store"})
 
 
 async def post_grant(call: Call) -> Response:
@@ -58,9 +56,8 @@ async def post_grant(call: Call) -> Response:
     log.info("credits_granted", target_user_id=str(user_id), amount=body.amount,
              replayed=grant.replayed)
     headers = {REPLAYED_HEADER: "true"} if grant.replayed else None
-    return JSONResponse(
-        {"balance": account.balance, "entry": ledger_entry_json(entry)}, headers=headers
-    )
+    return reply(GrantResult(balance=account.balance, entry=LedgerEntry.from_row(entry)),
+                 headers=headers)
 
 
 ENDPOINTS = [

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from api.assets.models import asset_json
+from api.assets.models import Asset
 from api.errors import AssetNotFound
 from api.pagination import encode_time_cursor
 from shared.db import Connection
@@ -42,7 +42,7 @@ async def list_assets(
     after: tuple[Any, uuid.UUID] | None,
     limit: int,
     sign: Sign,
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[Asset], str | None]:
     """A page of assets, newest first, and the next page's cursor."""
     created_at, last_id = after if after is not None else (None, None)
     rows = await conn.fetch(
@@ -51,4 +51,4 @@ async def list_assets(
     page, more = rows[:limit], len(rows) > limit
     next_cursor = encode_time_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
     urls = await signed_urls(sign, page)
-    return [asset_json(r, urls) for r in page], next_cursor
+    return [Asset.from_row(r, urls) for r in page], next_cursor

@@ -5,15 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from api.assets.models import asset_json
+from api.assets.models import Asset, AssetPage
 from api.assets.reads import list_assets, load_asset, signed_urls
 from api.content import EXTENSIONS, serve_object
 from api.errors import AssetNotFound, echo
 from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse_limit
 from api.query import QueryParams, invalid
-from api.routing import Call, Endpoint, Reply
+from api.routing import Call, Endpoint, Reply, reply
 from api.validation import parse_id
 from shared.logging import get_logger
 from shared.storage import ObjectNotFound, StorageKeyError
@@ -39,7 +39,7 @@ async def get_assets(call: Call) -> Response:
         data, next_cursor = await list_assets(
             conn, user_id, job_id=job_id, after=after, limit=limit, sign=ctx.content_url
         )
-    return JSONResponse({"data": data, "next_cursor": next_cursor})
+    return reply(AssetPage(data=data, next_cursor=next_cursor))
 
 
 def path_asset_id(call: Call) -> uuid.UUID:
@@ -61,7 +61,7 @@ async def _path_asset(call: Call) -> Any:
 async def get_asset(call: Call) -> Response:
     """GET /v1/assets/{asset_id}."""
     row = await _path_asset(call)
-    return JSONResponse(asset_json(row, await signed_urls(call.ctx.content_url, [row])))
+    return reply(Asset.from_row(row, await signed_urls(call.ctx.content_url, [row])))
 
 
 async def get_asset_content(call: Call) -> Response:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from api.credits.models import ledger_entry_json
+from api.credits.models import Credits, LedgerEntry, LedgerPage
 from api.pagination import (
     DEFAULT_LIMIT,
     PAGE_PARAMS,
@@ -13,7 +13,7 @@ from api.pagination import (
     parse_limit,
 )
 from api.query import QueryParams
-from api.routing import Call, Endpoint, Reply
+from api.routing import Call, Endpoint, Reply, reply
 from shared import ledger
 from sql import queries
 
@@ -21,7 +21,7 @@ from sql import queries
 async def get_credits(call: Call) -> Response:
     """GET /v1/credits: spendable balance and the total held by open reservations."""
     account = await ledger.get_account(call.ctx.pool, call.user)
-    return JSONResponse({"balance": account.balance, "reserved": account.reserved})
+    return reply(Credits(balance=account.balance, reserved=account.reserved))
 
 
 async def get_ledger(call: Call) -> Response:
@@ -34,7 +34,8 @@ async def get_ledger(call: Call) -> Response:
     )
     page = rows[:limit]
     next_cursor = encode_id_cursor(page[-1]["id"]) if len(rows) > limit else None
-    return JSONResponse({"data": [ledger_entry_json(r) for r in page], "next_cursor": next_cursor})
+    return reply(LedgerPage(data=[LedgerEntry.from_row(r) for r in page],
+                            next_cursor=next_cursor))
 
 
 ENDPOINTS = [

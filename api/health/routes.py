@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from api.context import ApiContext
 from api.errors import SERVICE_ERRORS, error_response
-from api.routing import Call, Endpoint, Reply
+from api.health.models import Health, Ready
+from api.routing import Call, Endpoint, Reply, reply
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -18,7 +19,7 @@ CHECK_TIMEOUT_S = 2.0
 
 async def healthz(call: Call) -> Response:
     """Liveness: no dependencies checked."""
-    return JSONResponse({"status": "ok"})
+    return reply(Health(status="ok"))
 
 
 async def _check_postgres(ctx: ApiContext) -> str:
@@ -44,10 +45,10 @@ async def _check_redis(ctx: ApiContext) -> str:
 async def readyz(call: Call) -> Response:
     """Readiness: 200 when Postgres and Redis both answer, else 503 naming the one that did not."""
     postgres, redis = await asyncio.gather(_check_postgres(call.ctx), _check_redis(call.ctx))
-    checks = {"postgres": postgres, "redis": redis}
-    if postgres == redis == "ok":
-        return JSONResponse({"status": "ready", "checks": checks})
-    return error_response(503, "service_unavailable", "not ready", details=checks)
+    if postgres == "ok" and redis == "ok":
+        return reply(Ready(status="ready", checks={"postgres": postgres, "redis": redis}))
+    return error_response(503, "service_unavailable", "not ready",
+                          details={"postgres": postgres, "redis": redis})
 
 
 ENDPOINTS = [

@@ -16,8 +16,8 @@ import redis.exceptions
 
 from api.assets.reads import Sign
 from api.errors import JobNotCancelable, JobNotFound, ValidationFailed
-from api.jobs.models import JobCreate, job_json
-from api.jobs.reads import load_job
+from api.jobs.models import Job, JobCreate
+from api.jobs.reads import load_job, load_new_job
 from api.validation import field_error, request_hash
 from shared import ledger
 from shared.batch import Batcher
@@ -56,7 +56,7 @@ _CANCEL_TRIES = 3
 class Submitted:
     """The job a submission created, or found under its Idempotency-Key."""
 
-    job: dict[str, Any]
+    job: Job
     replayed: bool
 
 
@@ -285,29 +285,21 @@ class Intake:
             async with self.pool.acquire() as conn:
                 replayed = await load_job(conn, user_id, row["job_id"], sign=self.sign)
             return Submitted(await self._enqueue_replay(replayed), replayed=True)
-        enqueued_at = await self.batches.enqueue(job_id)
-        price = row["reserved"]
-        log.info("job_accepted", job_id=str(job_id), model=job.model, price=price)
-        return Submitted(job_json({
-            "id": job_id, "status": JobStatus.QUEUED, "model": job.model, "prompt": job.prompt,
-            "num_outputs": job.num_outputs, "params": row["params"], "seed": job.seed,
-            "price_per_output": row["price_per_output"], "error_code": None,
-            "error_message": None, "created_at": row["created_at"], "started_at": None,
-            "finished_at": None, "enqueued_at": enqueued_at, "cancel_requested_at": None,
-            "reserved": price, "captured": 0, "refunded": 0,
-        }), replayed=False)
+        await self.batches.enqueue(job_id)
+        log.info("job_accepted", job_id=str(job_id), model=job.model, price=row["reserved"])
+        # Read back through the one definition of the job response (a new job has no outputs).
+        return Submitted(await load_new_job(self.pool, user_id, job_id), replayed=False)
 
-
-    async def _enqueue_replay(self, found: dict[str, Any]) -> dict[str, Any]:
+    async def _enqueue_replay(self, found: Job) -> Job:
         """The original job of a replayed request, enqueued again if Redis missed it first."""
-        if found["status"] == JobStatus.QUEUED and found["enqueued_at"] is None:
-            enqueued_at = await self.batches.enqueue(uuid.UUID(found["id"]))
+        if found.status == JobStatus.QUEUED and found.enqueued_at is None:
+            enqueued_at = await self.batches.enqueue(found.id)
             if enqueued_at is not None:
-                found["enqueued_at"] = enqueued_at.isoformat()
+                return found.model_copy(update={"enqueued_at": enqueued_at})
         return found
 
 
-    async def cancel(self, user_id: uuid.UUID, job_id: uuid.UUID) -> tuple[int, dict[str, Any]]:
+    async def cancel(self, user_id: uuid.UUID, job_id: uuid.UUID) -> tuple[int, Job]:
         """Cancel a job: queued -> canceled and refunded now (200); running -> the worker is asked
         to stop (202); finished -> :class:`JobNotCancelable`. Concurrent calls refund once."""
         async with self.pool.acquire() as conn:

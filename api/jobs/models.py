@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.assets.models import Row, _time, asset_json
+from api.assets.models import Asset, Row
 from api.errors import ValidationFailed
+from api.fields import Page, Response, Time
 from api.validation import INTEGRAL, MAX_SEED, field_error, params_problem
+from shared.types import JobStatus
 
 
 class JobCreate(BaseModel):
@@ -43,36 +46,71 @@ def check_job(job: JobCreate, *, max_prompt_chars: int, max_params_bytes: int) -
         raise ValidationFailed("invalid request body", details=problems)
 
 
-def job_json(row: Row, outputs: Sequence[Row] = (),
-             urls: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """A generation job with its cost and unexpired outputs (``urls``: each output's signed
-    ``content_url`` by storage key)."""
-    urls = urls or {}
-    error = None
-    if row["error_code"] is not None:
-        error = {"code": row["error_code"], "message": row["error_message"] or ""}
-    reserved = row["reserved"]
-    if reserved is None:  # a free model: nothing was reserved
-        reserved = 0
-    return {
-        "id": str(row["id"]),
-        "status": row["status"],
-        "model": row["model"],
-        "prompt": row["prompt"],
-        "num_outputs": row["num_outputs"],
-        "params": row["params"],
-        "seed": row["seed"],
-        "cost": {
-            "price_per_output": row["price_per_output"],
-            "reserved": reserved,
-            "captured": row["captured"] or 0,
-            "refunded": row["refunded"] or 0,
-        },
-        "outputs": [asset_json(a, urls) for a in outputs],
-        "error": error,
-        "cancel_requested": row["cancel_requested_at"] is not None,
-        "created_at": _time(row["created_at"]),
-        "enqueued_at": _time(row["enqueued_at"]),
-        "started_at": _time(row["started_at"]),
-        "finished_at": _time(row["finished_at"]),
-    }
+class Cost(Response):
+    """What a job costs: the price of one output, what was reserved, and of that what was
+    captured and refunded."""
+
+    price_per_output: int
+    reserved: int
+    captured: int
+    refunded: int
+
+
+class JobError(Response):
+    """Why a job failed."""
+
+    code: str
+    message: str
+
+
+class Job(Response):
+    """A generation job with its cost and unexpired outputs.
+
+    Its columns come from one place, the ``job_responses`` view (0017), read by ``get_job`` and
+    ``list_jobs``; :meth:`from_row` reads each of them.
+    """
+
+    id: uuid.UUID
+    status: JobStatus
+    model: str
+    prompt: str
+    num_outputs: int
+    params: dict[str, Any]
+    seed: int | None
+    cost: Cost
+    outputs: list[Asset]
+    error: JobError | None
+    cancel_requested: bool
+    created_at: Time
+    enqueued_at: Time | None
+    started_at: Time | None
+    finished_at: Time | None
+
+    @classmethod
+    def from_row(cls, row: Row, outputs: Sequence[Row] = (),
+                 urls: Mapping[str, str] | None = None) -> Job:
+        """A ``job_responses`` row and its output rows (``urls``: each output's signed
+        ``content_url`` by storage key)."""
+        urls = urls or {}
+        error = None
+        if row["error_code"] is not None:
+            error = JobError(code=row["error_code"], message=row["error_message"] or "")
+        return cls(
+            id=row["id"], status=row["status"], model=row["model"], prompt=row["prompt"],
+            num_outputs=row["num_outputs"], params=row["params"], seed=row["seed"],
+            cost=Cost(
+                price_per_output=row["price_per_output"],
+                reserved=row["reserved"] or 0,  # a free model: nothing was reserved
+                captured=row["captured"] or 0,
+                refunded=row["refunded"] or 0,
+            ),
+            outputs=[Asset.from_row(a, urls) for a in outputs],
+            error=error,
+            cancel_requested=row["cancel_requested_at"] is not None,
+            created_at=row["created_at"], enqueued_at=row["enqueued_at"],
+            started_at=row["started_at"], finished_at=row["finished_at"],
+        )
+
+
+class JobPage(Page[Job]):
+    """A page of jobs."""

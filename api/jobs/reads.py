@@ -9,9 +9,9 @@ from typing import Any
 
 from api.assets.reads import Sign, signed_urls
 from api.errors import JobNotFound
-from api.jobs.models import job_json
+from api.jobs.models import Job
 from api.pagination import encode_time_cursor
-from shared.db import Connection
+from shared.db import Connection, Pool
 from shared.types import JobStatus
 from sql import queries
 
@@ -20,13 +20,21 @@ JOB_STATUSES = tuple(JobStatus)
 
 async def load_job(
     conn: Connection, user_id: uuid.UUID, job_id: uuid.UUID, *, sign: Sign
-) -> dict[str, Any]:
-    """One job as JSON; :class:`JobNotFound` if the user has no such job."""
+) -> Job:
+    """One job; :class:`JobNotFound` if the user has no such job."""
     row = await conn.fetchrow(queries["get_job"], job_id, user_id)
     if row is None:
         raise JobNotFound(f"no job {job_id}")
     assets = await conn.fetch(queries["list_job_assets"], user_id, [job_id])
-    return job_json(row, assets, await signed_urls(sign, assets))
+    return Job.from_row(row, assets, await signed_urls(sign, assets))
+
+
+async def load_new_job(pool: Pool, user_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    """A job just accepted (it has no outputs yet)."""
+    row = await pool.fetchrow(queries["get_job"], job_id, user_id)
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    return Job.from_row(row)
 
 
 async def list_jobs(
@@ -37,7 +45,7 @@ async def list_jobs(
     after: tuple[Any, uuid.UUID] | None,
     limit: int,
     sign: Sign,
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[Job], str | None]:
     """A page of jobs, newest first, and the cursor of the next page (None on the last)."""
     created_at, last_id = after if after is not None else (None, None)
     rows = await conn.fetch(
@@ -52,4 +60,4 @@ async def list_jobs(
             outputs[asset["job_id"]].append(asset)
     next_cursor = encode_time_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
     urls = await signed_urls(sign, (a for rows in outputs.values() for a in rows))
-    return [job_json(r, outputs[r["id"]], urls) for r in page], next_cursor
+    return [Job.from_row(r, outputs[r["id"]], urls) for r in page], next_cursor

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import uuid
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from api.body import read_json
 from api.errors import JobNotFound, echo
-from api.jobs.models import JobCreate, check_job
+from api.jobs.models import JobCreate, JobPage, check_job
 from api.jobs.reads import JOB_STATUSES, list_jobs, load_job
 from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse_limit
 from api.query import QueryParams, one_of
-from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply
+from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply, reply
 from api.validation import idempotency_key, parse_body, parse_id
 
 
@@ -36,10 +36,10 @@ async def create_job(call: Call) -> Response:
         max_params_bytes=ctx.settings.max_params_bytes,
     )
     result = await ctx.intake.submit(call.user, job, key)
-    headers = {"Location": f"/v1/jobs/{result.job['id']}"}
+    headers = {"Location": f"/v1/jobs/{result.job.id}"}
     if result.replayed:
         headers[REPLAYED_HEADER] = "true"
-    return JSONResponse(result.job, status_code=202, headers=headers)
+    return reply(result.job, 202, headers)
 
 
 async def get_jobs(call: Call) -> Response:
@@ -53,20 +53,20 @@ async def get_jobs(call: Call) -> Response:
         data, next_cursor = await list_jobs(
             conn, call.user, status=status, after=after, limit=limit, sign=ctx.content_url
         )
-    return JSONResponse({"data": data, "next_cursor": next_cursor})
+    return reply(JobPage(data=data, next_cursor=next_cursor))
 
 
 async def get_job(call: Call) -> Response:
     """GET /v1/jobs/{job_id}."""
     job_id = path_job_id(call)
     async with call.ctx.pool.acquire() as conn:
-        return JSONResponse(await load_job(conn, call.user, job_id, sign=call.ctx.content_url))
+        return reply(await load_job(conn, call.user, job_id, sign=call.ctx.content_url))
 
 
 async def post_cancel(call: Call) -> Response:
     """POST /v1/jobs/{job_id}/cancel: 200 canceled now, 202 cancel requested, 409 finished."""
     status_code, job = await call.ctx.intake.cancel(call.user, path_job_id(call))
-    return JSONResponse(job, status_code=status_code)
+    return reply(job, status_code)
 
 
 ENDPOINTS = [
