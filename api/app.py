@@ -46,7 +46,7 @@ def endpoints() -> list[Endpoint]:
     """Every endpoint of the API: each resource's table, then the document describing them."""
     table = [*jobs.ENDPOINTS, *credits.ENDPOINTS, *catalog.ENDPOINTS, *assets.ENDPOINTS,
              *files.ENDPOINTS, *admin.ENDPOINTS, *health.ENDPOINTS]
-    return [*table, openapi_endpoint(build_openapi())]
+    return [*table, openapi_endpoint(build_openapi(table))]
 
 
 def routes() -> list[Route]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import redis.exceptions
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,6 +21,26 @@ from shared.errors import GenqError, NotFound
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """What went wrong: a stable ``code``, a message for people, and details (which fields,
+    what was expected) or null."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    message: str
+    details: Any = Field(description="Depends on the code: e.g. validation_error lists "
+                                     "{field, message} per problem; null when there is none.")
+
+
+class Error(BaseModel):
+    """The body of every error answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    error: ErrorBody
 
 
 class Unauthorized(GenqError):
@@ -139,11 +160,8 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """The one error body every failure uses."""
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "details": details}},
-        status_code=status,
-        headers=headers,
-    )
+    body = Error(error=ErrorBody(code=code, message=message, details=details))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
 async def genq_error_handler(request: Request, exc: Exception) -> Response:

@@ -9,6 +9,7 @@ from api.body import read_json
 from api.credits.models import LedgerEntry
 from api.errors import UserNotFound, echo
 from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply, reply
+from api.spec import IDEMPOTENCY_KEY, REPLAYED, path_id
 from api.validation import idempotency_key, parse_body, parse_id
 from shared import ledger
 from shared.errors import AccountNotFound
@@ -61,10 +62,20 @@ async def post_grant(call: Call) -> Response:
 
 
 ENDPOINTS = [
-    Endpoint("POST", "/v1/admin/users", post_user, "createUser",
-             "Create a user and API key (admin)", {201: Reply("Created")}, auth="admin",
-             body=UserCreate),
-    Endpoint("POST", "/v1/admin/users/{user_id}/credits", post_grant, "grantCredits",
-             "Grant credits (admin, idempotent)", {200: Reply("Granted (or replayed)")},
-             auth="admin", body=CreditGrant),
+    Endpoint(
+        "POST", "/v1/admin/users", post_user, "createUser", "Create a user and API key (admin)",
+        {201: Reply("Created", NewUser, links={"GrantCredits": {
+            "operationId": "grantCredits", "parameters": {"user_id": "$response.body#/id"}}})},
+        auth="admin", body=UserCreate, errors={409: "email_taken"},
+    ),
+    Endpoint(
+        "POST", "/v1/admin/users/{user_id}/credits", post_grant, "grantCredits",
+        "Grant credits (admin, idempotent)",
+        {200: Reply("Granted (or replayed)", GrantResult,
+                    headers={REPLAYED_HEADER: REPLAYED})},
+        auth="admin", body=CreditGrant, parameters=[path_id("user_id"), IDEMPOTENCY_KEY],
+        errors={404: "No such user", 409: "idempotency_key_reused",
+                422: "validation_error, or balance_limit_exceeded: the account would hold more "
+                     "than 10^15 credits"},
+    ),
 ]

@@ -14,6 +14,16 @@ from api.errors import AssetNotFound, echo
 from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse_limit
 from api.query import QueryParams, invalid
 from api.routing import Call, Endpoint, Reply, reply
+from api.spec import (
+    BAD_QUERY,
+    CONTENT_ERRORS,
+    CONTENT_HEADERS,
+    CONTENT_REPLIES,
+    CONTENT_SEMANTICS,
+    PAGE_PARAMETERS,
+    QUERY_RULES,
+    path_id,
+)
 from api.validation import parse_id
 from shared.logging import get_logger
 from shared.storage import ObjectNotFound, StorageKeyError
@@ -104,13 +114,24 @@ async def get_asset_variant(call: Call) -> Response:
 
 ENDPOINTS = [
     Endpoint("GET", "/v1/assets", get_assets, "listAssets", "The caller's workspace assets",
-             {200: Reply("A page of assets")}),
+             {200: Reply("A page of assets", AssetPage)}, description=QUERY_RULES,
+             parameters=[{"name": "job_id", "in": "query",
+                          "schema": {"type": "string", "format": "uuid"}}, *PAGE_PARAMETERS],
+             errors={422: BAD_QUERY}),
     Endpoint("GET", "/v1/assets/{asset_id}", get_asset, "getAsset", "Get an asset",
-             {200: Reply("The asset")}),
+             {200: Reply("The asset", Asset)}, parameters=[path_id("asset_id")],
+             errors={404: "No such asset"}),
     Endpoint("GET", "/v1/assets/{asset_id}/content", get_asset_content, "getAssetContent",
-             "Download an asset's bytes", {200: Reply("The file, with its MIME type")},
-             head=True),
+             "Download an asset's bytes", CONTENT_REPLIES, description=CONTENT_SEMANTICS,
+             parameters=[path_id("asset_id"), *CONTENT_HEADERS],
+             errors={**CONTENT_ERRORS, 404: "No such asset"}, head=True),
     Endpoint("GET", "/v1/assets/{asset_id}/variants/{kind}", get_asset_variant,
-             "getAssetVariant", "Download an asset variant's bytes",
-             {200: Reply("The file, with its MIME type")}, head=True),
+             "getAssetVariant", "Download an asset variant's bytes", CONTENT_REPLIES,
+             description="The variant's WebP bytes with the Authorization header (its `url` on "
+                         "the asset is the same without it). " + CONTENT_SEMANTICS,
+             parameters=[path_id("asset_id"),
+                         {"name": "kind", "in": "path", "required": True,
+                          "schema": {"enum": ["thumb", "web", "poster"]}},
+                         *CONTENT_HEADERS],
+             errors={**CONTENT_ERRORS, 404: "No such asset or variant"}, head=True),
 ]

@@ -8,6 +8,7 @@ from starlette.responses import Response
 from api.catalog.models import Model, ModelList
 from api.query import QueryParams
 from api.routing import Call, Endpoint, Reply, reply
+from api.spec import BAD_QUERY
 from shared.catalog import list_models
 
 
@@ -21,5 +22,7 @@ async def get_models(call: Call) -> Response:
 
 ENDPOINTS = [
     Endpoint("GET", "/v1/models", get_models, "listModels", "The model catalog",
-             {200: Reply("Enabled models")}),
+             {200: Reply("Enabled models", ModelList)},
+             description="Takes no query parameters: any is 422 validation_error.",
+             errors={422: BAD_QUERY}),
 ]

@@ -14,6 +14,7 @@ from api.pagination import (
 )
 from api.query import QueryParams
 from api.routing import Call, Endpoint, Reply, reply
+from api.spec import BAD_QUERY, PAGE_PARAMETERS, QUERY_RULES
 from shared import ledger
 from sql import queries
 
@@ -40,7 +41,8 @@ async def get_ledger(call: Call) -> Response:
 
 ENDPOINTS = [
     Endpoint("GET", "/v1/credits", get_credits, "getCredits", "Balance and reserved credits",
-             {200: Reply("The account")}),
+             {200: Reply("The account", Credits)}),
     Endpoint("GET", "/v1/credits/ledger", get_ledger, "listLedger",
-             "Ledger entries, newest first", {200: Reply("A page of entries")}),
+             "Ledger entries, newest first", {200: Reply("A page of entries", LedgerPage)},
+             description=QUERY_RULES, parameters=PAGE_PARAMETERS, errors={422: BAD_QUERY}),
 ]

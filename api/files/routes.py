@@ -9,7 +9,8 @@ from starlette.responses import Response
 
 from api.content import mime_type_of, serve_object
 from api.errors import FileNotFound
-from api.routing import Call, Endpoint, Reply
+from api.routing import Call, Endpoint
+from api.spec import CONTENT_ERRORS, CONTENT_HEADERS, CONTENT_REPLIES, CONTENT_SEMANTICS
 from shared.storage import ObjectNotFound, StorageKeyError
 
 
@@ -34,7 +35,22 @@ async def get_file(call: Call) -> Response:
 
 
 ENDPOINTS = [
-    Endpoint("GET", "/v1/files/{key:path}", get_file, "getSignedFile",
-             "Download stored bytes by a signed URL (an asset's content_url)",
-             {200: Reply("The file, with its MIME type")}, auth="none", head=True),
+    Endpoint(
+        "GET", "/v1/files/{key:path}", get_file, "getSignedFile",
+        "Download stored bytes by a signed URL (an asset's content_url)", CONTENT_REPLIES,
+        auth="none", head=True,
+        description="No Authorization header: the URL's signature is the credential. "
+                    + CONTENT_SEMANTICS,
+        parameters=[
+            {"name": "key", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "The storage key (a path)"},
+            {"name": "exp", "in": "query", "required": True, "schema": {"type": "integer"},
+             "description": "Expiry, Unix seconds"},
+            {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"},
+             "description": "HMAC-SHA256 of the key and expiry, base64url"},
+            *CONTENT_HEADERS,
+        ],
+        errors={**CONTENT_ERRORS, 403: "invalid_signature (tampered) or url_expired",
+                404: "Nothing stored at this URL"},
+    ),
 ]

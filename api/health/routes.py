@@ -53,7 +53,8 @@ async def readyz(call: Call) -> Response:
 
 ENDPOINTS = [
     Endpoint("GET", "/healthz", healthz, "healthz", "Liveness",
-             {200: Reply("The process answers")}, auth="none"),
+             {200: Reply("The process answers", Health)}, auth="none"),
     Endpoint("GET", "/readyz", readyz, "readyz", "Readiness: Postgres and Redis",
-             {200: Reply("Ready")}, auth="none"),
+             {200: Reply("Ready", Ready)}, auth="none",
+             errors={503: "A backing service is down"}),
 ]

@@ -8,11 +8,12 @@ from starlette.responses import Response
 
 from api.body import read_json
 from api.errors import JobNotFound, echo
-from api.jobs.models import JobCreate, JobPage, check_job
+from api.jobs.models import Job, JobCreate, JobPage, check_job
 from api.jobs.reads import JOB_STATUSES, list_jobs, load_job
 from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse_limit
 from api.query import QueryParams, one_of
 from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply, reply
+from api.spec import BAD_QUERY, IDEMPOTENCY_KEY, PAGE_PARAMETERS, QUERY_RULES, REPLAYED, path_id
 from api.validation import idempotency_key, parse_body, parse_id
 
 
@@ -69,14 +70,45 @@ async def post_cancel(call: Call) -> Response:
     return reply(job, status_code)
 
 
+# Where a created job leads (OpenAPI links: clients and API test tools follow them).
+_JOB_LINKS = {
+    "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
+    "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}},
+    "ListJobAssets": {"operationId": "listAssets",
+                      "parameters": {"job_id": "$response.body#/id"}},
+}
+
 ENDPOINTS = [
-    Endpoint("POST", "/v1/jobs", create_job, "createJob", "Submit a generation job",
-             {202: Reply("Accepted (or replayed: Idempotent-Replayed: true)")}, body=JobCreate),
-    Endpoint("GET", "/v1/jobs", get_jobs, "listJobs", "List the caller's jobs, newest first",
-             {200: Reply("A page of jobs")}),
+    Endpoint(
+        "POST", "/v1/jobs", create_job, "createJob", "Submit a generation job",
+        {202: Reply(
+            "Accepted (or replayed: Idempotent-Replayed: true)", Job,
+            headers={"Location": {"description": "The job's URL.", "required": True,
+                                  "schema": {"type": "string"}},
+                     REPLAYED_HEADER: REPLAYED},
+            links=_JOB_LINKS,
+        )},
+        body=JobCreate, parameters=[IDEMPOTENCY_KEY],
+        description="A job sent without `seed` gets one chosen at submit and recorded.",
+        errors={402: "insufficient_credits",
+                409: "idempotency_key_reused; or conflict: the model changed during the "
+                     "request, send it again",
+                422: "validation_error: details name each failing field, e.g. params.width; "
+                     "nothing was reserved"},
+    ),
+    Endpoint(
+        "GET", "/v1/jobs", get_jobs, "listJobs", "List the caller's jobs, newest first",
+        {200: Reply("A page of jobs", JobPage)}, description=QUERY_RULES,
+        parameters=[{"name": "status", "in": "query", "schema": {"enum": list(JOB_STATUSES)}},
+                    *PAGE_PARAMETERS],
+        errors={422: BAD_QUERY},
+    ),
     Endpoint("GET", "/v1/jobs/{job_id}", get_job, "getJob", "Get a job",
-             {200: Reply("The job")}),
+             {200: Reply("The job", Job)}, parameters=[path_id("job_id")],
+             errors={404: "No such job"}),
     Endpoint("POST", "/v1/jobs/{job_id}/cancel", post_cancel, "cancelJob", "Cancel a job",
-             {200: Reply("Was queued: canceled and refunded"),
-              202: Reply("Is running: cancel requested")}),
+             {200: Reply("Was queued: canceled and refunded", Job),
+              202: Reply("Is running: cancel requested", Job)},
+             parameters=[path_id("job_id")],
+             errors={404: "No such job", 409: "job_not_cancelable"}),
 ]
