@@ -92,9 +92,8 @@ class Job(Response):
         """A ``job_responses`` row and its output rows (``urls``: each output's signed
         ``content_url`` by storage key)."""
         urls = urls or {}
-        error = None
-        if row["error_code"] is not None:
-            error = JobError(code=row["error_code"], message=row["error_message"] or "")
+        code, message = row["error_code"], row["error_message"]
+        error = None if code is None else JobError(code=code, message=message or "")
         return cls(
             id=row["id"], status=row["status"], model=row["model"], prompt=row["prompt"],
             num_outputs=row["num_outputs"], params=row["params"], seed=row["seed"],
