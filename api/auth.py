@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
+from pydantic import SecretStr
 from starlette.requests import Request
 
 from api.errors import AdminDisabled, Unauthorized
@@ -22,7 +23,7 @@ from shared.users import hash_api_key
 from sql import queries
 
 if TYPE_CHECKING:
-    from api.context import ApiContext
+    from shared.db import Pool
 
 log = get_logger(__name__)
 
@@ -84,20 +85,20 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-async def authenticate(ctx: ApiContext, request: Request) -> uuid.UUID:
+async def authenticate(keys: ApiKeyCache, pool: Pool, request: Request) -> uuid.UUID:
     """The id of the user whose API key the request carries; :class:`Unauthorized` otherwise."""
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         raise Unauthorized("missing or malformed Authorization header; use 'Bearer <api key>'")
     digest = hash_api_key(token)
-    user_id = ctx.keys.get(digest)
+    user_id = keys.get(digest)
     if user_id is None:
-        row = await ctx.pool.fetchrow(queries["user_for_api_key"], digest)
+        row = await pool.fetchrow(queries["user_for_api_key"], digest)
         if row is None:
             raise Unauthorized("invalid API key")
         user_id = row["id"]
         assert isinstance(user_id, uuid.UUID)
-        ctx.keys.put(digest, user_id)
+        keys.put(digest, user_id)
     structlog.contextvars.bind_contextvars(user_id=str(user_id))
     return user_id
 
@@ -108,9 +109,9 @@ def _admin_refused(request: Request, reason: str) -> None:
                 client=request.client.host if request.client else None)
 
 
-def require_admin(ctx: ApiContext, request: Request) -> None:
-    """Pass if the request carries the configured admin token (compared in constant time)."""
-    configured = ctx.settings.admin_token
+def require_admin(configured: SecretStr | None, request: Request) -> None:
+    """Pass if the request carries the ``configured`` admin token (compared in constant
+    time)."""
     if configured is None or not configured.get_secret_value():
         _admin_refused(request, "admin_disabled")
         raise AdminDisabled("admin endpoints are disabled: GENQ_ADMIN_TOKEN is not set")

@@ -1,4 +1,6 @@
-"""What every handler needs, opened once by the app's lifespan."""
+"""What every handler needs, opened once by the app's lifespan: the settings, storage and URL
+signer, and the services the handlers stand on (key cache, catalog snapshot, intake). It sits
+below the handlers: it imports none of them."""
 
 from __future__ import annotations
 
@@ -8,14 +10,15 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 
 from api.auth import ApiKeyCache
+from api.jobs.intake import Intake
 from shared.storage import Storage
 from shared.storage.signing import UrlSigner
 
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
-    from api.catalog import CatalogCache
-    from api.intake import IntakeBatches
+    from api.catalog.cache import CatalogCache
+    from api.jobs.intake import IntakeBatches
     from shared.db import Pool
     from shared.settings import Settings
 
@@ -68,13 +71,17 @@ class ApiContext:
             raise RuntimeError("the intake batches are not open: is the lifespan running?")
         return self._batches
 
-
     @property
     def catalog(self) -> CatalogCache:
         """The catalog's rules the intake checks and prices with (loaded at startup)."""
         if self._catalog is None:
             raise RuntimeError("the catalog is not loaded: is the lifespan running?")
         return self._catalog
+
+    @property
+    def intake(self) -> Intake:
+        """The write side of jobs (submit and cancel)."""
+        return Intake(self.pool, self.batches, self.catalog, self.content_url)
 
 
 def context(request: Request) -> ApiContext:
