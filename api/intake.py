@@ -276,7 +276,7 @@ async def submit_job(
         "price_per_output": row["price_per_output"], "error_code": None,
         "error_message": None, "created_at": row["created_at"], "started_at": None,
         "finished_at": None, "enqueued_at": enqueued_at, "cancel_requested_at": None,
-        "reserved": price, "captured": 0, "refunded": 0,
+        "reserved": price, "captured": 0, "refunded": 0, "provider_queue_position": None,
     }), replayed=False)
 
 

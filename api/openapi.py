@@ -130,6 +130,10 @@ _SCHEMAS: dict[str, Any] = {
             "error": {"oneOf": [{"type": "null"}, {"type": "object", "properties": {
                 "code": {"type": "string"}, "message": {"type": "string"}}}]},
             "cancel_requested": {"type": "boolean"},
+            "provider": {"type": "object", "properties": {"queue_position": {
+                "type": ["integer", "null"],
+                "description": "While the job waits in the provider's own queue (fal): its "
+                               "place there, 0 first; null otherwise."}}},
             "created_at": _TIME, "enqueued_at": _TIME, "started_at": _TIME, "finished_at": _TIME,
         },
     },

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from shared.types import JobStatus
+
 
 class Row(Protocol):
     """An asyncpg Record or a plain dict with the same keys."""
@@ -78,6 +80,9 @@ def job_json(row: Row, outputs: Sequence[Row] = (),
         "outputs": [asset_json(a, urls) for a in outputs],
         "error": error,
         "cancel_requested": row["cancel_requested_at"] is not None,
+        # While the provider queues the job (fal): its place there; None otherwise.
+        "provider": {"queue_position": row["provider_queue_position"]
+                     if row["status"] == JobStatus.RUNNING else None},
         "created_at": _time(row["created_at"]),
         "enqueued_at": _time(row["enqueued_at"]),
         "started_at": _time(row["started_at"]),

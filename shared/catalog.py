@@ -63,9 +63,19 @@ class ModelSpec(BaseModel):
     price_tiers: list[PriceTier] = Field(default_factory=list)
     description: str = ""
     enabled: bool = True
+    # provider = "openai" only: the server's API root (e.g. https://api.openai.com/v1) and the
+    # name of the environment variable holding its key, so several servers can be used at once.
+    base_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=500)
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    max_length=200)
 
     @model_validator(mode="after")
     def _rules_hold(self) -> ModelSpec:
+        if self.provider == "openai" and (self.base_url is None or self.api_key_env is None):
+            raise ValueError("an openai model needs base_url and api_key_env")
+        if self.provider != "openai" and (self.base_url is not None
+                                          or self.api_key_env is not None):
+            raise ValueError("base_url and api_key_env are for provider = \"openai\" only")
         try:
             Draft202012Validator.check_schema(self.effective_schema())
         except jsonschema.SchemaError as exc:
@@ -113,8 +123,12 @@ class ModelSpec(BaseModel):
     def revision(self) -> str:
         """A digest of everything the intake checks and prices with: a submission checked
         against one revision is refused by the database once the model has another."""
+        entry = self.model_dump(mode="json")
+        for optional in ("base_url", "api_key_env"):  # absent: the digest of older entries
+            if entry[optional] is None:
+                del entry[optional]
         return hashlib.sha256(json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
+            entry, sort_keys=True, separators=(",", ":")
         ).encode()).hexdigest()[:32]
 
 
@@ -369,6 +383,7 @@ async def sync_catalog(conn: Connection, specs: list[ModelSpec]) -> int:
                 s.price_per_output, s.max_outputs, s.timeout_s, s.params, s.description,
                 s.enabled, s.effective_schema(),
                 [t.model_dump(mode="json") for t in s.price_tiers], s.revision(),
+                s.base_url, s.api_key_env,
             )
         await conn.execute(queries["disable_models_not_in"], [s.key for s in specs])
     return len(specs)

@@ -182,11 +182,13 @@ class _Run:
         request = GenerationRequest(
             job_id=job.id, model_key=job.model, ref=job.model_ref, prompt=job.prompt,
             num_outputs=job.num_outputs, params=dict(job.params), seed=job.seed,
+            base_url=job.model_base_url, api_key_env=job.model_api_key_env,
         )
         try:
             async with asyncio.timeout(timeout_s):
                 result = await provider.generate(
-                    request, prediction_id=self.prediction_id, on_created=self._on_created
+                    request, prediction_id=self.prediction_id, on_created=self._on_created,
+                    on_queue_position=self._on_queue_position,
                 )
         except TimeoutError:
             await self._cancel_prediction()
@@ -256,6 +258,15 @@ class _Run:
         if not saved:
             raise LeaseLost("the job was taken over before the prediction id was saved")
 
+    async def _on_queue_position(self, position: int | None) -> None:
+        """Show the job's place in the provider's queue; a write that fails only delays it."""
+        try:
+            await jobs.set_provider_queue_position(self.wc.pool, self.job, position)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("queue_position_not_saved", error=repr(exc))
+
     async def _heartbeat(self, work: asyncio.Task[tuple[Outcome, list[StagedAsset]]]) -> None:
         s = self.wc.settings
         interval = min(s.heartbeat_s, s.lease_s / 3)
@@ -281,7 +292,7 @@ class _Run:
 
     async def _cancel_prediction(self) -> None:
         if self.prediction_id is not None and self.provider is not None:
-            await self.provider.cancel(self.prediction_id)
+            await self.provider.cancel(self.prediction_id, ref=self.job.model_ref)
 
     async def _finish(self, outcome: Outcome, assets: list[StagedAsset] | None = None) -> str:
         assets = assets or []

@@ -52,6 +52,9 @@ class ClaimedJob:
     model_timeout_s: int | None
     model_params_schema: dict[str, Any] | None = None
     model_revision: str | None = None
+    # An OpenAI-compatible model's server and the environment variable holding its key.
+    model_base_url: str | None = None
+    model_api_key_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,11 @@ async def renew_lease(
 async def release_lease(pool: Pool, job: ClaimedJob) -> None:
     """Hand the job back: its lease expires now, so the next delivery can claim it at once."""
     await pool.execute(queries["release_lease"], job.id, job.attempt)
+
+
+async def set_provider_queue_position(pool: Pool, job: ClaimedJob, position: int | None) -> None:
+    """Show where the job waits in the provider's queue (None: it is not waiting there)."""
+    await pool.execute(queries["set_provider_queue_position"], job.id, job.attempt, position)
 
 
 async def set_prediction_id(pool: Pool, job: ClaimedJob, prediction_id: str) -> bool:

@@ -5,8 +5,8 @@
 -- claim_jobs --
 -- Take jobs (group commit: the claims waiting in this worker, one statement): each one queued,
 -- or running with an expired lease (its worker died or handed it back). A job not in the
--- result was not claimable. Also returns the model's provider ref, timeout, params schema and
--- revision (NULL if the model is unknown), which the attempt needs next, so it does not need a
+-- result was not claimable. Also returns the model's provider ref, timeout, params schema,
+-- revision, base URL and key variable (NULL if the model is unknown), which the attempt needs next, so it does not need a
 -- second round trip.
 -- $1 job ids (uuid[], no duplicates), $2 lease_owner (worker id), $3 lease seconds (float).
 UPDATE generation_jobs j
@@ -24,7 +24,9 @@ RETURNING j.id, j.user_id, j.model, j.provider, j.prompt, j.num_outputs, j.param
           (SELECT m.ref FROM models m WHERE m.key = j.model) AS model_ref,
           (SELECT m.timeout_s FROM models m WHERE m.key = j.model) AS model_timeout_s,
           (SELECT m.params_schema FROM models m WHERE m.key = j.model) AS model_params_schema,
-          (SELECT m.revision FROM models m WHERE m.key = j.model) AS model_revision
+          (SELECT m.revision FROM models m WHERE m.key = j.model) AS model_revision,
+          (SELECT m.base_url FROM models m WHERE m.key = j.model) AS model_base_url,
+          (SELECT m.api_key_env FROM models m WHERE m.key = j.model) AS model_api_key_env
 
 -- get_job_state --
 -- Why a claim found nothing. $1 job_id.
@@ -53,6 +55,15 @@ WHERE id = $1 AND status = 'running' AND attempt = $2
 UPDATE generation_jobs
 SET provider_prediction_id = $3, updated_at = now()
 WHERE id = $1 AND status = 'running' AND attempt = $2
+RETURNING id
+
+-- set_provider_queue_position --
+-- Where the job waits in the provider's own queue (NULL: not queued there any more).
+-- $1 job_id, $2 attempt, $3 position (nullable). No row: the lease was lost.
+UPDATE generation_jobs
+SET provider_queue_position = $3, updated_at = now()
+WHERE id = $1 AND status = 'running' AND attempt = $2
+  AND provider_queue_position IS DISTINCT FROM $3
 RETURNING id
 
 -- finalize_job --
