@@ -80,8 +80,11 @@ async def get_models(request: Request) -> Response:
             # change it.
             "price_per_output": price_per_output(
                 m.price_per_output, [PriceTier.model_validate(t) for t in m.price_tiers],
-                m.params,
+                m.params, per_second=m.price_per_second,
             ),
+            # Video models priced per second of output (null: priced per output).
+            "price_per_second": m.price_per_second,
+            "fallback": m.fallback,
             "price_tiers": m.price_tiers,
             "max_outputs": m.max_outputs,
             "timeout_s": m.timeout_s,

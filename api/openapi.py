@@ -156,6 +156,17 @@ _SCHEMAS: dict[str, Any] = {
             "media_type": {"enum": list(AssetType)},
             "price_per_output": {"type": "integer",
                                  "description": "What one output costs with the default params."},
+            "price_per_second": {
+                "type": ["integer", "null"],
+                "description": "A video model priced per second of output: a job reserves "
+                               "ceil(duration) x this per output on the requested `duration` "
+                               "param and is charged on each output's real duration, rounded "
+                               "up to whole seconds, refunding the rest. Null: priced per "
+                               "output."},
+            "fallback": {
+                "type": ["string", "null"],
+                "description": "The model a job moves to, once, when this model's provider "
+                               "stays unavailable after its retries."},
             "price_tiers": {
                 "type": "array",
                 "description": "Above a size (width x height / 1e6 of the merged params), one "
