@@ -277,6 +277,7 @@ async def submit_job(
         "error_message": None, "created_at": row["created_at"], "started_at": None,
         "finished_at": None, "enqueued_at": enqueued_at, "cancel_requested_at": None,
         "reserved": price, "captured": 0, "refunded": 0, "provider_queue_position": None,
+        "ran_model": None,
     }), replayed=False)
 
 

@@ -121,6 +121,11 @@ _SCHEMAS: dict[str, Any] = {
             "id": {"type": "string", "format": "uuid"},
             "status": {"enum": list(JobStatus)},
             "model": {"type": "string"}, "prompt": {"type": "string"},
+            "ran_model": {
+                "type": "string",
+                "description": "The model that runs (or ran) the job: `model`, or the "
+                               "model's fallback once the job moved to it because the "
+                               "model's provider stayed unavailable."},
             "num_outputs": {"type": "integer"}, "params": {"type": "object"},
             "seed": {"type": ["integer", "null"]},
             "cost": {"type": "object", "properties": {

@@ -67,6 +67,8 @@ def job_json(row: Row, outputs: Sequence[Row] = (),
         "id": str(row["id"]),
         "status": row["status"],
         "model": row["model"],
+        # The model that runs (or ran) the job: ``model``, or its fallback once it moved there.
+        "ran_model": row["ran_model"] or row["model"],
         "prompt": row["prompt"],
         "num_outputs": row["num_outputs"],
         "params": row["params"],

@@ -120,7 +120,7 @@ END;
 $$;
 
 -- genq_finalize as in 0014_asset_variants.sql; the capture of a job priced per second follows
--- its outputs' real durations.
+-- its outputs' real durations, and an asset's model_used is the model that ran (ran_model).
 CREATE OR REPLACE FUNCTION genq_finalize(
     p_job uuid, p_attempt integer, p_status text, p_made integer, p_error_code text,
     p_error_message text, p_assets jsonb, p_asset_ttl_s double precision
@@ -160,7 +160,8 @@ BEGIN
         )
         SELECT v_job.user_id, v_job.id, a.asset_index, a.asset_type, a.storage_key,
                a.file_size_bytes, a.mime_type, a.duration_seconds, a.width, a.height, a.fps,
-               v_job.seed, v_job.prompt, v_job.model, v_job.params, now(),
+               v_job.seed, v_job.prompt, coalesce(v_job.ran_model, v_job.model), v_job.params,
+               now(),
                now() + make_interval(secs => p_asset_ttl_s)
         FROM jsonb_to_recordset(p_assets) AS a(
             asset_index integer, asset_type text, storage_key text,

@@ -28,7 +28,7 @@ RETURNING id, enqueued_at
 -- One job of one user, with its reservation's settlement. $1 job_id, $2 user_id.
 SELECT j.id, j.status, j.model, j.prompt, j.num_outputs, j.params, j.seed, j.price_per_output,
        j.error_code, j.error_message, j.created_at, j.started_at, j.finished_at,
-       j.enqueued_at, j.cancel_requested_at, j.provider_queue_position,
+       j.enqueued_at, j.cancel_requested_at, j.provider_queue_position, j.ran_model,
        r.amount AS reserved, r.captured, r.refunded
 FROM generation_jobs j
 LEFT JOIN credit_reservations r ON r.id = j.reservation_id
@@ -40,7 +40,7 @@ WHERE j.id = $1 AND j.user_id = $2
 -- $5 limit.
 SELECT j.id, j.status, j.model, j.prompt, j.num_outputs, j.params, j.seed, j.price_per_output,
        j.error_code, j.error_message, j.created_at, j.started_at, j.finished_at,
-       j.enqueued_at, j.cancel_requested_at, j.provider_queue_position,
+       j.enqueued_at, j.cancel_requested_at, j.provider_queue_position, j.ran_model,
        r.amount AS reserved, r.captured, r.refunded
 FROM generation_jobs j
 LEFT JOIN credit_reservations r ON r.id = j.reservation_id
