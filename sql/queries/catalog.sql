@@ -35,3 +35,7 @@ FROM models WHERE enabled ORDER BY key
 SELECT key, provider, ref, media_type, price_per_output, max_outputs, timeout_s, params,
        params_schema, price_tiers, revision, description, enabled, price_per_second, fallback
 FROM models WHERE key = $1
+
+-- catalog_providers --
+-- Every provider the catalog names (disabled models too), for the worker to build.
+SELECT DISTINCT provider FROM models ORDER BY provider
