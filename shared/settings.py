@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     # Providers.
     replicate_api_token: SecretStr | None = None
     replicate_base_url: str = "https://api.replicate.com/v1"
+    fal_key: SecretStr | None = None
+    fal_queue_url: str = "https://queue.fal.run"
     local_latency_s: float = Field(default=0.0, ge=0)
     local_failure_rate: float = Field(default=0.0, ge=0, le=1)
 

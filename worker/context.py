@@ -13,6 +13,7 @@ import httpx
 from shared.db import Pool, create_pool
 from shared.settings import Settings
 from shared.storage import open_storage
+from sql import queries
 from worker.jobs import WorkerBatches
 from worker.providers import build_providers
 from worker.providers.base import Provider
@@ -60,7 +61,9 @@ class WorkerContext:
         )
         stager = Stager(settings, open_storage(settings), http)
         worker_id = worker_id or new_worker_id()
-        return cls(settings, pool, http, build_providers(settings), stager, worker_id,
+        # Only the providers the catalog names (disabled models too: their queued jobs run).
+        names = [r["provider"] for r in await pool.fetch(queries["catalog_providers"])]
+        return cls(settings, pool, http, build_providers(settings, names), stager, worker_id,
                    recovery_pool, WorkerBatches(pool, settings, worker_id))
 
     async def close(self) -> None:

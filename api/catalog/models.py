@@ -26,6 +26,14 @@ class Model(Response):
     media_type: AssetType
     price_per_output: int = Field(
         description="What one output costs with the default params.")
+    price_per_second: int | None = Field(
+        description="A video model priced per second of output: a job reserves ceil(duration) x "
+                    "this per output on the requested `duration` param and is charged on each "
+                    "output's real duration, rounded up to whole seconds, refunding the rest. "
+                    "Null: priced per output.")
+    fallback: str | None = Field(
+        description="The model a job moves to, once, when this model's provider stays "
+                    "unavailable after its retries.")
     price_tiers: list[ModelPriceTier] = Field(
         description="Above a size (width x height / 1e6 of the merged params), one output costs "
                     "the price of the highest tier it is above.")
@@ -45,7 +53,9 @@ class Model(Response):
             key=m.key, provider=m.provider, media_type=AssetType(m.media_type),
             # What one output costs with the default params; price_tiers say how the params
             # change it.
-            price_per_output=price_per_output(m.price_per_output, tiers, m.params),
+            price_per_output=price_per_output(m.price_per_output, tiers, m.params,
+                                              per_second=m.price_per_second),
+            price_per_second=m.price_per_second, fallback=m.fallback,
             price_tiers=[ModelPriceTier.model_validate(t) for t in m.price_tiers],
             max_outputs=m.max_outputs, timeout_s=m.timeout_s, params=m.params,
             params_schema=m.params_schema, description=m.description,

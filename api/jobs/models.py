@@ -63,6 +63,14 @@ class JobError(Response):
     message: str
 
 
+class ProviderState(Response):
+    """Where the job stands at its provider."""
+
+    queue_position: int | None = Field(
+        description="While the job waits in the provider's own queue (fal): its place there, "
+                    "0 first; null otherwise.")
+
+
 class Job(Response):
     """A generation job with its cost and unexpired outputs.
 
@@ -73,6 +81,9 @@ class Job(Response):
     id: uuid.UUID
     status: JobStatus
     model: str
+    ran_model: str = Field(
+        description="The model that runs (or ran) the job: `model`, or the model's fallback "
+                    "once the job moved to it because the model's provider stayed unavailable.")
     prompt: str
     num_outputs: int
     params: dict[str, Any]
@@ -81,6 +92,7 @@ class Job(Response):
     outputs: list[Asset]
     error: JobError | None
     cancel_requested: bool
+    provider: ProviderState
     created_at: Time
     enqueued_at: Time | None
     started_at: Time | None
@@ -95,7 +107,8 @@ class Job(Response):
         code, message = row["error_code"], row["error_message"]
         error = None if code is None else JobError(code=code, message=message or "")
         return cls(
-            id=row["id"], status=row["status"], model=row["model"], prompt=row["prompt"],
+            id=row["id"], status=row["status"], model=row["model"],
+            ran_model=row["ran_model"] or row["model"], prompt=row["prompt"],
             num_outputs=row["num_outputs"], params=row["params"], seed=row["seed"],
             cost=Cost(
                 price_per_output=row["price_per_output"],
@@ -106,9 +119,16 @@ class Job(Response):
             outputs=[Asset.from_row(a, urls) for a in outputs],
             error=error,
             cancel_requested=row["cancel_requested_at"] is not None,
+            provider=ProviderState(queue_position=_while_running(
+                row["status"], row["provider_queue_position"])),
             created_at=row["created_at"], enqueued_at=row["enqueued_at"],
             started_at=row["started_at"], finished_at=row["finished_at"],
         )
+
+
+def _while_running(status: str, queue_position: int | None) -> int | None:
+    """The provider's queue position matters only while the job runs (a stale one is hidden)."""
+    return queue_position if status == JobStatus.RUNNING else None
 
 
 class JobPage(Page[Job]):

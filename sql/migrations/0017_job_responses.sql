@@ -4,7 +4,8 @@
 CREATE VIEW job_responses AS
 SELECT j.user_id, j.id, j.status, j.model, j.prompt, j.num_outputs, j.params, j.seed,
        j.price_per_output, j.error_code, j.error_message, j.created_at, j.started_at,
-       j.finished_at, j.enqueued_at, j.cancel_requested_at,
+       j.finished_at, j.enqueued_at, j.cancel_requested_at, j.provider_queue_position,
+       j.ran_model,
        r.amount AS reserved, r.captured, r.refunded
 FROM generation_jobs j
 LEFT JOIN credit_reservations r ON r.id = j.reservation_id;
