@@ -23,13 +23,13 @@ Time = Annotated[
 T = TypeVar("T")
 
 
-class Response(BaseModel):
+class ResponseModel(BaseModel):
     """Base of every response body: built by the server, never from client input."""
 
     model_config = ConfigDict(frozen=True)
 
 
-class Page(Response, Generic[T]):
+class Page(ResponseModel, Generic[T]):
     """One page of a list, newest first; ``next_cursor`` is None on the last page."""
 
     data: list[T]

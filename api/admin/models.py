@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.credits.models import LedgerEntry
-from api.fields import Response
+from api.fields import ResponseModel
 from api.validation import INTEGRAL, MAX_GRANT
 
 # One side of an email address: no "@", no control character (NUL included) and no white space,
@@ -38,7 +38,7 @@ class CreditGrant(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
 
 
-class NewUser(Response):
+class NewUser(ResponseModel):
     """A user just created, with its API key."""
 
     id: uuid.UUID
@@ -46,7 +46,7 @@ class NewUser(Response):
     api_key: str = Field(description="Shown only in this response.")
 
 
-class GrantResult(Response):
+class GrantResult(ResponseModel):
     """The balance after a grant, and the grant's ledger entry."""
 
     balance: int

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from pydantic import Field
 
-from api.fields import Page, Response, Time
+from api.fields import Page, ResponseModel, Time
 from shared.types import AssetType
 
 
@@ -18,7 +18,7 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
-class AssetVariant(Response):
+class AssetVariant(ResponseModel):
     """A smaller copy of an asset."""
 
     url: str
@@ -27,7 +27,7 @@ class AssetVariant(Response):
     mime_type: str
 
 
-class Asset(Response):
+class Asset(ResponseModel):
     """A workspace asset: one output of a job."""
 
     id: uuid.UUID

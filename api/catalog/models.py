@@ -6,19 +6,19 @@ from typing import Any
 
 from pydantic import Field
 
-from api.fields import Response
+from api.fields import ResponseModel
 from shared.catalog import CatalogModel, PriceTier, price_per_output
 from shared.types import AssetType
 
 
-class ModelPriceTier(Response):
+class ModelPriceTier(ResponseModel):
     """Above a size, the price of one output."""
 
     above_megapixels: int | float
     price_per_output: int
 
 
-class Model(Response):
+class Model(ResponseModel):
     """A model clients can ask for."""
 
     key: str
@@ -62,7 +62,7 @@ class Model(Response):
         )
 
 
-class ModelList(Response):
+class ModelList(ResponseModel):
     """Every enabled model."""
 
     data: list[Model]

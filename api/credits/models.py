@@ -7,18 +7,18 @@ import uuid
 from pydantic import Field
 
 from api.assets.models import Row
-from api.fields import Page, Response, Time
+from api.fields import Page, ResponseModel, Time
 from shared.types import LedgerKind
 
 
-class Credits(Response):
+class Credits(ResponseModel):
     """An account: the spendable balance and the total held by open reservations."""
 
     balance: int
     reserved: int
 
 
-class LedgerEntry(Response):
+class LedgerEntry(ResponseModel):
     """A credit ledger entry."""
 
     id: int

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from api.fields import Response
+from api.fields import ResponseModel
 
 
-class Health(Response):
+class Health(ResponseModel):
     """The process answers."""
 
     status: Literal["ok"]
 
 
-class Ready(Response):
+class Ready(ResponseModel):
     """Postgres and Redis answer."""
 
     status: Literal["ready"]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.assets.models import Asset, Row
 from api.errors import ValidationFailed
-from api.fields import Page, Response, Time
+from api.fields import Page, ResponseModel, Time
 from api.validation import INTEGRAL, MAX_SEED, field_error, params_problem
 from shared.types import JobStatus
 
@@ -46,7 +46,7 @@ def check_job(job: JobCreate, *, max_prompt_chars: int, max_params_bytes: int) -
         raise ValidationFailed("invalid request body", details=problems)
 
 
-class Cost(Response):
+class Cost(ResponseModel):
     """What a job costs: the price of one output, what was reserved, and of that what was
     captured and refunded."""
 
@@ -56,14 +56,14 @@ class Cost(Response):
     refunded: int
 
 
-class JobError(Response):
+class JobError(ResponseModel):
     """Why a job failed."""
 
     code: str
     message: str
 
 
-class ProviderState(Response):
+class ProviderState(ResponseModel):
     """Where the job stands at its provider."""
 
     queue_position: int | None = Field(
@@ -71,7 +71,7 @@ class ProviderState(Response):
                     "0 first; null otherwise.")
 
 
-class Job(Response):
+class Job(ResponseModel):
     """A generation job with its cost and unexpired outputs.
 
     Its columns come from one place, the ``job_responses`` view (0017), read by ``get_job`` and
