@@ -29,8 +29,10 @@ _WWW_AUTHENTICATE = {"description": "`Bearer`", "schema": {"type": "string"}}
 
 # The errors every endpoint of a kind can answer, by status.
 _AUTH_ERRORS: dict[str, dict[int, str]] = {
-    "user": {401: "Missing or invalid credentials"},
-    "admin": {401: "Missing or wrong admin token",
+    "user": {401: "unauthorized: missing or invalid credentials; invalid_token: a user JWT "
+                  "that does not verify (details.reason says why)"},
+    "admin": {401: "unauthorized: missing or wrong admin token; invalid_token: a user JWT "
+                   "(admin endpoints never accept one)",
               403: "Admin endpoints disabled (no GENQ_ADMIN_TOKEN)"},
     "none": {},
 }
@@ -133,7 +135,8 @@ def build_openapi(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
             "schemas": _schemas(table),
             "securitySchemes": {"bearer": {
                 "type": "http", "scheme": "bearer",
-                "description": "A user's API key, or GENQ_ADMIN_TOKEN for /v1/admin."}},
+                "description": "A user's API key or, when sign-in with an identity provider "
+                               "is configured, the user's JWT; GENQ_ADMIN_TOKEN for /v1/admin."}},
         },
     }
 
