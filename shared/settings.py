@@ -318,5 +318,6 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "?"
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}" if err["loc"]
+                            else err["msg"].removeprefix("Value error, "))
         raise ConfigError("invalid settings: " + "; ".join(problems)) from exc
