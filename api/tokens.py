@@ -91,6 +91,9 @@ class JwksCache:
                 raise ServiceUnavailable(
                     "the identity provider's signing keys (GENQ_JWT_JWKS_URL) could not be "
                     "fetched") from exc
+            # Keep the keys held; try the provider again after the refetch interval, not on
+            # every request meanwhile.
+            self._expires_at = self._clock() + max(self.refetch_s, 1.0)
             return
         self._keys = {key.key_id: key for key in keyset.keys}
         self._expires_at = self._clock() + self.cache_s

@@ -17,11 +17,13 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 
 from api.context import ApiContext
+from api.tokens import JwksCache
 from shared.db import Pool
 from shared.settings import Settings
 from shared.storage import asset_key
@@ -361,3 +363,59 @@ async def test_an_unreachable_jwks_is_503_not_401(
         r = await client.get("/v1/me", headers=bearer(token))
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "service_unavailable"
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_jwks_is_kept_for_its_cache_time_and_unknown_kids_wait_for_the_interval(
+    idp: FakeIdentityProvider
+) -> None:
+    clock = Clock()
+    cache = JwksCache(idp.jwks_url, cache_s=600, refetch_s=30, clock=clock)
+    first = idp.key
+    assert (await cache.key(first.kid)) is not None
+    assert idp.fetches == 1
+    assert await cache.key("made-up") is None  # the first unknown kid refetches
+    assert idp.fetches == 2
+    newer = idp.rotate()
+    clock.now += 29
+    assert await cache.key(newer.kid) is None  # within the interval: refused, no fetch
+    assert idp.fetches == 2
+    clock.now += 1
+    assert (await cache.key(newer.kid)) is not None  # the interval has passed
+    assert idp.fetches == 3
+    clock.now += 600  # the cache time has passed: fetched again on next use
+    assert (await cache.key(first.kid)) is not None
+    assert idp.fetches == 4
+    idp.stop()  # the provider goes away: the keys held are kept
+    clock.now += 600
+    assert (await cache.key(first.kid)) is not None
+    assert cache.fetches == 5  # tried, and failed
+    clock.now += 29  # not tried again on every request, only after the refetch interval
+    assert (await cache.key(first.kid)) is not None
+    assert cache.fetches == 5
+    clock.now += 1
+    assert (await cache.key(first.kid)) is not None
+    assert cache.fetches == 6
+    assert idp.fetches == 4
+
+
+async def test_a_lone_key_verifies_a_token_without_kid(
+    api: Api, idp: FakeIdentityProvider
+) -> None:
+    token = jwt.encode(claims(), idp.key.private, algorithm="RS256")
+    r = await api.client.get("/v1/credits", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    idp.rotate()  # two keys published: a token must say which
+    other = jwt.encode(claims(), idp.key.private, algorithm="RS256")
+    r = await api.client.get("/v1/credits", headers=bearer(other))
+    assert r.status_code == 401
+    assert r.json()["error"]["details"] == {"reason": "bad_signature"}
