@@ -27,6 +27,8 @@ from api.tokens import JwksCache
 from shared.db import Pool
 from shared.settings import Settings
 from shared.storage import asset_key
+from shared.users import hash_api_key, new_api_key
+from sql import queries
 from tests.fakes.identity_provider import (
     AUDIENCE,
     ISSUER,
@@ -419,3 +421,22 @@ async def test_a_lone_key_verifies_a_token_without_kid(
     r = await api.client.get("/v1/credits", headers=bearer(other))
     assert r.status_code == 401
     assert r.json()["error"]["details"] == {"reason": "bad_signature"}
+
+
+async def test_an_api_key_of_a_signed_in_user_is_the_same_user(
+    api: Api, idp: FakeIdentityProvider
+) -> None:
+    token = bearer(idp.token(claims(email="both@example.com")))
+    me = (await api.client.get("/v1/me", headers=token)).json()
+    api_key = new_api_key()  # as an admin issues one for this user
+    await api.pool.execute(queries["create_api_key"], uuid.UUID(me["id"]), api_key[:10],
+                           hash_api_key(api_key))
+    by_key = await api.client.get("/v1/me", headers=bearer(api_key))
+    assert by_key.status_code == 200
+    assert by_key.json() == me
+    job = await api.client.post("/v1/jobs", json=JOB, headers=bearer(api_key))
+    assert job.status_code == 202, job.text
+    seen = await api.client.get(f"/v1/jobs/{job.json()['id']}", headers=token)
+    assert seen.status_code == 200
+    credits = (await api.client.get("/v1/credits", headers=token)).json()
+    assert credits == {"balance": STARTING_CREDITS - 6, "reserved": 6}
