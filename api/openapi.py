@@ -93,7 +93,10 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     if endpoint.body is not None:
         errors |= _BODY_ERRORS
     errors |= endpoint.errors
-    if endpoint.auth != "none":
+    if endpoint.auth == "user":
+        errors.setdefault(503, _SERVICE_ERROR + "; or, for a user JWT, the identity provider's "
+                                               "JWKS could never be fetched")
+    elif endpoint.auth != "none":
         errors.setdefault(503, _SERVICE_ERROR)
     for status, description in sorted(errors.items()):
         responses[str(status)] = _error(description, status)
