@@ -28,9 +28,11 @@ from api.files import routes as files
 from api.health import routes as health
 from api.jobs import routes as jobs
 from api.jobs.intake import IntakeBatches
+from api.me import routes as me
 from api.middleware import RequestContextMiddleware
 from api.openapi import build_openapi, openapi_endpoint
 from api.routing import Endpoint, starlette_routes
+from api.tokens import TokenVerifier
 from shared.db import create_pool
 from shared.errors import ConfigError
 from shared.logging import get_logger
@@ -45,7 +47,7 @@ log = get_logger(__name__)
 def endpoints() -> list[Endpoint]:
     """Every endpoint of the API: each resource's table, then the document describing them."""
     table = [*jobs.ENDPOINTS, *credits.ENDPOINTS, *catalog.ENDPOINTS, *assets.ENDPOINTS,
-             *files.ENDPOINTS, *admin.ENDPOINTS, *health.ENDPOINTS]
+             *files.ENDPOINTS, *me.ENDPOINTS, *admin.ENDPOINTS, *health.ENDPOINTS]
     return [*table, openapi_endpoint(build_openapi(table))]
 
 
@@ -88,6 +90,7 @@ def create_app(settings: Settings) -> Starlette:
         storage=storage,
         signer=UrlSigner(key, settings.url_ttl_s, settings.public_base_url),
         keys=ApiKeyCache(settings.api_key_cache_ttl_s),
+        tokens=TokenVerifier(settings) if settings.jwt_enabled else None,
     )
 
     @contextlib.asynccontextmanager

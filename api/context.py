@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 from api.auth import ApiKeyCache
 from api.jobs.intake import Intake
+from api.tokens import TokenVerifier
 from shared.storage import Storage
 from shared.storage.signing import UrlSigner
 
@@ -31,6 +32,8 @@ class ApiContext:
     storage: Storage
     signer: UrlSigner
     keys: ApiKeyCache
+    #: Verifies user JWTs (None: sign-in with the identity provider's tokens is off).
+    tokens: TokenVerifier | None = None
     _pool: Pool | None = field(default=None, repr=False)
     _redis: ArqRedis | None = field(default=None, repr=False)
     _batches: IntakeBatches | None = field(default=None, repr=False)

@@ -6,6 +6,7 @@ one table. The errors only HTTP has are defined here:
 
     GenqError (shared.errors)
     ├── Unauthorized               unauthorized             401
+    │   └── InvalidToken           invalid_token            401
     ├── AdminDisabled              admin_disabled           403
     ├── InvalidJson                invalid_json             400
     ├── UnsupportedMediaType       unsupported_media_type   415
@@ -78,6 +79,12 @@ class Unauthorized(GenqError):
     """Missing or invalid credentials."""
 
     code = "unauthorized"
+
+
+class InvalidToken(Unauthorized):
+    """A user JWT that does not verify (signature, algorithm, issuer, audience or time)."""
+
+    code = "invalid_token"
 
 
 class AdminDisabled(GenqError):
@@ -161,6 +168,7 @@ HTTP_STATUS: dict[type[GenqError], int] = {
     InvalidSignature: 403,
     UrlExpired: 403,
     Unauthorized: 401,
+    InvalidToken: 401,
     AdminDisabled: 403,
     InvalidJson: 400,
     UnsupportedMediaType: 415,
@@ -231,7 +239,11 @@ async def genq_error_handler(request: Request, exc: Exception) -> Response:
     """A domain error: its own status and code."""
     assert isinstance(exc, GenqError)
     status = status_of(type(exc))
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = None
+    if status == 401:
+        # RFC 6750: a bad token names the error, so a client knows to sign in again.
+        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'
+                   if isinstance(exc, InvalidToken) else "Bearer"}
     if status >= 500:
         log.error("request_failed", code=exc.code, error=exc.message)
     return error_response(status, exc.code, exc.message, exc.details, headers)

@@ -29,8 +29,10 @@ _WWW_AUTHENTICATE = {"description": "`Bearer`", "schema": {"type": "string"}}
 
 # The errors every endpoint of a kind can answer, by status.
 _AUTH_ERRORS: dict[str, dict[int, str]] = {
-    "user": {401: "Missing or invalid credentials"},
-    "admin": {401: "Missing or wrong admin token",
+    "user": {401: "unauthorized: missing or invalid credentials; invalid_token: a user JWT "
+                  "that does not verify (details.reason says why)"},
+    "admin": {401: "unauthorized: missing or wrong admin token; invalid_token: a user JWT "
+                   "(admin endpoints never accept one)",
               403: "Admin endpoints disabled (no GENQ_ADMIN_TOKEN)"},
     "none": {},
 }
@@ -91,7 +93,10 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     if endpoint.body is not None:
         errors |= _BODY_ERRORS
     errors |= endpoint.errors
-    if endpoint.auth != "none":
+    if endpoint.auth == "user":
+        errors.setdefault(503, _SERVICE_ERROR + "; or, for a user JWT, the identity provider's "
+                                               "JWKS could never be fetched")
+    elif endpoint.auth != "none":
         errors.setdefault(503, _SERVICE_ERROR)
     for status, description in sorted(errors.items()):
         responses[str(status)] = _error(description, status)
@@ -133,7 +138,8 @@ def build_openapi(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
             "schemas": _schemas(table),
             "securitySchemes": {"bearer": {
                 "type": "http", "scheme": "bearer",
-                "description": "A user's API key, or GENQ_ADMIN_TOKEN for /v1/admin."}},
+                "description": "A user's API key or, when sign-in with an identity provider "
+                               "is configured, the user's JWT; GENQ_ADMIN_TOKEN for /v1/admin."}},
         },
     }
 

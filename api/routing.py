@@ -101,7 +101,8 @@ def _serve(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         ctx = context(request)
         user_id = None
         if endpoint.auth == "user":
-            user_id = await authenticate(ctx.keys, ctx.pool, request)
+            user_id = await authenticate(ctx.keys, ctx.pool, request, ctx.tokens,
+                                         ctx.settings.new_user_credits)
         elif endpoint.auth == "admin":
             require_admin(ctx.settings.admin_token, request)
         return await endpoint.handler(Call(request, ctx, user_id))

@@ -104,6 +104,8 @@ async def _drive(api: Api) -> list[Answer]:
     await get("/v1/credits/ledger?cursor=x", headers=auth)
     await get("/v1/models", headers=auth)
     await get("/v1/models?x=1", headers=auth)
+    await get("/v1/me", headers=auth)
+    await get("/v1/me")
 
     # Assets: one stored output with a variant, as a worker leaves them.
     job_id = uuid.UUID(job["id"])

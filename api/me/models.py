@@ -1,0 +1,31 @@
+"""What ``/v1/me`` answers."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import Field
+
+from api.fields import Response, Time
+
+
+class ExternalIdentity(Response):
+    """An identity provider's account this user signs in with (by JWT)."""
+
+    issuer: str = Field(description="The token's `iss` (GENQ_JWT_ISSUER).")
+    subject: str = Field(description="The token's `sub`: the user's id at the provider.")
+    email: str | None = Field(description="The token's `email` claim when the user was created.")
+    created_at: Time
+
+
+class Me(Response):
+    """The calling user, however it authenticated (API key or JWT)."""
+
+    id: uuid.UUID
+    email: str | None = Field(
+        description="null for a user created from a token without an email claim (or whose "
+                    "email another user already has).")
+    created_at: Time
+    identities: list[ExternalIdentity] = Field(
+        description="The identity provider accounts that sign in as this user; empty for a "
+                    "user made by an admin.")
