@@ -6,10 +6,10 @@ import uuid
 
 from pydantic import Field
 
-from api.fields import Response, Time
+from api.fields import ResponseModel, Time
 
 
-class ExternalIdentity(Response):
+class ExternalIdentity(ResponseModel):
     """An identity provider's account this user signs in with (by JWT)."""
 
     issuer: str = Field(description="The token's `iss` (GENQ_JWT_ISSUER).")
@@ -18,7 +18,7 @@ class ExternalIdentity(Response):
     created_at: Time
 
 
-class Me(Response):
+class Me(ResponseModel):
     """The calling user, however it authenticated (API key or JWT)."""
 
     id: uuid.UUID
