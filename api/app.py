@@ -16,14 +16,24 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from api import assets, catalog, credits, health, jobs, plans
+from api.admin import routes as admin
+from api.assets import routes as assets
 from api.auth import ApiKeyCache
-from api.catalog import CatalogCache
+from api.catalog import routes as catalog
+from api.catalog.cache import CatalogCache
 from api.context import ApiContext
+from api.credits import routes as credits
 from api.errors import exception_handlers
-from api.intake import IntakeBatches
+from api.files import routes as files
+from api.health import routes as health
+from api.jobs import routes as jobs
+from api.jobs.intake import IntakeBatches
+from api.me import routes as me
 from api.middleware import RequestContextMiddleware
 from api.openapi import build_openapi, openapi_endpoint
+from api.plans import routes as plans
+from api.routing import Endpoint, starlette_routes
+from api.tokens import TokenVerifier
 from shared.db import create_pool
 from shared.errors import ConfigError
 from shared.logging import get_logger
@@ -36,31 +46,18 @@ from shared.storage.signing import UrlSigner, load_signing_key
 log = get_logger(__name__)
 
 
+def endpoints(plan_names: list[str] | None = None) -> list[Endpoint]:
+    """Every endpoint of the API: each resource's table, then the document describing them;
+    ``plan_names``: the plans an admin may assign (the document lists them)."""
+    table = [*jobs.ENDPOINTS, *credits.ENDPOINTS, *catalog.ENDPOINTS, *assets.ENDPOINTS,
+             *files.ENDPOINTS, *me.ENDPOINTS, *admin.ENDPOINTS, *plans.endpoints(plan_names),
+             *health.ENDPOINTS]
+    return [*table, openapi_endpoint(build_openapi(table))]
+
+
 def routes(plan_names: list[str] | None = None) -> list[Route]:
-    """Every route of the v1 API; ``plan_names``: the plans an admin may assign (the
-    document lists them)."""
-    return [
-        Route("/v1/jobs", jobs.jobs_collection, methods=["GET", "POST"]),
-        Route("/v1/jobs/{job_id}", jobs.get_job, methods=["GET"]),
-        Route("/v1/jobs/{job_id}/cancel", jobs.post_cancel, methods=["POST"]),
-        Route("/v1/credits", credits.get_credits, methods=["GET"]),
-        Route("/v1/credits/ledger", credits.get_ledger, methods=["GET"]),
-        Route("/v1/models", catalog.get_models, methods=["GET"]),
-        Route("/v1/assets", assets.get_assets, methods=["GET"]),
-        Route("/v1/assets/{asset_id}", assets.get_asset, methods=["GET"]),
-        Route("/v1/assets/{asset_id}/content", assets.get_asset_content,
-              methods=["GET", "HEAD"]),
-        Route("/v1/assets/{asset_id}/variants/{kind}", assets.get_asset_variant,
-              methods=["GET", "HEAD"]),
-        Route("/v1/files/{key:path}", assets.get_file, methods=["GET", "HEAD"]),
-        Route("/v1/admin/users", credits.post_user, methods=["POST"]),
-        Route("/v1/admin/users/{user_id}/credits", credits.post_grant, methods=["POST"]),
-        Route("/v1/admin/users/{user_id}/plan", plans.put_user_plan, methods=["PUT"]),
-        Route("/v1/me", plans.get_me, methods=["GET"]),
-        Route("/healthz", health.healthz, methods=["GET"]),
-        Route("/readyz", health.readyz, methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint(build_openapi(plan_names)), methods=["GET"]),
-    ]
+    """Every route of the API (the contract is in the README and ``/openapi.json``)."""
+    return starlette_routes(endpoints(plan_names))
 
 
 def middleware(settings: Settings) -> list[Middleware]:
@@ -71,7 +68,7 @@ def middleware(settings: Settings) -> list[Middleware]:
         stack.insert(0, Middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_methods=["GET", "HEAD", "POST", "PUT", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range",
                            "If-None-Match", "If-Range"],
             expose_headers=["Content-Length", "Content-Range", "Accept-Ranges", "ETag",
@@ -97,6 +94,7 @@ def create_app(settings: Settings) -> Starlette:
         storage=storage,
         signer=UrlSigner(key, settings.url_ttl_s, settings.public_base_url),
         keys=ApiKeyCache(settings.api_key_cache_ttl_s),
+        tokens=TokenVerifier(settings) if settings.jwt_enabled else None,
     )
 
     @contextlib.asynccontextmanager

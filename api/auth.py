@@ -1,4 +1,5 @@
-"""Bearer authentication: users by API key, operators by the admin token.
+"""Bearer authentication: users by API key or by their identity provider's JWT
+(:mod:`api.tokens`), operators by the admin token.
 
 API keys are 256-bit random secrets stored as SHA-256 digests, so a lookup is one indexed query
 and no slow KDF is needed. Positive lookups are cached in-process for ``api_key_cache_ttl_s``
@@ -7,6 +8,7 @@ and no slow KDF is needed. Positive lookups are cached in-process for ``api_key_
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 import uuid
@@ -14,15 +16,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
+from pydantic import SecretStr
 from starlette.requests import Request
 
-from api.errors import AdminDisabled, Unauthorized
+from api.errors import AdminDisabled, InvalidToken, Unauthorized
+from api.tokens import MAX_TOKEN_CHARS, TokenVerifier, looks_like_jwt
+from shared.identities import Identity, user_for_identity
 from shared.logging import get_logger
 from shared.users import hash_api_key
 from sql import queries
 
 if TYPE_CHECKING:
-    from api.context import ApiContext
+    from shared.db import Pool
 
 log = get_logger(__name__)
 
@@ -73,31 +78,61 @@ class ApiKeyCache:
         return len(self._entries)
 
 
-def bearer_token(authorization: str | None) -> str | None:
+def bearer_token(authorization: str | None, max_chars: int = MAX_CREDENTIAL_CHARS) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or None."""
     if not authorization:
         return None
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > MAX_CREDENTIAL_CHARS:
+    if scheme.lower() != "bearer" or not token or len(token) > max_chars:
         return None
     return token
 
 
-async def authenticate(ctx: ApiContext, request: Request) -> uuid.UUID:
-    """The id of the user whose API key the request carries; :class:`Unauthorized` otherwise."""
-    token = bearer_token(request.headers.get("authorization"))
-    if token is None:
-        raise Unauthorized("missing or malformed Authorization header; use 'Bearer <api key>'")
-    digest = hash_api_key(token)
-    user_id = ctx.keys.get(digest)
+def _identity_digest(identity: Identity) -> bytes:
+    """The key cache's entry for an identity (never equal to an API key's digest)."""
+    return hashlib.sha256(
+        b"identity\0" + identity.issuer.encode("utf-8") + b"\0"
+        + identity.subject.encode("utf-8")).digest()
+
+
+async def _authenticate_jwt(keys: ApiKeyCache, pool: Pool, tokens: TokenVerifier,
+                            token: str, new_user_credits: int) -> uuid.UUID:
+    """The user a verified JWT signs in as, created on first sight."""
+    identity = await tokens.verify(token)
+    digest = _identity_digest(identity)
+    user_id = keys.get(digest)
     if user_id is None:
-        row = await ctx.pool.fetchrow(queries["user_for_api_key"], digest)
+        user_id = await user_for_identity(pool, identity, new_user_credits)
+        keys.put(digest, user_id)
+    return user_id
+
+
+async def authenticate(keys: ApiKeyCache, pool: Pool, request: Request,
+                       tokens: TokenVerifier | None = None,
+                       new_user_credits: int = 0) -> uuid.UUID:
+    """The id of the user whose API key (or, with ``tokens``, JWT) the request carries;
+    :class:`Unauthorized` (:class:`InvalidToken` for a JWT) otherwise."""
+    token = bearer_token(request.headers.get("authorization"),
+                         MAX_TOKEN_CHARS if tokens is not None else MAX_CREDENTIAL_CHARS)
+    if token is None:
+        raise Unauthorized("missing or malformed Authorization header; use 'Bearer <api key>'"
+                           + (" or 'Bearer <JWT>'" if tokens is not None else ""))
+    if tokens is not None and looks_like_jwt(token):
+        signed_in = await _authenticate_jwt(keys, pool, tokens, token, new_user_credits)
+        structlog.contextvars.bind_contextvars(user_id=str(signed_in))
+        return signed_in
+    if len(token) > MAX_CREDENTIAL_CHARS:
+        raise Unauthorized("invalid API key")
+    digest = hash_api_key(token)
+    user_id = keys.get(digest)
+    if user_id is None:
+        row = await pool.fetchrow(queries["user_for_api_key"], digest)
         if row is None:
             raise Unauthorized("invalid API key")
         user_id = row["id"]
         assert isinstance(user_id, uuid.UUID)
-        ctx.keys.put(digest, user_id)
+        keys.put(digest, user_id)
     structlog.contextvars.bind_contextvars(user_id=str(user_id))
     return user_id
 
@@ -108,13 +143,13 @@ def _admin_refused(request: Request, reason: str) -> None:
                 client=request.client.host if request.client else None)
 
 
-def require_admin(ctx: ApiContext, request: Request) -> None:
-    """Pass if the request carries the configured admin token (compared in constant time)."""
-    configured = ctx.settings.admin_token
+def require_admin(configured: SecretStr | None, request: Request) -> None:
+    """Pass if the request carries the ``configured`` admin token (compared in constant
+    time)."""
     if configured is None or not configured.get_secret_value():
         _admin_refused(request, "admin_disabled")
         raise AdminDisabled("admin endpoints are disabled: GENQ_ADMIN_TOKEN is not set")
-    token = bearer_token(request.headers.get("authorization"))
+    token = bearer_token(request.headers.get("authorization"), MAX_TOKEN_CHARS)
     if token is None:
         _admin_refused(request, "missing_or_malformed")
         raise Unauthorized("missing or malformed Authorization header; use 'Bearer <admin token>'")
@@ -122,4 +157,7 @@ def require_admin(ctx: ApiContext, request: Request) -> None:
         token.encode("utf-8"), configured.get_secret_value().encode("utf-8")
     ):
         _admin_refused(request, "invalid_token")
+        if looks_like_jwt(token):
+            raise InvalidToken("admin routes never accept a user's token; use the admin token",
+                               details={"reason": "not_admin"})
         raise Unauthorized("invalid admin token")

@@ -15,8 +15,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from api.errors import error_response
-from shared.errors import GenqError
+from api.errors import RangeNotSatisfiable, error_response, status_of
 from shared.storage import ObjectInfo, Storage
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
@@ -24,13 +23,6 @@ EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
               "video/webm": "webm", "video/quicktime": "mov", "video/x-matroska": "mkv"}
 MIME_TYPES = {ext: mime for mime, ext in EXTENSIONS.items()} | {"jpeg": "image/jpeg"}
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-class RangeNotSatisfiable(GenqError):
-    """The requested byte range lies outside the object."""
-
-    code = "range_not_satisfiable"
-    status = 416
 
 
 def mime_type_of(key: str) -> str:
@@ -103,7 +95,7 @@ async def serve_object(
     try:
         byte_range = parse_range(wanted, info.size)
     except RangeNotSatisfiable as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.details,
+        return error_response(status_of(RangeNotSatisfiable), exc.code, exc.message, exc.details,
                               {**headers, "Content-Range": f"bytes */{info.size}"})
     status = 200
     start, end = 0, info.size

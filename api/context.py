@@ -1,4 +1,6 @@
-"""What every handler needs, opened once by the app's lifespan."""
+"""What every handler needs, opened once by the app's lifespan: the settings, storage and URL
+signer, and the services the handlers stand on (key cache, catalog snapshot, intake). It sits
+below the handlers: it imports none of them."""
 
 from __future__ import annotations
 
@@ -9,14 +11,16 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 
 from api.auth import ApiKeyCache
+from api.jobs.intake import Intake
+from api.tokens import TokenVerifier
 from shared.storage import Storage
 from shared.storage.signing import UrlSigner
 
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
-    from api.catalog import CatalogCache
-    from api.intake import IntakeBatches
+    from api.catalog.cache import CatalogCache
+    from api.jobs.intake import IntakeBatches
     from shared.db import Pool
     from shared.settings import Settings
 
@@ -29,6 +33,8 @@ class ApiContext:
     storage: Storage
     signer: UrlSigner
     keys: ApiKeyCache
+    #: Verifies user JWTs (None: sign-in with the identity provider's tokens is off).
+    tokens: TokenVerifier | None = None
     _pool: Pool | None = field(default=None, repr=False)
     _redis: ArqRedis | None = field(default=None, repr=False)
     _batches: IntakeBatches | None = field(default=None, repr=False)
@@ -73,13 +79,17 @@ class ApiContext:
             raise RuntimeError("the intake batches are not open: is the lifespan running?")
         return self._batches
 
-
     @property
     def catalog(self) -> CatalogCache:
         """The catalog's rules the intake checks and prices with (loaded at startup)."""
         if self._catalog is None:
             raise RuntimeError("the catalog is not loaded: is the lifespan running?")
         return self._catalog
+
+    @property
+    def intake(self) -> Intake:
+        """The write side of jobs (submit and cancel)."""
+        return Intake(self.pool, self.batches, self.catalog, self.content_url)
 
 
 def context(request: Request) -> ApiContext:

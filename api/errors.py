@@ -1,8 +1,27 @@
 """Every error the API answers with, and how each exception becomes one.
 
-The body is always ``{"error": {"code", "message", "details"}}``. Domain errors carry their own
-``code`` and ``status`` (:class:`shared.errors.GenqError`); routing errors, lost backing services
-and unexpected exceptions are mapped here.
+The body is always ``{"error": {"code", "message", "details"}}`` (:class:`Error`). Domain errors
+(:mod:`shared.errors`) carry their ``code``; :data:`HTTP_STATUS` gives each class its status, in
+one table. The errors only HTTP has are defined here:
+
+    GenqError (shared.errors)
+    ├── Unauthorized               unauthorized             401
+    │   └── InvalidToken           invalid_token            401
+    ├── AdminDisabled              admin_disabled           403
+    ├── InvalidJson                invalid_json             400
+    ├── UnsupportedMediaType       unsupported_media_type   415
+    ├── PayloadTooLarge            payload_too_large        413
+    ├── ValidationFailed           validation_error         422
+    ├── JobNotCancelable           job_not_cancelable       409
+    ├── RangeNotSatisfiable        range_not_satisfiable    416
+    └── NotFound (shared.errors)
+        ├── JobNotFound            job_not_found            404
+        ├── AssetNotFound          asset_not_found          404
+        ├── FileNotFound           file_not_found           404
+        └── UserNotFound           user_not_found           404
+
+Routing errors (404, 405), lost backing services (503) and unexpected exceptions (500) are
+mapped here too.
 """
 
 from __future__ import annotations
@@ -13,63 +32,97 @@ from typing import Any
 
 import asyncpg
 import redis.exceptions
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shared.errors import GenqError, NotFound, RateLimited
+from shared.errors import (
+    BalanceLimitExceeded,
+    ConfigError,
+    Conflict,
+    GenqError,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidAmount,
+    InvalidSignature,
+    NotFound,
+    ObjectNotFound,
+    RateLimited,
+    ServiceUnavailable,
+    UrlExpired,
+)
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """What went wrong: a stable ``code``, a message for people, and details (which fields,
+    what was expected) or null."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    message: str
+    details: Any = Field(description="Depends on the code: e.g. validation_error lists "
+                                     "{field, message} per problem; null when there is none.")
+
+
+class Error(BaseModel):
+    """The body of every error answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    error: ErrorBody
 
 
 class Unauthorized(GenqError):
     """Missing or invalid credentials."""
 
     code = "unauthorized"
-    status = 401
+
+
+class InvalidToken(Unauthorized):
+    """A user JWT that does not verify (signature, algorithm, issuer, audience or time)."""
+
+    code = "invalid_token"
 
 
 class AdminDisabled(GenqError):
     """No admin token is configured on this server, so admin endpoints are off."""
 
     code = "admin_disabled"
-    status = 403
 
 
 class InvalidJson(GenqError):
     """The request body is not valid JSON."""
 
     code = "invalid_json"
-    status = 400
 
 
 class UnsupportedMediaType(GenqError):
     """The request body must be sent as application/json."""
 
     code = "unsupported_media_type"
-    status = 415
 
 
 class PayloadTooLarge(GenqError):
     """The request body is too large."""
 
     code = "payload_too_large"
-    status = 413
 
 
 class ValidationFailed(GenqError):
     """The request is well-formed but some fields are invalid."""
 
     code = "validation_error"
-    status = 422
 
 
 class JobNotCancelable(GenqError):
     """The job already finished, so it cannot be canceled."""
 
     code = "job_not_cancelable"
-    status = 409
 
 
 class JobNotFound(NotFound):
@@ -84,10 +137,57 @@ class AssetNotFound(NotFound):
     code = "asset_not_found"
 
 
+class FileNotFound(NotFound):
+    """Nothing is stored at this signed URL."""
+
+    code = "file_not_found"
+
+
 class UserNotFound(NotFound):
     """No such user."""
 
     code = "user_not_found"
+
+
+class RangeNotSatisfiable(GenqError):
+    """The requested byte range lies outside the object."""
+
+    code = "range_not_satisfiable"
+
+
+#: The HTTP status of each error class; a class without an entry takes its nearest ancestor's.
+HTTP_STATUS: dict[type[GenqError], int] = {
+    GenqError: 500,
+    ConfigError: 500,
+    ServiceUnavailable: 503,
+    InsufficientCredits: 402,
+    BalanceLimitExceeded: 422,
+    InvalidAmount: 422,
+    IdempotencyConflict: 409,
+    Conflict: 409,
+    RateLimited: 429,
+    NotFound: 404,
+    ObjectNotFound: 404,
+    InvalidSignature: 403,
+    UrlExpired: 403,
+    Unauthorized: 401,
+    InvalidToken: 401,
+    AdminDisabled: 403,
+    InvalidJson: 400,
+    UnsupportedMediaType: 415,
+    PayloadTooLarge: 413,
+    ValidationFailed: 422,
+    JobNotCancelable: 409,
+    RangeNotSatisfiable: 416,
+}
+
+
+def status_of(error: type[GenqError]) -> int:
+    """The HTTP status of an error class (its own entry, or its nearest ancestor's)."""
+    for cls in error.__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    raise TypeError(f"{error!r} is not a GenqError")
 
 
 # Exceptions that mean "a backing service is not answering", not "genq is broken": 503.
@@ -134,22 +234,24 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """The one error body every failure uses."""
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "details": details}},
-        status_code=status,
-        headers=headers,
-    )
+    body = Error(error=ErrorBody(code=code, message=message, details=details))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
 async def genq_error_handler(request: Request, exc: Exception) -> Response:
     """A domain error: its own status and code."""
     assert isinstance(exc, GenqError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    status = status_of(type(exc))
+    headers = None
+    if status == 401:
+        # RFC 6750: a bad token names the error, so a client knows to sign in again.
+        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'
+                   if isinstance(exc, InvalidToken) else "Bearer"}
     if isinstance(exc, RateLimited):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
-    if exc.status >= 500:
+    if status >= 500:
         log.error("request_failed", code=exc.code, error=exc.message)
-    return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+    return error_response(status, exc.code, exc.message, exc.details, headers)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:

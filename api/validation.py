@@ -1,4 +1,5 @@
-"""Request bodies: strict pydantic models plus the limits that depend on settings.
+"""Checking request bodies: parsing into a resource's strict pydantic model, plus the limits that
+depend on settings.
 
 Everything a client can send is checked here, before any SQL runs, including what Postgres would
 refuse later (NUL characters, lone surrogates, non-finite numbers), so bad input is a 422 and
@@ -10,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Annotated, Any, TypeVar
+import uuid
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from api.errors import ValidationFailed
 from shared.ledger import MAX_BALANCE
@@ -40,49 +42,12 @@ def _integral_float(value: Any) -> Any:
 INTEGRAL = BeforeValidator(_integral_float)
 
 
-class JobCreate(BaseModel):
-    """``POST /v1/jobs``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    model: str = Field(min_length=1, max_length=200, description="A model key from /v1/models.")
-    prompt: str = Field(min_length=1, description="What to generate.")
-    num_outputs: Annotated[int, Field(ge=1, le=100), INTEGRAL] = Field(
-        default=1, description="Up to the model's max."
-    )
-    params: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Provider parameters, merged over the model's defaults; the result must "
-                    "match the model's params_schema (see /v1/models) and sets its price.",
-    )
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED), INTEGRAL] | None = None
-
-
-# One side of an email address: no "@", no control character (NUL included) and no white space,
-# each listed by code point so that this server and any JSON Schema (ECMA-262) validator refuse
-# exactly the same characters (their "\s" differ on U+0085 and U+FEFF).
-_EMAIL_PART = (
-    r"[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+"
-)
-
-
-class UserCreate(BaseModel):
-    """``POST /v1/admin/users``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    email: str = Field(
-        min_length=3, max_length=320, pattern=f"^{_EMAIL_PART}@{_EMAIL_PART}$"
-    )
-
-
-class CreditGrant(BaseModel):
-    """``POST /v1/admin/users/{id}/credits``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    amount: Annotated[int, Field(ge=1, le=MAX_GRANT), INTEGRAL]
-    reason: str | None = Field(default=None, max_length=500)
+def parse_id(raw: str) -> uuid.UUID | None:
+    """A path id as a UUID, or None if it is not one."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        return None
 
 
 def field_error(field: str, message: str) -> dict[str, str]:
@@ -149,19 +114,6 @@ def params_problem(params: dict[str, Any], max_bytes: int) -> str | None:
     if size > max_bytes:
         return f"must serialize to at most {max_bytes} bytes (got {size})"
     return None
-
-
-def check_job(job: JobCreate, *, max_prompt_chars: int, max_params_bytes: int) -> None:
-    """The limits that come from settings; :class:`ValidationFailed` listing every problem."""
-    problems = []
-    if not job.prompt.strip():
-        problems.append(field_error("prompt", "must not be blank"))
-    elif len(job.prompt) > max_prompt_chars:
-        problems.append(field_error("prompt", f"must be at most {max_prompt_chars} characters"))
-    if (problem := params_problem(job.params, max_params_bytes)) is not None:
-        problems.append(field_error("params", problem))
-    if problems:
-        raise ValidationFailed("invalid request body", details=problems)
 
 
 def canonical_json(value: Any) -> bytes:

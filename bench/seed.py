@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 from arq.connections import ArqRedis
 from arq.jobs import Job
 
-from api.intake import SUBMIT_BATCH, SubmitItem
-from api.validation import JobCreate
+from api.jobs.intake import SUBMIT_BATCH, SubmitItem
+from api.jobs.models import JobCreate
 from shared import ledger
 from shared.catalog import load_rules
 from shared.db import Pool

@@ -2,7 +2,8 @@
 
 Starts services, API, worker and scheduler; creates a user with credits; submits a handful of
 jobs to the built-in provider; shows live progress; cancels one to show the refund; prints each
-job's outputs, the balance before and after and the ledger; then stops everything it started.
+job's outputs, the balance before and after and the ledger; signs a user in with a token it
+makes as an identity provider would (HS256, its own secret); then stops everything it started.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
+import jwt
 
 from genq.stack import Stack, open_log, pick_port
 from shared.errors import GenqError
@@ -34,6 +36,10 @@ DEMO_JOBS: list[tuple[str, str, int]] = [
     ("local/sketch", "koi pond seen from above", 1),
     ("local/clip", "paper boats drifting on a pond", 1),
 ]
+# Sign-in with a token as the product's identity provider would make it (HS256, shared secret).
+DEMO_ISSUER = "https://auth.demo.genq.invalid/auth/v1"
+DEMO_AUDIENCE = "authenticated"
+DEMO_NEW_USER_CREDITS = 10
 CANCELED_JOB = ("local/poster", "this one is canceled before it runs", 2)
 EXT = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg", "video/mp4": "mp4"}
 
@@ -158,6 +164,38 @@ class Demo:
         self.say(f"    poster {path}  image/webp {poster['width']}x{poster['height']}  "
                  f"{len(resp.content)} bytes")
 
+    def sign_in(self, secret: str) -> bool:
+        """Sign a user in with a token made here, as the product's identity provider would:
+        the first request creates the user with its starting credits, the next is the same
+        user, a changed token is refused. True if all three went as expected."""
+        sub = str(uuid.uuid4())
+        now = int(time.time())
+        claims = {"iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE, "sub": sub, "iat": now,
+                  "exp": now + 3600, "email": f"signed-in-{sub[:8]}@example.com"}
+        token = jwt.encode(claims, secret, algorithm="HS256")
+        session = httpx.Client(base_url=str(self.admin.base_url),
+                               headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        me = _ok(session.get("/v1/me"))
+        balance = _ok(session.get("/v1/credits"))["balance"]
+        identity = me["identities"][0]
+        self.say(f"sign-in: a token for sub {identity['subject']} -> user {me['id']} created "
+                 f"({me['email']}), balance {balance} (starting credits)")
+        again = jwt.encode({**claims, "iat": now + 1}, secret, algorithm="HS256")
+        second = _ok(self.admin.get("/v1/me", headers={"Authorization": f"Bearer {again}"}))
+        balance_again = _ok(session.get("/v1/credits"))["balance"]
+        self.say(f"sign-in: a new token for the same sub -> the same user: "
+                 f"{second['id'] == me['id']}, balance {balance_again}")
+        header, _, signature = token.split(".")
+        forged = jwt.encode({**claims, "sub": "someone-else"}, "x" * 32, algorithm="HS256")
+        tampered = f"{header}.{forged.split('.')[1]}.{signature}"
+        refused = self.admin.get("/v1/me", headers={"Authorization": f"Bearer {tampered}"})
+        error = refused.json()["error"]
+        self.say(f"sign-in: the token with its payload changed -> HTTP {refused.status_code} "
+                 f"{error['code']} ({error['details']['reason']})")
+        return (balance == DEMO_NEW_USER_CREDITS and second["id"] == me["id"]
+                and balance_again == DEMO_NEW_USER_CREDITS and refused.status_code == 401
+                and error["code"] == "invalid_token")
+
     def ledger(self) -> list[dict[str, Any]]:
         """The user's ledger, oldest first."""
         body = _ok(self._user().get("/v1/credits/ledger", params={"limit": 100}))
@@ -210,7 +248,12 @@ def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
         settings.admin_token.get_secret_value() if settings.admin_token
         else secrets.token_urlsafe(24)
     )
-    extra_env = {"GENQ_ADMIN_TOKEN": admin_token}
+    jwt_secret = secrets.token_urlsafe(32)
+    extra_env = {"GENQ_ADMIN_TOKEN": admin_token,
+                 # The demo's own identity provider: tokens it signs with this secret.
+                 "GENQ_JWT_SECRET": jwt_secret, "GENQ_JWT_ISSUER": DEMO_ISSUER,
+                 "GENQ_JWT_AUDIENCE": DEMO_AUDIENCE,
+                 "GENQ_NEW_USER_CREDITS": str(DEMO_NEW_USER_CREDITS)}
     if settings.local_latency_s == 0:
         # Slow enough to watch, fast enough to wait for.
         extra_env["GENQ_LOCAL_LATENCY_S"] = "1.0"
@@ -241,8 +284,11 @@ def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
                      f"{entry['balance_after']:>8}  {entry.get('job_id') or '-'}")
         demo.say("  (amount: change to the spendable balance; held: change to the credits "
                  "reserved for running jobs; a capture spends held credits)")
+        demo.say()
+        signed_in = demo.sign_in(jwt_secret)
         ok = (
-            all(jobs[i]["status"] == JobStatus.SUCCEEDED for i in ids if i != canceled)
+            signed_in
+            and all(jobs[i]["status"] == JobStatus.SUCCEEDED for i in ids if i != canceled)
             and jobs[canceled]["status"] == JobStatus.CANCELED
             and jobs[canceled]["cost"]["captured"] == 0
             and after["balance"] == before["balance"] - captured

@@ -54,7 +54,10 @@ class ModelSpec(BaseModel):
     provider: str = Field(min_length=1, max_length=50)
     ref: str = Field(min_length=1, max_length=500)
     media_type: AssetType
-    price_per_output: int = Field(ge=0, le=1_000_000)
+    # One of the two: the price of one output, or (video models) the price of one second of
+    # output, reserved on the requested ``duration`` param and captured on the real one.
+    price_per_output: int | None = Field(default=None, ge=0, le=1_000_000)
+    price_per_second: int | None = Field(default=None, ge=0, le=1_000_000)
     max_outputs: int = Field(ge=1, le=100)
     timeout_s: int = Field(ge=1, le=24 * 3600)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -67,9 +70,19 @@ class ModelSpec(BaseModel):
     # predictions created in any 60 s.
     max_concurrency: int | None = Field(default=None, ge=1, le=1_000_000)
     max_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    # provider = "openai" only: the server's API root (e.g. https://api.openai.com/v1) and the
+    # name of the environment variable holding its key, so several servers can be used at once.
+    base_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=500)
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    max_length=200)
+    # The key of another model a job moves to, once, when this model's provider stays
+    # unavailable (checked across the catalog by load_catalog).
+    fallback: str | None = Field(default=None, min_length=3, max_length=200)
 
     @model_validator(mode="after")
     def _rules_hold(self) -> ModelSpec:
+        if (problem := _entry_problem(self)) is not None:
+            raise ValueError(problem)
         try:
             Draft202012Validator.check_schema(self.effective_schema())
         except jsonschema.SchemaError as exc:
@@ -117,8 +130,13 @@ class ModelSpec(BaseModel):
     def revision(self) -> str:
         """A digest of everything the intake checks and prices with: a submission checked
         against one revision is refused by the database once the model has another."""
+        entry = self.model_dump(mode="json")
+        # Absent when unset: entries that do not use them keep the digest they had before.
+        for optional in ("base_url", "api_key_env", "price_per_second", "fallback"):
+            if entry[optional] is None:
+                del entry[optional]
         return hashlib.sha256(json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
+            entry, sort_keys=True, separators=(",", ":")
         ).encode()).hexdigest()[:32]
 
 
@@ -141,6 +159,8 @@ class CatalogModel:
     enabled: bool = True
     max_concurrency: int | None = None
     max_per_minute: int | None = None
+    price_per_second: int | None = None
+    fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,23 +182,26 @@ class ModelRules:
     """
 
     def __init__(self, key: str, revision: str, defaults: dict[str, Any],
-                 schema: dict[str, Any], base_price: int, tiers: list[PriceTier]) -> None:
+                 schema: dict[str, Any], base_price: int, tiers: list[PriceTier],
+                 per_second: int | None = None) -> None:
         self.key, self.revision, self.defaults = key, revision, defaults
         self.schema, self.base_price, self.tiers = schema, base_price, tiers
+        self.per_second = per_second
         self.validator = Draft202012Validator(schema)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ModelRules:
         """The rules of a catalog entry (as loaded from TOML)."""
         return cls(spec.key, spec.revision(), spec.params, spec.effective_schema(),
-                   spec.price_per_output, spec.price_tiers)
+                   spec.price_per_output or 0, spec.price_tiers, spec.price_per_second)
 
     @classmethod
     def from_model(cls, model: CatalogModel) -> ModelRules:
         """The rules of a stored model (its schema was checked before it was stored)."""
         return cls(model.key, model.revision, model.params, model.params_schema,
                    model.price_per_output,
-                   [PriceTier.model_validate(t) for t in model.price_tiers])
+                   [PriceTier.model_validate(t) for t in model.price_tiers],
+                   model.price_per_second)
 
     def problems(self, params: dict[str, Any]) -> list[tuple[str, str]]:
         """Every way ``params`` (merged) fails the schema: ``(field, message)``, the field a
@@ -193,7 +216,7 @@ class ModelRules:
     def price_per_output(self, params: dict[str, Any]) -> int:
         """The price of one output for these (merged, valid) params (see
         :func:`price_per_output`)."""
-        return price_per_output(self.base_price, self.tiers, params)
+        return price_per_output(self.base_price, self.tiers, params, per_second=self.per_second)
 
     def check(self, client_params: dict[str, Any]) -> Checked | list[tuple[str, str]]:
         """The merged params and their price, or every problem with them."""
@@ -262,14 +285,23 @@ def _pointer_exists(document: Any, pointer: str) -> bool:
     return True
 
 
-def price_per_output(base: int, tiers: list[PriceTier], params: dict[str, Any]) -> int:
+def price_per_output(base: int, tiers: list[PriceTier], params: dict[str, Any], *,
+                     per_second: int | None = None) -> int:
     """The price of one output of a model for its merged params: ``base``, or the price of the
     highest tier whose ``above_megapixels`` the size (width x height / 1e6) is above.
     :class:`ValueError` if tiers are declared and ``width`` / ``height`` are not numbers.
 
-    Every way a price follows from params lives here (per-second prices of video models will
-    too), so the intake, ``/v1/models`` and the tests agree on it.
+    A video model priced ``per_second`` costs ``ceil(duration) x per_second`` per output, on
+    the requested ``duration`` param (what is reserved; the capture follows the real duration).
+
+    Every way a price follows from params lives here, so the intake, ``/v1/models`` and the
+    tests agree on it.
     """
+    if per_second is not None:
+        duration = params.get("duration")
+        if not _is_number(duration):
+            raise ValueError("duration must be a number: this model is priced per second")
+        return math.ceil(duration) * per_second
     if not tiers:
         return base
     width, height = params.get("width"), params.get("height")
@@ -281,6 +313,37 @@ def price_per_output(base: int, tiers: list[PriceTier], params: dict[str, Any]) 
         if megapixels > tier.above_megapixels:
             price = tier.price_per_output
     return price
+
+
+def _entry_problem(spec: ModelSpec) -> str | None:
+    """What is wrong with an entry's provider settings, price or fallback, if anything."""
+    if spec.provider == "openai" and (spec.base_url is None or spec.api_key_env is None):
+        return "an openai model needs base_url and api_key_env"
+    if spec.provider != "openai" and (spec.base_url is not None
+                                      or spec.api_key_env is not None):
+        return "base_url and api_key_env are for provider = \"openai\" only"
+    if (spec.price_per_output is None) == (spec.price_per_second is None):
+        return "a model has either price_per_output or price_per_second"
+    if spec.fallback == spec.key:
+        return "a model cannot be its own fallback"
+    return _per_second_problem(spec) if spec.price_per_second is not None else None
+
+
+def _per_second_problem(spec: ModelSpec) -> str | None:
+    """Why a model cannot be priced per second: it must be a video model without tiers whose
+    schema bounds a numeric ``duration`` (so the reservation is bounded too)."""
+    if spec.media_type != AssetType.VIDEO:
+        return "price_per_second is for video models"
+    if spec.price_tiers:
+        return "price_per_second and price_tiers cannot be combined"
+    prop = spec.effective_schema().get("properties", {}).get("duration")
+    if not isinstance(prop, dict) or prop.get("type") not in ("integer", "number") \
+            or not _is_number(prop.get("maximum")) or not _is_number(prop.get("minimum")):
+        return ("price_per_second needs params_schema to bound duration: "
+                "{ type = \"number\", minimum = ..., maximum = ... }")
+    if not _is_number(spec.params.get("duration")):
+        return "price_per_second needs a default duration in params"
+    return None
 
 
 def _is_number(value: Any) -> TypeGuard[float]:
@@ -363,6 +426,18 @@ def load_catalog(models_file: Path | None) -> list[ModelSpec]:
             raise ConfigError(f"GENQ_MODELS_FILE: cannot read {models_file}: {exc}") from exc
         for spec in _parse(text, str(models_file)):
             merged[spec.key] = spec
+    for spec in merged.values():
+        if spec.fallback is None:
+            continue
+        target = merged.get(spec.fallback)
+        if target is None:
+            raise ConfigError(f"{spec.key}: fallback {spec.fallback!r} is not in the catalog")
+        if target.media_type != spec.media_type:
+            raise ConfigError(f"{spec.key}: fallback {spec.fallback!r} makes "
+                              f"{target.media_type}s, not {spec.media_type}s")
+        if target.fallback is not None:
+            raise ConfigError(f"{spec.key}: fallback {spec.fallback!r} has a fallback of its "
+                              "own; a job moves to a fallback once")
     return list(merged.values())
 
 
@@ -372,9 +447,10 @@ async def sync_catalog(conn: Connection, specs: list[ModelSpec]) -> int:
         for s in specs:
             await conn.execute(
                 queries["upsert_model"], s.key, s.provider, s.ref, s.media_type,
-                s.price_per_output, s.max_outputs, s.timeout_s, s.params, s.description,
+                s.price_per_output or 0, s.max_outputs, s.timeout_s, s.params, s.description,
                 s.enabled, s.effective_schema(),
                 [t.model_dump(mode="json") for t in s.price_tiers], s.revision(),
+                s.base_url, s.api_key_env, s.price_per_second, s.fallback,
                 s.max_concurrency, s.max_per_minute,
             )
         await conn.execute(queries["disable_models_not_in"], [s.key for s in specs])

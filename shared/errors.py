@@ -1,4 +1,27 @@
-"""Domain errors. Each has a stable ``code`` that the API maps to an HTTP status."""
+"""Domain errors: what genq refuses or cannot do, each with a stable ``code``.
+
+A domain error says what went wrong, never how to answer it over HTTP: the API maps each class
+to a status in one table (:data:`api.errors.HTTP_STATUS`), and holds the errors only HTTP has
+(credentials, bodies, validation, ranges). The worker's own errors (providers, outputs) subclass
+:class:`GenqError` in ``worker/``; they never reach a client.
+
+    GenqError                      internal_error
+    ├── ConfigError                config_error
+    ├── ServiceUnavailable         service_unavailable
+    ├── InsufficientCredits        insufficient_credits
+    ├── BalanceLimitExceeded       balance_limit_exceeded
+    ├── InvalidAmount              invalid_amount
+    ├── IdempotencyConflict        idempotency_key_reused
+    ├── Conflict                   conflict
+    │   └── EmailTaken             email_taken
+    ├── RateLimited                rate_limited
+    ├── NotFound                   not_found
+    │   ├── AccountNotFound        account_not_found
+    │   └── ReservationNotFound    reservation_not_found
+    ├── ObjectNotFound             object_not_found
+    ├── InvalidSignature           invalid_signature
+    └── UrlExpired                 url_expired
+"""
 
 from __future__ import annotations
 
@@ -9,7 +32,6 @@ class GenqError(Exception):
     """Base of every error genq raises on purpose."""
 
     code = "internal_error"
-    status = 500
 
     def __init__(self, message: str | None = None, *, details: Any = None) -> None:
         super().__init__(message or self.__class__.__doc__ or self.code)
@@ -27,35 +49,30 @@ class ServiceUnavailable(GenqError):
     """A backing service (Postgres or Redis) is not answering."""
 
     code = "service_unavailable"
-    status = 503
 
 
 class InsufficientCredits(GenqError):
     """The account's balance is too low for this operation."""
 
     code = "insufficient_credits"
-    status = 402
 
 
 class BalanceLimitExceeded(GenqError):
     """An account holds at most 10^15 credits, spendable plus reserved."""
 
     code = "balance_limit_exceeded"
-    status = 422
 
 
 class IdempotencyConflict(GenqError):
     """This idempotency key was already used with different parameters."""
 
     code = "idempotency_key_reused"
-    status = 409
 
 
 class NotFound(GenqError):
     """The resource does not exist."""
 
     code = "not_found"
-    status = 404
 
 
 class AccountNotFound(NotFound):
@@ -74,23 +91,44 @@ class InvalidAmount(GenqError):
     """The amount is out of range for this operation."""
 
     code = "invalid_amount"
-    status = 422
 
 
 class Conflict(GenqError):
     """The resource is not in a state that allows this operation."""
 
     code = "conflict"
-    status = 409
 
 
 class RateLimited(GenqError):
     """Too many requests; try again after ``retry_after_s`` seconds."""
 
     code = "rate_limited"
-    status = 429
 
     def __init__(self, message: str | None = None, *, retry_after_s: float,
                  details: Any = None) -> None:
         super().__init__(message, details=details)
         self.retry_after_s = retry_after_s
+
+
+class EmailTaken(Conflict):
+    """A user with this email already exists."""
+
+    code = "email_taken"
+
+
+class ObjectNotFound(GenqError):
+    """Nothing is stored under the key."""
+
+    code = "object_not_found"
+
+
+class InvalidSignature(GenqError):
+    """The URL's signature does not match its key and expiry (tampered, or another key)."""
+
+    code = "invalid_signature"
+
+
+class UrlExpired(GenqError):
+    """The signed URL is past its expiry."""
+
+    code = "url_expired"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     # Providers.
     replicate_api_token: SecretStr | None = None
     replicate_base_url: str = "https://api.replicate.com/v1"
+    fal_key: SecretStr | None = None
+    fal_queue_url: str = "https://queue.fal.run"
     local_latency_s: float = Field(default=0.0, ge=0)
     local_failure_rate: float = Field(default=0.0, ge=0, le=1)
 
@@ -130,6 +132,19 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     # Origins a browser may call the API from (CORS); empty: no CORS headers.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # End-user sign-in: `Authorization: Bearer <JWT>` from the product's identity provider,
+    # verified with the provider's JWKS (RS256/ES256) and/or a shared HS256 secret; off when
+    # neither is set. Issuer and audience are required when it is on.
+    jwt_jwks_url: str | None = None
+    jwt_secret: SecretStr | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_s: int = Field(default=30, ge=0, le=300)
+    jwt_jwks_cache_s: int = Field(default=600, ge=1, le=7 * 24 * 3600)
+    jwt_jwks_refetch_s: float = Field(default=30.0, ge=0, le=3600)
+    # Credits granted once to each user created on first sight of a new identity.
+    new_user_credits: int = Field(default=0, ge=0, le=2**62)
 
     # Maintenance.
     cleanup_batch_size: int = Field(default=500, ge=1, le=100_000)
@@ -243,6 +258,39 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("jwt_jwks_url", "jwt_secret", "jwt_issuer", "jwt_audience", mode="before")
+    @classmethod
+    def _blank_jwt_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_jwt_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (HS256 needs a 256-bit secret)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_jwt(self) -> Settings:
+        if (self.jwt_jwks_url or self.jwt_secret) and not (self.jwt_issuer and self.jwt_audience):
+            raise ValueError("GENQ_JWT_ISSUER and GENQ_JWT_AUDIENCE are required when "
+                             "GENQ_JWT_JWKS_URL or GENQ_JWT_SECRET is set")
+        return self
+
+    @property
+    def jwt_enabled(self) -> bool:
+        """Whether user JWTs are accepted beside API keys."""
+        return self.jwt_jwks_url is not None or self.jwt_secret is not None
+
     @field_validator("database_url", "redis_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -278,5 +326,6 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "?"
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}" if err["loc"]
+                            else err["msg"].removeprefix("Value error, "))
         raise ConfigError("invalid settings: " + "; ".join(problems)) from exc

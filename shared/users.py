@@ -10,17 +10,11 @@ from dataclasses import dataclass
 import asyncpg
 
 from shared.db import Connection
-from shared.errors import Conflict
+from shared.errors import EmailTaken
 from shared.ledger import create_account
 from sql import queries
 
 API_KEY_PREFIX = "gq_"
-
-
-class EmailTaken(Conflict):
-    """A user with this email already exists."""
-
-    code = "email_taken"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from shared.limits import ModelLimits
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.storage import open_storage
+from sql import queries
 from worker.jobs import WorkerBatches
 from worker.providers import build_providers
 from worker.providers.base import Provider
@@ -102,7 +103,9 @@ class WorkerContext:
         worker_id = worker_id or new_worker_id()
         limits = (ModelLimits(redis, settings.queue_name, settings.lease_s)
                   if redis is not None else None)
-        return cls(settings, pool, http, build_providers(settings), stager, worker_id,
+        # Only the providers the catalog names (disabled models too: their queued jobs run).
+        names = [r["provider"] for r in await pool.fetch(queries["catalog_providers"])]
+        return cls(settings, pool, http, build_providers(settings, names), stager, worker_id,
                    recovery_pool, WorkerBatches(pool, settings, worker_id), limits, redis)
 
     async def close(self) -> None:

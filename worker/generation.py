@@ -19,13 +19,14 @@ code and a message for the user and the traceback in the log.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 from structlog.contextvars import bound_contextvars
 
-from shared.catalog import stored_params_problems
+from shared.catalog import PriceTier, price_per_output, stored_params_problems
 from shared.errors import GenqError, NotFound
 from shared.limits import ModelLimit, ModelSlot
 from shared.logging import get_logger
@@ -40,6 +41,7 @@ from worker.providers.base import (
     Provider,
     ProviderCanceled,
     ProviderFailed,
+    ProviderUnavailable,
 )
 from worker.staging import OutputRejected, StagedAsset
 
@@ -175,41 +177,49 @@ class _Run:
             heartbeat.cancel()
 
     async def _work(self, provider: Provider) -> tuple[Outcome, list[StagedAsset]]:
-        job = self.job
-        if job.model_ref is None or job.model_timeout_s is None:
-            raise UnknownModel(f"no model {job.model!r}")
-        timeout_s = job.model_timeout_s
+        if self.job.model_ref is None or self.job.model_timeout_s is None:
+            raise UnknownModel(f"no model {self.job.model!r}")
         refused = self._params_refused()
         if refused is not None:
             return refused, []
-        request = GenerationRequest(
-            job_id=job.id, model_key=job.model, ref=job.model_ref, prompt=job.prompt,
-            num_outputs=job.num_outputs, params=dict(job.params), seed=job.seed,
-        )
-        try:
-            # Waiting for the model's limits is not part of its timeout: that starts once
-            # the provider may be called.
-            await self._take_slot()
-            async with asyncio.timeout(timeout_s):
-                result = await provider.generate(
-                    request, prediction_id=self.prediction_id, on_created=self._on_created
-                )
-        except TimeoutError:
-            await self._cancel_prediction()
-            return Outcome(JobStatus.FAILED, "timeout",
-                           f"The model did not finish within {timeout_s} s."), []
-        except ProviderCanceled as exc:
-            return Outcome(JobStatus.CANCELED, exc.code, exc.message), []
-        except ProviderFailed as exc:
-            return Outcome(JobStatus.FAILED, exc.code, exc.message), []
-        except (TypeError, ValueError) as exc:
-            # A provider handed params it cannot use (``"width": "abc"``, ``null``): the same
-            # job would fail the same way on every attempt.
-            log.warning("provider_rejected_params", error=repr(exc), exc_info=exc)
-            return Outcome(JobStatus.FAILED, "invalid_params",
-                           f"The model could not use the job's params: {_brief(exc)}"), []
-        finally:
-            await asyncio.shield(self._release_slot())
+        while True:
+            job = self.job
+            timeout_s = job.model_timeout_s or 0
+            request = GenerationRequest(
+                job_id=job.id, model_key=job.ran_model or job.model, ref=job.model_ref or "",
+                prompt=job.prompt, num_outputs=job.num_outputs, params=dict(job.params),
+                seed=job.seed, base_url=job.model_base_url, api_key_env=job.model_api_key_env,
+            )
+            try:
+                # Waiting for the model's limits is not part of its timeout: that starts once
+                # the provider may be called.
+                await self._take_slot()
+                async with asyncio.timeout(timeout_s):
+                    result = await provider.generate(
+                        request, prediction_id=self.prediction_id, on_created=self._on_created,
+                        on_queue_position=self._on_queue_position,
+                    )
+            except TimeoutError:
+                await self._cancel_prediction()
+                return Outcome(JobStatus.FAILED, "timeout",
+                               f"The model did not finish within {timeout_s} s."), []
+            except ProviderCanceled as exc:
+                return Outcome(JobStatus.CANCELED, exc.code, exc.message), []
+            except ProviderUnavailable as exc:
+                fallback = await self._move_to_fallback(exc)
+                if fallback is None:
+                    return Outcome(JobStatus.FAILED, exc.code, exc.message), []
+                provider = fallback
+                continue
+            except ProviderFailed as exc:
+                return Outcome(JobStatus.FAILED, exc.code, exc.message), []
+            except (TypeError, ValueError) as exc:
+                # A provider handed params it cannot use (``"width": "abc"``, ``null``): the
+                # same job would fail the same way on every attempt.
+                log.warning("provider_rejected_params", error=repr(exc), exc_info=exc)
+                return Outcome(JobStatus.FAILED, "invalid_params",
+                               f"The model could not use the job's params: {_brief(exc)}"), []
+            break
         outputs = result.outputs[: job.num_outputs]
         if not outputs:
             return Outcome(JobStatus.FAILED, "no_outputs", "The model returned no outputs."), []
@@ -219,7 +229,8 @@ class _Run:
         """Wait for a place under the model's ``max_concurrency`` and, when this attempt will
         create a prediction, ``max_per_minute`` (shared by every worker, in Redis)."""
         job, limits = self.job, self.wc.limits
-        limit = ModelLimit(job.model, job.model_max_concurrency, job.model_max_per_minute)
+        limit = ModelLimit(job.ran_model or job.model, job.model_max_concurrency,
+                           job.model_max_per_minute)
         if limits is None or not limit.limited:
             return
         self.slot = await limits.acquire(limit, new_call=self.prediction_id is None)
@@ -232,6 +243,58 @@ class _Run:
             except Exception as exc:
                 # The lease expires on its own.
                 log.warning("model_slot_release_failed", error=repr(exc))
+
+    async def _move_to_fallback(self, exc: ProviderUnavailable) -> Provider | None:
+        """Move the job to its model's fallback, once, if it has one that can take it: enabled,
+        with a configured provider, accepting the job's params, and no dearer than the price
+        reserved (the user never pays more than was held). Returns the fallback's provider, or
+        None (the job then fails as unavailable)."""
+        job = self.job
+        if job.ran_model is not None or job.model_fallback is None:
+            return None
+        key = job.model_fallback
+        model = await retry_transient(lambda: jobs.fallback_model(self.wc.pool, key),
+                                      what="fallback_model")
+        why = None
+        provider = None if model is None else self.wc.providers.get(model.provider)
+        price = 0
+        if model is None or not model.enabled:
+            why = "not in the catalog"
+        elif provider is None:
+            why = f"no provider {model.provider!r} is configured"
+        elif stored_params_problems(model.key, model.revision, model.params_schema, job.params):
+            why = "it does not accept the job's params"
+        else:
+            try:
+                price = price_per_output(
+                    model.price_per_output, [PriceTier.model_validate(t) for t in
+                                             model.price_tiers],
+                    job.params, per_second=model.price_per_second)
+            except ValueError as problem:
+                why = str(problem)
+            else:
+                if price > job.price_per_output:
+                    why = (f"it costs {price} per output, more than the "
+                           f"{job.price_per_output} reserved")
+        if why is not None or model is None or provider is None:
+            log.warning("fallback_skipped", fallback=key, reason=why, error=exc.message)
+            return None
+        await self._cancel_prediction()  # a prediction the primary made before going away
+        moved = await retry_transient(
+            lambda: jobs.move_to_fallback(self.wc.pool, job, model, price),
+            what="move_to_fallback")
+        if not moved:
+            raise LeaseLost("the job was taken over before it moved to its fallback")
+        log.info("job_fallback", fallback=key, price_per_output=price, error=exc.message)
+        self.job = dataclasses.replace(
+            job, ran_model=model.key, provider=model.provider, model_ref=model.ref,
+            model_timeout_s=model.timeout_s, model_params_schema=model.params_schema,
+            model_revision=model.revision, model_base_url=model.base_url,
+            model_api_key_env=model.api_key_env, model_max_concurrency=model.max_concurrency,
+            model_max_per_minute=model.max_per_minute, price_per_output=price,
+            provider_prediction_id=None)
+        self.provider, self.prediction_id = provider, None
+        return provider
 
     def _params_refused(self) -> Outcome | None:
         """A failure if the stored params no longer match the model's schema (accepted before
@@ -282,6 +345,15 @@ class _Run:
         if not saved:
             raise LeaseLost("the job was taken over before the prediction id was saved")
 
+    async def _on_queue_position(self, position: int | None) -> None:
+        """Show the job's place in the provider's queue; a write that fails only delays it."""
+        try:
+            await jobs.set_provider_queue_position(self.wc.pool, self.job, position)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("queue_position_not_saved", error=repr(exc))
+
     async def _heartbeat(self, work: asyncio.Task[tuple[Outcome, list[StagedAsset]]]) -> None:
         s = self.wc.settings
         interval = min(s.heartbeat_s, s.lease_s / 3)
@@ -312,7 +384,7 @@ class _Run:
 
     async def _cancel_prediction(self) -> None:
         if self.prediction_id is not None and self.provider is not None:
-            await self.provider.cancel(self.prediction_id)
+            await self.provider.cancel(self.prediction_id, ref=self.job.model_ref)
 
     async def _finish(self, outcome: Outcome, assets: list[StagedAsset] | None = None) -> str:
         assets = assets or []

@@ -55,6 +55,13 @@ class ClaimedJob:
     # The model's provider limits (None: none).
     model_max_concurrency: int | None = None
     model_max_per_minute: int | None = None
+    # An OpenAI-compatible model's server and the environment variable holding its key.
+    model_base_url: str | None = None
+    model_api_key_env: str | None = None
+    # The fallback model the job moved to (then every model_* field above is the fallback's),
+    # and the job's model's fallback.
+    ran_model: str | None = None
+    model_fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,47 @@ async def renew_lease(
 async def release_lease(pool: Pool, job: ClaimedJob) -> None:
     """Hand the job back: its lease expires now, so the next delivery can claim it at once."""
     await pool.execute(queries["release_lease"], job.id, job.attempt)
+
+
+@dataclass(frozen=True)
+class FallbackModel:
+    """A fallback model as the worker needs it."""
+
+    key: str
+    provider: str
+    ref: str
+    timeout_s: int
+    params_schema: dict[str, Any]
+    revision: str
+    base_url: str | None
+    api_key_env: str | None
+    price_per_output: int
+    price_tiers: list[dict[str, Any]]
+    price_per_second: int | None
+    enabled: bool
+    max_concurrency: int | None
+    max_per_minute: int | None
+
+
+async def fallback_model(pool: Pool, key: str) -> FallbackModel | None:
+    """The model ``key`` (None if the catalog has no such model)."""
+    row = await pool.fetchrow(queries["get_fallback_model"], key)
+    return None if row is None else FallbackModel(**dict(row.items()))
+
+
+async def move_to_fallback(pool: Pool, job: ClaimedJob, model: FallbackModel,
+                           price_per_output: int) -> bool:
+    """Record that the job runs on ``model`` now, at ``price_per_output``; False if this
+    attempt no longer holds the job (or it already moved)."""
+    return await pool.fetchval(
+        queries["move_to_fallback"], job.id, job.attempt, model.key, model.provider,
+        price_per_output, model.price_per_second,
+    ) is not None
+
+
+async def set_provider_queue_position(pool: Pool, job: ClaimedJob, position: int | None) -> None:
+    """Show where the job waits in the provider's queue (None: it is not waiting there)."""
+    await pool.execute(queries["set_provider_queue_position"], job.id, job.attempt, position)
 
 
 async def set_prediction_id(pool: Pool, job: ClaimedJob, prediction_id: str) -> bool:

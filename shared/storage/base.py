@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
 
-from shared.errors import GenqError
+from shared.errors import ObjectNotFound as ObjectNotFound  # where storage callers find it
 
 # Temporary names of objects being written (the local backend's temp files).
 TMP_SUFFIX = ".part"
@@ -22,13 +22,6 @@ TMP_SUFFIX = ".part"
 
 class StorageKeyError(ValueError):
     """A key that would escape the storage root or is malformed."""
-
-
-class ObjectNotFound(GenqError):
-    """Nothing is stored under the key."""
-
-    code = "object_not_found"
-    status = 404
 
 
 def asset_key(user_id: uuid.UUID, job_id: uuid.UUID, index: int, ext: str) -> str:

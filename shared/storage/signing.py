@@ -19,26 +19,13 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from shared.errors import GenqError
+from shared.errors import InvalidSignature as InvalidSignature  # re-exported
+from shared.errors import UrlExpired as UrlExpired
 from shared.settings import Settings
 from shared.storage.base import Storage, check_key
 
 KEY_FILE = "url-signing.key"
 FILES_PREFIX = "/v1/files/"
-
-
-class InvalidSignature(GenqError):
-    """The URL's signature does not match its key and expiry (tampered, or another key)."""
-
-    code = "invalid_signature"
-    status = 403
-
-
-class UrlExpired(GenqError):
-    """The signed URL is past its expiry."""
-
-    code = "url_expired"
-    status = 403
 
 
 def load_signing_key(settings: Settings) -> bytes:

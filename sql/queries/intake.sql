@@ -25,27 +25,18 @@ WHERE id = ANY($1::uuid[]) AND status = 'queued'
 RETURNING id, enqueued_at
 
 -- get_job --
--- One job of one user, with its reservation's settlement. $1 job_id, $2 user_id.
-SELECT j.id, j.status, j.model, j.prompt, j.num_outputs, j.params, j.seed, j.price_per_output,
-       j.error_code, j.error_message, j.created_at, j.started_at, j.finished_at,
-       j.enqueued_at, j.cancel_requested_at, r.amount AS reserved, r.captured, r.refunded
-FROM generation_jobs j
-LEFT JOIN credit_reservations r ON r.id = j.reservation_id
-WHERE j.id = $1 AND j.user_id = $2
+-- One job of one user as the API answers it (job_responses, 0017). $1 job_id, $2 user_id.
+SELECT * FROM job_responses WHERE id = $1 AND user_id = $2
 
 -- list_jobs --
--- A user's jobs, newest first, keyset-paginated on (created_at, id).
--- $1 user_id, $2 status (NULL: any), $3 cursor created_at and $4 cursor id (NULL: first page),
--- $5 limit.
-SELECT j.id, j.status, j.model, j.prompt, j.num_outputs, j.params, j.seed, j.price_per_output,
-       j.error_code, j.error_message, j.created_at, j.started_at, j.finished_at,
-       j.enqueued_at, j.cancel_requested_at, r.amount AS reserved, r.captured, r.refunded
-FROM generation_jobs j
-LEFT JOIN credit_reservations r ON r.id = j.reservation_id
-WHERE j.user_id = $1
-  AND ($2::text IS NULL OR j.status = $2)
-  AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid))
-ORDER BY j.created_at DESC, j.id DESC
+-- A user's jobs as the API answers them (job_responses, 0017), newest first, keyset-paginated
+-- on (created_at, id). $1 user_id, $2 status (NULL: any), $3 cursor created_at and $4 cursor id
+-- (NULL: first page), $5 limit.
+SELECT * FROM job_responses
+WHERE user_id = $1
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+ORDER BY created_at DESC, id DESC
 LIMIT $5
 
 -- cancel_queued_job --

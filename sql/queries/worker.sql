@@ -6,7 +6,8 @@
 -- Take jobs (group commit: the claims waiting in this worker, one statement): each one queued,
 -- or running with an expired lease (its worker died or handed it back). A job not in the
 -- result was not claimable. Also returns the model's provider ref, timeout, params schema,
--- revision and limits (NULL if the model is unknown), which the attempt needs next, so it does not need a
+-- revision, base URL, key variable and limits (NULL if the model is unknown; the fallback's
+-- once the job moved to it, ran_model) and the model's fallback, which the attempt needs next, so it does not need a
 -- second round trip.
 -- $1 job ids (uuid[], no duplicates), $2 lease_owner (worker id), $3 lease seconds (float).
 UPDATE generation_jobs j
@@ -20,13 +21,23 @@ WHERE j.id = ANY($1::uuid[])
   AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()))
 RETURNING j.id, j.user_id, j.model, j.provider, j.prompt, j.num_outputs, j.params, j.seed,
           j.price_per_output, j.reservation_id, j.provider_prediction_id, j.attempt,
-          j.max_attempts, j.cancel_requested_at,
-          (SELECT m.ref FROM models m WHERE m.key = j.model) AS model_ref,
-          (SELECT m.timeout_s FROM models m WHERE m.key = j.model) AS model_timeout_s,
-          (SELECT m.params_schema FROM models m WHERE m.key = j.model) AS model_params_schema,
-          (SELECT m.revision FROM models m WHERE m.key = j.model) AS model_revision,
-          (SELECT m.max_concurrency FROM models m WHERE m.key = j.model) AS model_max_concurrency,
-          (SELECT m.max_per_minute FROM models m WHERE m.key = j.model) AS model_max_per_minute
+          j.max_attempts, j.cancel_requested_at, j.ran_model,
+          (SELECT m.ref FROM models m WHERE m.key = coalesce(j.ran_model, j.model)) AS model_ref,
+          (SELECT m.timeout_s FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
+              AS model_timeout_s,
+          (SELECT m.params_schema FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
+              AS model_params_schema,
+          (SELECT m.revision FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
+              AS model_revision,
+          (SELECT m.base_url FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
+              AS model_base_url,
+          (SELECT m.api_key_env FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
+              AS model_api_key_env,
+          (SELECT m.fallback FROM models m WHERE m.key = j.model) AS model_fallback,
+          (SELECT m.max_concurrency FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
+              AS model_max_concurrency,
+          (SELECT m.max_per_minute FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
+              AS model_max_per_minute
 
 -- get_job_state --
 -- Why a claim found nothing. $1 job_id.
@@ -55,6 +66,33 @@ WHERE id = $1 AND status = 'running' AND attempt = $2
 UPDATE generation_jobs
 SET provider_prediction_id = $3, updated_at = now()
 WHERE id = $1 AND status = 'running' AND attempt = $2
+RETURNING id
+
+-- set_provider_queue_position --
+-- Where the job waits in the provider's own queue (NULL: not queued there any more).
+-- $1 job_id, $2 attempt, $3 position (nullable). No row: the lease was lost.
+UPDATE generation_jobs
+SET provider_queue_position = $3, updated_at = now()
+WHERE id = $1 AND status = 'running' AND attempt = $2
+  AND provider_queue_position IS DISTINCT FROM $3
+RETURNING id
+
+-- get_fallback_model --
+-- What a job needs to move to its model's fallback. $1 model key.
+SELECT key, provider, ref, timeout_s, params_schema, revision, base_url, api_key_env,
+       price_per_output, price_tiers, price_per_second, enabled, max_concurrency, max_per_minute
+FROM models WHERE key = $1
+
+-- move_to_fallback --
+-- The job runs on the fallback model from now on, at its price (the reservation made at the
+-- primary's price is settled at this one), with no provider id yet. Only once: ran_model was
+-- NULL. No row: the lease was lost or the job already moved.
+-- $1 job_id, $2 attempt, $3 fallback key, $4 its provider, $5 price per output, $6 price per
+-- second (nullable).
+UPDATE generation_jobs
+SET ran_model = $3, provider = $4, price_per_output = $5, price_per_second = $6,
+    provider_prediction_id = NULL, provider_queue_position = NULL, updated_at = now()
+WHERE id = $1 AND status = 'running' AND attempt = $2 AND ran_model IS NULL
 RETURNING id
 
 -- finalize_job --

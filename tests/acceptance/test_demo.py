@@ -67,6 +67,16 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
     assert ledger_kinds.count("capture") == 6
     assert ledger_kinds.count("refund") == 1
 
+    # A user signed in with a token the demo made: created with its starting credits once,
+    # the same user for a second token of the same sub, a changed token refused.
+    signed_in = re.search(r"^sign-in: a token for sub (\S+) -> user (\S+) created "
+                          r"\(signed-in-\w+@example.com\), balance 10 \(starting credits\)$",
+                          out, re.MULTILINE)
+    assert signed_in is not None, out
+    assert "sign-in: a new token for the same sub -> the same user: True, balance 10\n" in out
+    assert ("sign-in: the token with its payload changed -> HTTP 401 invalid_token "
+            "(bad_signature)\n") in out
+
     assert "stopped genq and its embedded servers" in out
 
     # The processes' logs and the stored assets are for genq's user alone.
@@ -77,7 +87,10 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
     assert '"event": "migration_applied"' in (logs / "migrate.log").read_text()
     assert {stat.S_IMODE(f.stat().st_mode) for f in logs.iterdir()} == {0o600}
     stored = [f for f in (data_dir / "storage").rglob("*") if f.is_file()]
-    assert len(stored) == 9
+    # The 9 images and their 9 thumbnails, the clip and its poster.
+    assert len(stored) == 20
+    assert sum(f.name.endswith(".thumb.webp") for f in stored) == 9
+    assert sum(f.name.endswith(".poster.webp") for f in stored) == 1
     assert {stat.S_IMODE(f.stat().st_mode) for f in stored} == {0o600}
     folders = [data_dir / "storage", *(f for f in (data_dir / "storage").rglob("*") if f.is_dir())]
     assert {stat.S_IMODE(f.stat().st_mode) for f in folders} == {0o700}

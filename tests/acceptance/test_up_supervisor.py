@@ -152,9 +152,9 @@ def test_a_killed_worker_or_api_is_started_again_and_the_system_keeps_working(
 
     # The asset the restarted worker wrote is for genq's user alone.
     storage = up.data_dir / "storage"
-    files = list((storage / user_id / job["id"]).iterdir())
-    assert [f.name for f in files] == ["0.png"]
-    assert _mode(files[0]) == 0o600
+    files = sorted((storage / user_id / job["id"]).iterdir())
+    assert [f.name for f in files] == ["0.png", "0.thumb.webp"]
+    assert {_mode(f) for f in files} == {0o600}
     assert _mode(storage / user_id / job["id"]) == 0o700
     assert _mode(storage / user_id) == 0o700
     assert _mode(storage) == 0o700

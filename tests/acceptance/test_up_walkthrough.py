@@ -19,6 +19,9 @@ from shared.embedded import free_port
 from tests.acceptance.stack_support import ROOT, alive, children_of, clean_env, embedded_pids
 
 TOKEN = "walkthrough-admin-token-0123456789abcdef"
+JWT = {"GENQ_JWT_SECRET": "walkthrough-jwt-secret-0123456789abcdef",
+       "GENQ_JWT_ISSUER": "https://auth.example.com/auth/v1",
+       "GENQ_JWT_AUDIENCE": "authenticated"}
 
 
 def readme_walkthrough() -> str:
@@ -51,7 +54,7 @@ def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         [sys.executable, "-m", "genq", "up", "--port", str(port)],
-        cwd=ROOT, env=clean_env(GENQ_DATA_DIR=str(data_dir), GENQ_ADMIN_TOKEN=TOKEN),
+        cwd=ROOT, env=clean_env(GENQ_DATA_DIR=str(data_dir), GENQ_ADMIN_TOKEN=TOKEN, **JWT),
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:
@@ -63,7 +66,7 @@ def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(
         work.mkdir()
         walk = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", readme_walkthrough()],
-            cwd=work, env=clean_env(GENQ_API=url, GENQ_ADMIN_TOKEN=TOKEN),
+            cwd=work, env=clean_env(GENQ_API=url, GENQ_ADMIN_TOKEN=TOKEN, **JWT),
             capture_output=True, text=True, timeout=120, check=False,
         )
         assert walk.returncode == 0, walk.stdout + walk.stderr
@@ -82,12 +85,15 @@ def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(
             work / "lighthouse.png").read_bytes()
         credits = json.loads(lines[lines.index("}") + 1])
         assert credits == {"balance": 48, "reserved": 0}
-        ledger = [json.loads(line) for line in lines[lines.index("}") + 2:]]
+        ledger = [json.loads(line) for line in lines[lines.index("}") + 2:-1]]
         assert ledger == [
             {"kind": "capture", "amount": 0, "balance_after": 48},
             {"kind": "reserve", "amount": -2, "balance_after": 48},
             {"kind": "grant", "amount": 50, "balance_after": 50},
         ]
+        # Step 7: the signed-in user, created from the token's claims.
+        assert json.loads(lines[-1]) == {"email": "grace@example.com",
+                                         "identities": [{"subject": "user-42"}]}
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(timeout=90)

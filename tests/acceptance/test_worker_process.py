@@ -27,6 +27,7 @@ from tests.factories import (
     job_row,
     ledger_kinds,
 )
+from tests.fakes.fal_server import FakeFal, FalScript
 from tests.fakes.replicate_server import FakeReplicate, Script
 from tests.media_samples import png
 
@@ -35,6 +36,18 @@ MODELS = """
 key = "replicate/slow"
 provider = "replicate"
 ref = "acme/slow"
+media_type = "image"
+price_per_output = 5
+max_outputs = 4
+timeout_s = 30
+"""
+
+
+FAL_MODELS = """
+[[models]]
+key = "fal/slow"
+provider = "fal"
+ref = "fal-ai/slow/dev"
 media_type = "image"
 price_per_output = 5
 max_outputs = 4
@@ -76,11 +89,10 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")
 
 
-@pytest.fixture
-def spawn(settings: Settings, fake: FakeReplicate, tmp_path: Path,
-          ) -> Iterator[Any]:
+def _spawner(settings: Settings, tmp_path: Path, models: str, provider_env: dict[str, str]
+             ) -> tuple[Any, list[WorkerProcess]]:
     models_file = tmp_path / "models.toml"
-    models_file.write_text(MODELS)
+    models_file.write_text(models)
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "REPLICATE_"))
     }
@@ -91,8 +103,6 @@ def spawn(settings: Settings, fake: FakeReplicate, tmp_path: Path,
         "GENQ_DATA_DIR": str(settings.data_dir),
         "GENQ_QUEUE_NAME": settings.queue_name,
         "GENQ_MODELS_FILE": str(models_file),
-        "GENQ_REPLICATE_BASE_URL": fake.base_url,
-        "GENQ_REPLICATE_API_TOKEN": "test-token",
         "GENQ_OUTPUT_ALLOWED_HOSTS": "127.0.0.1",
         "GENQ_LEASE_S": "1.5",
         "GENQ_HEARTBEAT_S": "0.3",
@@ -103,6 +113,7 @@ def spawn(settings: Settings, fake: FakeReplicate, tmp_path: Path,
         "GENQ_SHUTDOWN_GRACE_S": "1",
         "GENQ_LOG_FORMAT": "json",
         "GENQ_DB_POOL_MIN_SIZE": "1",
+        **provider_env,
     })
     started: list[WorkerProcess] = []
 
@@ -111,6 +122,31 @@ def spawn(settings: Settings, fake: FakeReplicate, tmp_path: Path,
         started.append(w)
         return w
 
+    return start, started
+
+
+@pytest.fixture
+def spawn(settings: Settings, fake: FakeReplicate, tmp_path: Path,
+          ) -> Iterator[Any]:
+    start, started = _spawner(settings, tmp_path, MODELS, {
+        "GENQ_REPLICATE_BASE_URL": fake.base_url, "GENQ_REPLICATE_API_TOKEN": "test-token"})
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+def fal() -> Iterator[FakeFal]:
+    server = FakeFal().start()
+    server.add_file("a.png", png(40, 30), "image/png")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def spawn_fal(settings: Settings, fal: FakeFal, tmp_path: Path) -> Iterator[Any]:
+    start, started = _spawner(settings, tmp_path, FAL_MODELS, {
+        "GENQ_FAL_QUEUE_URL": fal.queue_url, "GENQ_FAL_KEY": fal.key})
     yield start
     for w in started:
         w.stop()
@@ -181,6 +217,39 @@ async def test_sigkill_mid_job_then_restart_resumes_the_prediction(
     assert len(await assets_of(pool, job.id)) == 1
     assert [k for k, _, _ in await ledger_kinds(pool, job.user_id)] == [
         "grant", "reserve", "capture", "refund"]
+    account = await assert_invariants(pool, job.user_id)
+    assert (account.balance, account.reserved) == (5, 0)  # 10 - 1 output x 5
+    second.signal(signal.SIGTERM)
+    assert second.wait(15) == 0
+
+
+async def test_sigkill_after_the_fal_submit_then_restart_resumes_the_same_request(
+    pool: Pool, arq_redis: ArqRedis, settings: Settings, fal: FakeFal, spawn_fal: Any
+) -> None:
+    await add_models(pool, FAL_MODELS)
+    fal.script("fal-ai/slow/dev", FalScript(queue_polls=2, min_runtime_s=4.0,
+                                            outputs=["a.png"]))
+    job = await create_job(pool, model="fal/slow", num_outputs=2, credits=10)
+    assert await enqueue_generation(arq_redis, settings.queue_name, job.id)
+
+    first = spawn_fal("first")
+    row = await _wait_for(pool, job.id, "a fal request id",
+                          lambda r: r["provider_prediction_id"] is not None, [first])
+    request_id = row["provider_prediction_id"]
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    assert (await job_row(pool, job.id))["status"] == "running"
+
+    second = spawn_fal("second")
+    row = await _wait_for(pool, job.id, "the end", lambda r: r["finished_at"] is not None,
+                          [first, second])
+    assert (row["status"], row["outputs_made"], row["attempt"]) == ("succeeded", 1, 2)
+    # One fal request for the job: the second worker polled the one the first submitted.
+    assert row["provider_prediction_id"] == request_id
+    assert fal.submits["fal-ai/slow/dev"] == 1
+    assert [c for c in fal.calls if c[0] == "POST"] == [("POST", "/fal-ai/slow/dev")]
+    assert ("GET", f"/fal-ai/slow/requests/{request_id}") in fal.calls
+    assert len(await assets_of(pool, job.id)) == 1
     account = await assert_invariants(pool, job.user_id)
     assert (account.balance, account.reserved) == (5, 0)  # 10 - 1 output x 5
     second.signal(signal.SIGTERM)

@@ -80,8 +80,8 @@ async def test_models_lists_the_catalog(api: Api) -> None:
     models = {m["key"]: m for m in r.json()["data"]}
     assert models["local/poster"] == {
         "key": "local/poster", "provider": "local", "media_type": "image",
-        "price_per_output": 3, "max_outputs": 4, "timeout_s": 60,
-        "max_concurrency": None, "max_per_minute": None,
+        "price_per_output": 3, "price_per_second": None, "fallback": None,
+        "max_outputs": 4, "timeout_s": 60, "max_concurrency": None, "max_per_minute": None,
         "params": {"width": 512, "height": 768, "format": "webp"},
         "description": "Offline WebP renderer with a larger canvas.",
         "price_tiers": [{"above_megapixels": 1.1, "price_per_output": 6},

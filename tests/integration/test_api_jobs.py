@@ -200,3 +200,26 @@ async def test_cancel_running_asks_the_worker(api: Api) -> None:
     # Asking twice is harmless and still 202.
     r2 = await api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=user.headers)
     assert r2.status_code == 202
+
+
+async def test_a_job_without_seed_gets_one_chosen_at_submit(api: Api) -> None:
+    user = await api.user(credits=20)
+    headers = {**user.headers, "Idempotency-Key": "no-seed"}
+    first = await api.client.post("/v1/jobs", json=JOB, headers=headers)
+    assert first.status_code == 202, first.text
+    job = first.json()
+    assert isinstance(job["seed"], int) and 0 <= job["seed"] < 2**31
+    # Recorded on the job: a read and the row show the same seed.
+    got = await api.client.get(f"/v1/jobs/{job['id']}", headers=user.headers)
+    assert got.json()["seed"] == job["seed"]
+    stored = await api.pool.fetchval(
+        "SELECT seed FROM generation_jobs WHERE id = $1", uuid.UUID(job["id"])
+    )
+    assert stored == job["seed"]
+    # A replay of the same seedless body is the original job, with its seed.
+    again = await api.client.post("/v1/jobs", json=JOB, headers=headers)
+    assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+    assert (again.json()["id"], again.json()["seed"]) == (job["id"], job["seed"])
+    # A seed the client chose is kept as sent.
+    chosen = await _submit(api, user, {**JOB, "seed": 2**40})
+    assert chosen["seed"] == 2**40

@@ -108,14 +108,14 @@ async def test_unexpected_errors_are_500_in_the_json_shape(settings: Settings,
         api = Api(app, client, settings, pool)
         user = await api.user(credits=10)
         # Break the schema under the running app: a bug-shaped failure, not an outage.
-        await pool.execute("ALTER TABLE generation_jobs RENAME TO generation_jobs_moved")
+        await pool.execute("ALTER VIEW job_responses RENAME TO job_responses_moved")
         r = await client.get("/v1/jobs", headers={**user.headers, "X-Request-ID": "req-500"})
         assert r.status_code == 500
         assert r.json() == {"error": {"code": "internal_error",
                                       "message": "an unexpected error occurred",
                                       "details": None}}
         assert r.headers["x-request-id"] == "req-500"
-        assert "generation_jobs" not in r.text  # no internals leak
+        assert "job_responses" not in r.text  # no internals leak
 
 
 async def test_readiness_and_liveness(api: Api) -> None:

@@ -11,8 +11,9 @@ from collections import Counter
 from arq.connections import ArqRedis
 from structlog.testing import capture_logs
 
-from api.intake import IntakeBatches, SubmitItem, SubmitRefused
-from api.validation import JobCreate, request_hash
+from api.jobs.intake import IntakeBatches, SubmitItem, SubmitRefused
+from api.jobs.models import JobCreate
+from api.validation import request_hash
 from shared.catalog import ModelRules, load_catalog
 from shared.db import Pool
 from shared.queue import create_arq_pool

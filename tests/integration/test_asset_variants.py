@@ -42,6 +42,11 @@ async def _run(api: Api, wc: WorkerContext, user: User, model: str,
     return body
 
 
+def _unsigned(variants: dict[str, Any]) -> dict[str, Any]:
+    """Variants with their URLs' expiry and signature left out (signed anew per read)."""
+    return {k: {**v, "url": v["url"].split("?", 1)[0]} for k, v in variants.items()}
+
+
 async def _webp(api: Api, user: User | None, url: str) -> tuple[int, int]:
     r = await api.client.get(url, headers=user.headers if user is not None else None)
     assert r.status_code == 200, r.text
@@ -89,7 +94,7 @@ async def test_image_variants_web_only_when_larger(
         assert await _webp(api, user, authed) == expected[kind]
     # The same asset read alone shows the same variants.
     r = await api.client.get(f"/v1/assets/{asset['id']}", headers=user.headers)
-    assert r.json()["variants"] == variants
+    assert _unsigned(r.json()["variants"]) == _unsigned(variants)
 
 
 async def test_variant_route_answers_404_for_a_missing_variant_or_another_user(

@@ -11,6 +11,7 @@ import pytest
 from api.auth import ApiKeyCache, bearer_token
 from api.body import is_json_media_type, parse_json
 from api.errors import InvalidJson, ValidationFailed
+from api.jobs.models import JobCreate, check_job
 from api.middleware import request_id_from
 from api.pagination import (
     MAX_LIMIT,
@@ -20,7 +21,7 @@ from api.pagination import (
     encode_time_cursor,
     parse_limit,
 )
-from api.validation import JobCreate, check_job, params_problem, request_hash, text_problem
+from api.validation import params_problem, request_hash, text_problem
 
 
 def test_time_cursor_round_trips() -> None:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WARNING = re.compile(r"BuildBackendWarning|SetuptoolsDeprecationWarning|would be ignored")
 
 
-def test_the_wheel_builds_without_packaging_warnings_and_holds_every_sql_file(
+def test_the_wheel_builds_without_packaging_warnings_and_holds_every_module_and_sql_file(
     tmp_path: Path,
 ) -> None:
     # Build from a copy: pip builds in the source tree and would leave build/ and egg-info there.
@@ -36,3 +36,9 @@ def test_the_wheel_builds_without_packaging_warnings_and_holds_every_sql_file(
     assert len(expected) >= 10  # the migrations and the queries
     assert expected <= names, sorted(expected - names)
     assert {"shared/models.toml", "shared/py.typed"} <= names
+    # Every module of the five packages genq runs from (a package left out of pyproject's
+    # list would import from a source checkout and fail from the wheel).
+    modules = {p.relative_to(ROOT).as_posix()
+               for top in ("genq", "api", "worker", "shared", "sql")
+               for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules <= names, sorted(modules - names)

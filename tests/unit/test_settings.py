@@ -106,3 +106,32 @@ def test_storage_and_cors_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.storage_url, s.s3_endpoint_url) == ("s3://media/genq", "https://r2.example.com")
     assert s.cors_origins == ["https://app.example.com", "http://localhost:5173"]
     assert s.url_ttl_s == 3600
+
+
+@pytest.mark.parametrize("source", [{"jwt_secret": "s" * 32},
+                                    {"jwt_jwks_url": "https://idp.example.com/jwks.json"}])
+@pytest.mark.parametrize("claims", [{}, {"jwt_issuer": "https://idp.example.com/"},
+                                    {"jwt_audience": "genq"}])
+def test_jwt_sign_in_needs_an_issuer_and_an_audience(
+    source: dict[str, str], claims: dict[str, str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**source, **claims, _env_file=None)
+    assert caught.value.message == (
+        "invalid settings: GENQ_JWT_ISSUER and GENQ_JWT_AUDIENCE are required when "
+        "GENQ_JWT_JWKS_URL or GENQ_JWT_SECRET is set")
+
+
+def test_jwt_settings() -> None:
+    assert not load_settings(jwt_secret=" ", jwt_jwks_url="", _env_file=None).jwt_enabled
+    on = load_settings(jwt_jwks_url="https://idp.example.com/jwks.json",
+                       jwt_issuer="https://idp.example.com/", jwt_audience="genq",
+                       _env_file=None)
+    assert on.jwt_enabled and on.jwt_secret is None and on.new_user_credits == 0
+    for bad, var in (({"jwt_secret": "short"}, "GENQ_JWT_SECRET"),
+                     ({"jwt_jwks_url": "idp.example.com/jwks"}, "GENQ_JWT_JWKS_URL"),
+                     ({"new_user_credits": -1}, "GENQ_NEW_USER_CREDITS")):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(**bad, jwt_issuer="i", jwt_audience="a", _env_file=None)
+        assert var in caught.value.message
+        assert "short" not in caught.value.message

@@ -22,6 +22,9 @@ class GenerationRequest:
     num_outputs: int
     params: dict[str, Any]
     seed: int | None
+    # An OpenAI-compatible model's server and the environment variable holding its key.
+    base_url: str | None = None
+    api_key_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,13 @@ class GenerationResult:
 # Called with the provider's id as soon as it exists, before any waiting. The worker stores it
 # on the job row; raising stops the provider from going on.
 OnCreated = Callable[[str], Awaitable[None]]
+# Called with the job's place in the provider's own queue while it waits there, and with None
+# once it runs. The worker shows it on the job.
+OnQueuePosition = Callable[[int | None], Awaitable[None]]
+
+
+async def no_queue(_position: int | None) -> None:
+    return None
 
 
 class ProviderError(GenqError):
@@ -89,15 +99,19 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     async def generate(
-        self, request: GenerationRequest, *, prediction_id: str | None, on_created: OnCreated
+        self, request: GenerationRequest, *, prediction_id: str | None, on_created: OnCreated,
+        on_queue_position: OnQueuePosition = no_queue,
     ) -> GenerationResult:
-        """Make the outputs, resuming ``prediction_id`` if one was already created.
+        """Make the outputs, resuming ``prediction_id`` if one was already created; report the
+        place in the provider's queue through ``on_queue_position`` if it has one.
 
         Raises :class:`ProviderFailed` (permanent), :class:`ProviderCanceled`.
         """
 
-    async def cancel(self, prediction_id: str) -> None:  # noqa: B027 - optional hook
-        """Cancel a prediction at the provider (best effort). Default: nothing to cancel."""
+    async def cancel(self, prediction_id: str, *, ref: str | None = None  # noqa: B027
+                     ) -> None:
+        """Cancel a prediction of the model ``ref`` at the provider (best effort). Default:
+        nothing to cancel."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

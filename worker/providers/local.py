@@ -19,9 +19,11 @@ from worker.providers.base import (
     GenerationRequest,
     GenerationResult,
     OnCreated,
+    OnQueuePosition,
     Output,
     Provider,
     ProviderFailed,
+    no_queue,
 )
 
 MAX_SIDE = 4096
@@ -145,7 +147,8 @@ class LocalProvider(Provider):
         self.failure_rate = failure_rate
 
     async def generate(
-        self, request: GenerationRequest, *, prediction_id: str | None, on_created: OnCreated
+        self, request: GenerationRequest, *, prediction_id: str | None, on_created: OnCreated,
+        on_queue_position: OnQueuePosition = no_queue,
     ) -> GenerationResult:
         """Render every output (in a thread unless small); nothing to resume, so
         ``prediction_id`` is unused."""

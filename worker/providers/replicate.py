@@ -2,8 +2,9 @@
 
 The client retries GETs on 429/503/504 by itself but never a POST, and never a 500 or a
 connection error; every call here goes through :meth:`ReplicateProvider._call`, which retries
-those transient failures with backoff (honouring ``Retry-After``) up to
-``provider_max_attempts`` and then gives up with :class:`ProviderUnavailable`.
+those transient failures with the retry loop every provider shares
+(:func:`worker.providers.calls.call_provider`: backoff, ``Retry-After``, up to
+``provider_max_attempts``, then :class:`ProviderUnavailable`).
 """
 
 from __future__ import annotations
@@ -19,19 +20,21 @@ from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ReplicateError
 
 from shared.logging import get_logger
-from shared.retry import parse_retry_after, retry
+from shared.retry import parse_retry_after
 from shared.settings import Settings
 from worker.providers.base import (
     GenerationRequest,
     GenerationResult,
     OnCreated,
+    OnQueuePosition,
     Output,
     Provider,
     ProviderCanceled,
     ProviderFailed,
-    ProviderUnavailable,
     UrlOutput,
+    no_queue,
 )
+from worker.providers.calls import call_provider
 
 log = get_logger(__name__)
 
@@ -102,31 +105,18 @@ class ReplicateProvider(Provider):
         )
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        s = self.settings
         box: list[float | None] = [None]
 
         async def once() -> T:
             # The transport puts this attempt's Retry-After here, if the answer had one.
             box[0] = None
             _retry_after.set(box)
-            return await asyncio.wait_for(fn(), s.provider_request_timeout_s)
+            return await fn()
 
-        try:
-            return await retry(
-                once, what=what, attempts=s.provider_max_attempts, retry_on=_is_transient,
-                base_s=s.provider_backoff_base_s, max_s=s.provider_backoff_max_s,
-                delay_s=lambda _exc: box[0], event="provider_retry",
-            )
-        except (ReplicateError, httpx.TransportError, TimeoutError) as exc:
-            if not _is_transient(exc):
-                raise ProviderFailed(
-                    f"Replicate refused the request ({_describe(exc)})",
-                    code="provider_rejected",
-                ) from exc
-            raise ProviderUnavailable(
-                f"Replicate was unavailable after {s.provider_max_attempts} attempts "
-                f"({_describe(exc)})"
-            ) from exc
+        return await call_provider(
+            "Replicate", what, self.settings, once, errors=(ReplicateError,),
+            is_transient=_is_transient, describe=_describe, delay_s=lambda _exc: box[0],
+        )
 
     async def _create(self, request: GenerationRequest) -> Any:
         payload: dict[str, Any] = {
@@ -144,7 +134,8 @@ class ReplicateProvider(Provider):
         return await self.client.models.predictions.async_create(model=ref, input=payload)
 
     async def generate(
-        self, request: GenerationRequest, *, prediction_id: str | None, on_created: OnCreated
+        self, request: GenerationRequest, *, prediction_id: str | None, on_created: OnCreated,
+        on_queue_position: OnQueuePosition = no_queue,
     ) -> GenerationResult:
         """Create the prediction (or resume ``prediction_id``), record its id, poll to the end."""
         if prediction_id is None:
@@ -177,7 +168,7 @@ class ReplicateProvider(Provider):
             raise ProviderCanceled("the prediction was canceled at Replicate")
         return GenerationResult(_outputs(prediction.output))
 
-    async def cancel(self, prediction_id: str) -> None:
+    async def cancel(self, prediction_id: str, *, ref: str | None = None) -> None:
         """Ask Replicate to cancel; failures are logged, not raised (the job ends anyway)."""
         try:
             await self._call("cancel", lambda: self.client.predictions.async_cancel(prediction_id))

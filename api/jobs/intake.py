@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import redis.exceptions
 
+from api.assets.reads import Sign
 from api.errors import JobNotCancelable, JobNotFound, ValidationFailed
-from api.reads import load_job
-from api.serialize import job_json
-from api.validation import JobCreate, field_error, request_hash
+from api.jobs.models import Job, JobCreate
+from api.jobs.reads import load_job, load_new_job
+from api.validation import field_error, request_hash
 from shared import ledger
 from shared.batch import Batcher
 from shared.catalog import ModelRules
@@ -41,6 +43,7 @@ from sql import queries
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
+    from api.catalog.cache import CatalogCache
     from api.context import ApiContext
     from shared.db import Pool
     from shared.settings import Settings
@@ -59,7 +62,7 @@ _CANCEL_TRIES = 3
 class Submitted:
     """The job a submission created, or found under its Idempotency-Key."""
 
-    job: dict[str, Any]
+    job: Job
     replayed: bool
 
 
@@ -76,6 +79,10 @@ _DEADLOCK_TRIES = 3
 # The SQLSTATE genq_submit raises for a user without a credit account.
 NO_DATA_FOUND = "P0002"
 
+
+# A job sent without a seed gets one below this, chosen at submit and recorded on the job, so
+# every output can be made again from its job (31 bits: every provider takes it).
+CHOSEN_SEED_BOUND = 2**31
 
 # The constraint genq_submit names when the model changed since the intake checked the request.
 CATALOG_CHANGED = "genq_submit_catalog_changed"
@@ -306,95 +313,96 @@ async def admit_submission(ctx: ApiContext, user_id: uuid.UUID) -> None:
         )
 
 
-async def submit_job(
-    ctx: ApiContext, user_id: uuid.UUID, job: JobCreate, key: str | None
-) -> Submitted:
-    """Accept a job: reserve its price and queue it. Replays return the original job.
+@dataclass(frozen=True)
+class Intake:
+    """The write side of jobs, over the app's open pool, group commit and catalog snapshot;
+    ``sign`` makes an output's signed ``content_url``."""
 
-    The params are checked and priced first, against the catalog snapshot, before anything is
-    written. The database work is one statement (``genq_submit``, in its batch's transaction);
-    only the enqueue and its ``enqueued_at`` hint follow it.
-    """
-    job_id = uuid.uuid4()
-    digest = request_hash(job) if key is not None else None
-    for _ in range(_CATALOG_TRIES):
-        generation = ctx.catalog.generation
-        rules = await ctx.catalog.lookup(job.model)
-        if rules is None:
-            raise unknown_model(job)
-        item = SubmitItem.checked(job_id, user_id, job, key, digest, rules)
-        try:
-            row = await ctx.batches.submit(item)
-            break
-        except SubmitRefused as exc:
-            if exc.constraint == CATALOG_CHANGED:
-                # The model changed since the snapshot: check again against the new one.
-                await ctx.catalog.refresh(generation)
-                continue
-            mapped = _submit_error(exc, job)
-            if mapped is None:
-                raise
-            raise mapped from exc
-    else:
-        raise Conflict("the model catalog kept changing during this request; try again")
-    if row["replayed"]:
-        async with ctx.pool.acquire() as conn:
-            replayed = await load_job(conn, user_id, row["job_id"], sign=ctx.content_url)
-        return Submitted(await _enqueue_replay(ctx, user_id, replayed), replayed=True)
-    enqueued_at = await ctx.batches.queue(job_id, user_id)
-    price = row["reserved"]
-    log.info("job_accepted", job_id=str(job_id), model=job.model, price=price)
-    return Submitted(job_json({
-        "id": job_id, "status": JobStatus.QUEUED, "model": job.model, "prompt": job.prompt,
-        "num_outputs": job.num_outputs, "params": row["params"], "seed": job.seed,
-        "price_per_output": row["price_per_output"], "error_code": None,
-        "error_message": None, "created_at": row["created_at"], "started_at": None,
-        "finished_at": None, "enqueued_at": enqueued_at, "cancel_requested_at": None,
-        "reserved": price, "captured": 0, "refunded": 0,
-    }), replayed=False)
+    pool: Pool
+    batches: IntakeBatches
+    catalog: CatalogCache
+    sign: Sign
 
+    async def submit(self, user_id: uuid.UUID, job: JobCreate, key: str | None) -> Submitted:
+        """Accept a job: reserve its price and queue it. Replays return the original job.
 
-async def _enqueue_replay(ctx: ApiContext, user_id: uuid.UUID,
-                          found: dict[str, Any]) -> dict[str, Any]:
-    """The original job of a replayed request, enqueued again if Redis missed it first (or
-    dispatched, if its user has room)."""
-    if found["status"] == JobStatus.QUEUED and found["enqueued_at"] is None:
-        enqueued_at = await ctx.batches.queue(uuid.UUID(found["id"]), user_id)
-        if enqueued_at is not None:
-            found["enqueued_at"] = enqueued_at.isoformat()
-    return found
-
-
-async def cancel_job(
-    ctx: ApiContext, user_id: uuid.UUID, job_id: uuid.UUID
-) -> tuple[int, dict[str, Any]]:
-    """Cancel a job: queued -> canceled and refunded now (200); running -> the worker is asked
-    to stop (202); finished -> :class:`JobNotCancelable`. Concurrent calls refund once."""
-    async with ctx.pool.acquire() as conn:
-        for _ in range(_CANCEL_TRIES):
-            async with conn.transaction():
-                row = await conn.fetchrow(queries["cancel_queued_job"], job_id, user_id)
-                if row is not None:
-                    if row["reservation_id"] is not None:
-                        await ledger.refund(conn, row["reservation_id"])
-                    status_code = 200
-            if row is not None:
-                log.info("job_canceled", job_id=str(job_id))
-                if ctx.settings.user_max_running > 0:
-                    # A dispatched job leaving the queue frees a place for the next one.
-                    await ctx.batches.dispatch((job_id, user_id))
+        The params are checked and priced first, against the catalog snapshot, before anything is
+        written. The database work is one statement (``genq_submit``, in its batch's transaction);
+        only the enqueue and its ``enqueued_at`` hint follow it.
+        """
+        job_id = uuid.uuid4()
+        # The Idempotency-Key is bound to the body as the client sent it; a seed chosen here comes
+        # after, so a replay of a seedless body finds the original job (and its seed).
+        digest = request_hash(job) if key is not None else None
+        if job.seed is None:
+            job = job.model_copy(update={"seed": secrets.randbelow(CHOSEN_SEED_BOUND)})
+        for _ in range(_CATALOG_TRIES):
+            generation = self.catalog.generation
+            rules = await self.catalog.lookup(job.model)
+            if rules is None:
+                raise unknown_model(job)
+            item = SubmitItem.checked(job_id, user_id, job, key, digest, rules)
+            try:
+                row = await self.batches.submit(item)
                 break
-            if await conn.fetchval(queries["request_job_cancel"], job_id, user_id) is not None:
-                log.info("job_cancel_requested", job_id=str(job_id))
-                status_code = 202
-                break
-            current = await conn.fetchval(queries["get_job_status"], job_id, user_id)
-            if current is None:
-                raise JobNotFound(f"no job {job_id}")
-            if current in TERMINAL_STATUSES:
-                raise JobNotCancelable(
-                    f"the job is already {current}", details={"status": current}
-                )
+            except SubmitRefused as exc:
+                if exc.constraint == CATALOG_CHANGED:
+                    # The model changed since the snapshot: check again against the new one.
+                    await self.catalog.refresh(generation)
+                    continue
+                mapped = _submit_error(exc, job)
+                if mapped is None:
+                    raise
+                raise mapped from exc
         else:
-            raise Conflict("the job kept changing state; try again")
-        return status_code, await load_job(conn, user_id, job_id, sign=ctx.content_url)
+            raise Conflict("the model catalog kept changing during this request; try again")
+        if row["replayed"]:
+            async with self.pool.acquire() as conn:
+                replayed = await load_job(conn, user_id, row["job_id"], sign=self.sign)
+            return Submitted(await self._enqueue_replay(user_id, replayed), replayed=True)
+        await self.batches.queue(job_id, user_id)
+        log.info("job_accepted", job_id=str(job_id), model=job.model, price=row["reserved"])
+        # Read back through the one definition of the job response (a new job has no outputs).
+        return Submitted(await load_new_job(self.pool, user_id, job_id), replayed=False)
+
+    async def _enqueue_replay(self, user_id: uuid.UUID, found: Job) -> Job:
+        """The original job of a replayed request, enqueued again if Redis missed it first (or
+        dispatched, if its user has room)."""
+        if found.status == JobStatus.QUEUED and found.enqueued_at is None:
+            enqueued_at = await self.batches.queue(found.id, user_id)
+            if enqueued_at is not None:
+                return found.model_copy(update={"enqueued_at": enqueued_at})
+        return found
+
+
+    async def cancel(self, user_id: uuid.UUID, job_id: uuid.UUID) -> tuple[int, Job]:
+        """Cancel a job: queued -> canceled and refunded now (200); running -> the worker is asked
+        to stop (202); finished -> :class:`JobNotCancelable`. Concurrent calls refund once."""
+        async with self.pool.acquire() as conn:
+            for _ in range(_CANCEL_TRIES):
+                async with conn.transaction():
+                    row = await conn.fetchrow(queries["cancel_queued_job"], job_id, user_id)
+                    if row is not None:
+                        if row["reservation_id"] is not None:
+                            await ledger.refund(conn, row["reservation_id"])
+                        status_code = 200
+                if row is not None:
+                    log.info("job_canceled", job_id=str(job_id))
+                    if self.batches.settings.user_max_running > 0:
+                        # A dispatched job leaving the queue frees a place for the next one.
+                        await self.batches.dispatch((job_id, user_id))
+                    break
+                if await conn.fetchval(queries["request_job_cancel"], job_id, user_id) is not None:
+                    log.info("job_cancel_requested", job_id=str(job_id))
+                    status_code = 202
+                    break
+                current = await conn.fetchval(queries["get_job_status"], job_id, user_id)
+                if current is None:
+                    raise JobNotFound(f"no job {job_id}")
+                if current in TERMINAL_STATUSES:
+                    raise JobNotCancelable(
+                        f"the job is already {current}", details={"status": current}
+                    )
+            else:
+                raise Conflict("the job kept changing state; try again")
+            return status_code, await load_job(conn, user_id, job_id, sign=self.sign)

@@ -1,5 +1,5 @@
-"""``/v1/models``: the enabled models clients can ask for, with prices, limits and the params
-each accepts; and the intake's snapshot of the catalog's rules."""
+"""The intake's snapshot of the catalog's rules (the enabled models' params schemas and
+pricing)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-from api.auth import authenticate
-from api.context import context
-from api.query import QueryParams
-from shared.catalog import ModelRules, PriceTier, list_models, load_rules, price_per_output
+from shared.catalog import ModelRules, load_rules
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
@@ -62,34 +56,3 @@ class CatalogCache:
             await self.refresh(self.generation)
             rules = self.rules.get(key)
         return rules
-
-
-async def get_models(request: Request) -> Response:
-    """GET /v1/models."""
-    ctx = context(request)
-    await authenticate(ctx, request)
-    QueryParams(request, ())  # takes no parameters: any is a 422, not silently ignored
-    async with ctx.pool.acquire() as conn:
-        models = await list_models(conn)
-    return JSONResponse({"data": [
-        {
-            "key": m.key,
-            "provider": m.provider,
-            "media_type": m.media_type,
-            # What one output costs with the default params; price_tiers say how the params
-            # change it.
-            "price_per_output": price_per_output(
-                m.price_per_output, [PriceTier.model_validate(t) for t in m.price_tiers],
-                m.params,
-            ),
-            "price_tiers": m.price_tiers,
-            "max_outputs": m.max_outputs,
-            "timeout_s": m.timeout_s,
-            "max_concurrency": m.max_concurrency,
-            "max_per_minute": m.max_per_minute,
-            "params": m.params,
-            "params_schema": m.params_schema,
-            "description": m.description,
-        }
-        for m in models
-    ]})

@@ -1,0 +1,1 @@
+"""``/v1/me``: the calling user."""

@@ -1,0 +1,55 @@
+"""``/v1/admin/users/{user_id}/plan``: an admin puts a user on a plan."""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from api.body import read_json
+from api.errors import UserNotFound, ValidationFailed, echo
+from api.me.models import Me
+from api.me.reads import load_me
+from api.plans.models import PlanAssign, plan_assign_schema
+from api.routing import Call, Endpoint, Reply, reply
+from api.spec import path_id
+from api.validation import field_error, parse_body, parse_id
+from shared.logging import get_logger
+from sql import queries
+
+log = get_logger(__name__)
+
+
+async def put_user_plan(call: Call) -> Response:
+    """PUT /v1/admin/users/{user_id}/plan: put the user on an existing plan (and, with
+    ``max_running``, set their own running cap); 200 with the user as GET /v1/me shows them."""
+    ctx = call.ctx
+    user_id = parse_id(call.path["user_id"])
+    if user_id is None:
+        raise UserNotFound(f"no user {echo(call.path['user_id'])}")
+    body = parse_body(PlanAssign, await read_json(call.request, ctx.settings.max_body_bytes))
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        if await conn.fetchrow(queries["get_plan"], body.plan) is None:
+            raise ValidationFailed("unknown plan", details=[
+                field_error("plan", f"no plan {echo(body.plan)!r}")])
+        if await conn.fetchval(queries["set_user_plan"], user_id, body.plan) is None:
+            raise UserNotFound(f"no user {user_id}")
+        if "max_running" in body.model_fields_set:
+            await conn.execute(queries["set_user_max_running"], user_id, body.max_running)
+        me = await load_me(conn, user_id)
+    assert me is not None
+    log.info("user_plan_set", target_user_id=str(user_id), plan=body.plan)
+    return reply(me)
+
+
+def endpoints(plan_names: list[str] | None = None) -> list[Endpoint]:
+    """The plan routes; ``plan_names``: the plans an admin may assign (the document lists
+    them)."""
+    return [
+        Endpoint(
+            "PUT", "/v1/admin/users/{user_id}/plan", put_user_plan, "setUserPlan",
+            "Put a user on a plan (admin)",
+            {200: Reply("The user on their new plan, as GET /v1/me shows them", Me)},
+            auth="admin", body=plan_assign_schema(plan_names), parameters=[path_id("user_id")],
+            errors={404: "No such user",
+                    422: "validation_error, also for a plan that does not exist"},
+        ),
+    ]
