@@ -92,6 +92,29 @@ async def _count(pool: Pool, table: str) -> int:
     return value
 
 
+async def test_a_signed_in_users_me_shows_their_plan_and_credits_beside_the_identities(
+    api: Api, idp: FakeIdentityProvider
+) -> None:
+    sub = str(uuid.uuid4())
+    token = idp.token(claims(sub, email="plan@example.com"))
+    me = await api.client.get("/v1/me", headers=bearer(token))
+    assert me.status_code == 200, me.text
+    body = me.json()
+    assert body["plan"]["name"] == "free"
+    assert body["max_running"] is None
+    assert body["credits"] == {"balance": STARTING_CREDITS, "reserved": 0}
+    assert [i["subject"] for i in body["identities"]] == [sub]
+    # An admin puts the user on a plan with their own cap: the one route shows both.
+    put = await api.client.put(f"/v1/admin/users/{body['id']}/plan",
+                               json={"plan": "free", "max_running": 3}, headers=ADMIN)
+    assert put.status_code == 200, put.text
+    assert put.json()["max_running"] == 3
+    assert [i["subject"] for i in put.json()["identities"]] == [sub]
+    after = (await api.client.get("/v1/me", headers=bearer(token))).json()
+    assert (after["id"], after["max_running"], after["plan"]["name"]) == (body["id"], 3, "free")
+    assert [i["subject"] for i in after["identities"]] == [sub]
+
+
 async def test_first_token_creates_the_user_with_its_starting_credits(
     api: Api, idp: FakeIdentityProvider
 ) -> None:
