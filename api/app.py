@@ -28,6 +28,7 @@ from api.files import routes as files
 from api.health import routes as health
 from api.jobs import routes as jobs
 from api.jobs.intake import IntakeBatches
+from api.library import routes as library
 from api.middleware import RequestContextMiddleware
 from api.openapi import build_openapi, openapi_endpoint
 from api.routing import Endpoint, starlette_routes
@@ -45,7 +46,8 @@ log = get_logger(__name__)
 def endpoints() -> list[Endpoint]:
     """Every endpoint of the API: each resource's table, then the document describing them."""
     table = [*jobs.ENDPOINTS, *credits.ENDPOINTS, *catalog.ENDPOINTS, *assets.ENDPOINTS,
-             *files.ENDPOINTS, *admin.ENDPOINTS, *health.ENDPOINTS]
+             *files.ENDPOINTS, *admin.ENDPOINTS, *health.ENDPOINTS,
+             *library.ENDPOINTS]
     return [*table, openapi_endpoint(build_openapi(table))]
 
 

@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     # Origins a browser may call the API from (CORS); empty: no CORS headers.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # The library: bytes a user's saved items may take (per-user override in library_usage),
+    # and how long a deleted item stays restorable before the scheduler purges it.
+    library_quota_bytes: int = Field(default=10 * ONE_GIB, ge=0)
+    trash_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
+
     # Maintenance.
     cleanup_batch_size: int = Field(default=500, ge=1, le=100_000)
     requeue_after_s: float = Field(default=60.0, ge=0)

@@ -52,7 +52,6 @@ CREATE TABLE user_library (
     tags             text[] NOT NULL DEFAULT '{}',
     is_favorite      boolean NOT NULL DEFAULT false,
     visibility       text NOT NULL DEFAULT 'private',
-    variants         jsonb NOT NULL DEFAULT '[]'::jsonb,
     published_at     timestamptz,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
@@ -87,6 +86,20 @@ CREATE INDEX user_library_feed_idx ON user_library (published_at DESC, id DESC)
     WHERE visibility = 'public' AND deleted_at IS NULL AND taken_down_at IS NULL;
 -- The purge: deleted items, oldest deletion first.
 CREATE INDEX user_library_trash_idx ON user_library (deleted_at) WHERE deleted_at IS NOT NULL;
+
+-- The variants of a library item, copied to permanent keys with the item's bytes.
+CREATE TABLE library_variants (
+    item_id         uuid NOT NULL REFERENCES user_library (id) ON DELETE CASCADE,
+    kind            text NOT NULL,
+    mime_type       text NOT NULL,
+    width           integer NOT NULL,
+    height          integer NOT NULL,
+    file_size_bytes bigint NOT NULL,
+    storage_key     text NOT NULL,
+    PRIMARY KEY (item_id, kind),
+    CONSTRAINT library_variants_kind_valid CHECK (kind IN ('thumb', 'web', 'poster'))
+);
+CREATE INDEX library_variants_storage_key_idx ON library_variants (storage_key);
 
 CREATE TABLE library_usage (
     user_id     uuid PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
@@ -152,7 +165,9 @@ FOR EACH ROW EXECUTE FUNCTION genq_library_counts();
 --   'no_collection' p_collection is not one of the user's collections;
 --   'quota'     the item's bytes would take the user's library past its quota (the per-user
 --               override, else p_quota): nothing written;
---   'created'   the new item (p_storage_key and p_variants: the permanent copies, made before).
+--   'created'   the new item. p_storage_key is the permanent copy of the asset's bytes and
+--               p_variants ({kind: key}) those of its variants, copied before the call; a
+--               variant missing from p_variants is not kept.
 -- The asset row is locked (FOR SHARE) so the workspace expiry, which deletes it FOR UPDATE,
 -- waits for the save or is waited for; the usage row is locked so concurrent saves of one user
 -- are checked against the quota one after the other.
@@ -196,15 +211,21 @@ BEGIN
     INSERT INTO user_library (
         user_id, short_id, source_asset_id, job_id, asset_type, storage_key, file_size_bytes,
         mime_type, duration_seconds, width, height, fps, prompt, model, seed, collection_id,
-        title, tags, is_favorite, visibility, variants, published_at
+        title, tags, is_favorite, visibility, published_at
     ) VALUES (
         p_user, p_short_id, p_asset, v_asset.job_id, v_asset.asset_type, p_storage_key,
         v_asset.file_size_bytes, v_asset.mime_type, v_asset.duration_seconds, v_asset.width,
         v_asset.height, v_asset.fps, v_asset.original_prompt, v_asset.model_used,
         v_asset.generation_seed, p_collection, p_title, p_tags, p_favorite, p_visibility,
-        p_variants, CASE WHEN p_visibility = 'public' THEN now() END
+        CASE WHEN p_visibility = 'public' THEN now() END
     )
     RETURNING id INTO v_id;
+    INSERT INTO library_variants (
+        item_id, kind, mime_type, width, height, file_size_bytes, storage_key
+    )
+    SELECT v_id, v.kind, v.mime_type, v.width, v.height, v.file_size_bytes, p_variants ->> v.kind
+    FROM asset_variants v
+    WHERE v.asset_id = p_asset AND p_variants ? v.kind;
     RETURN QUERY SELECT 'created'::text, v_id;
 END;
 $$;

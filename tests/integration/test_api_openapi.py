@@ -139,6 +139,23 @@ async def _drive(api: Api) -> list[Answer]:
     content_url = assets["data"][0]["content_url"]
     await get(content_url)
     await get(content_url.replace("sig=", "sig=x"))
+
+    # The library: save (new, again, refused), list, read, content.
+    item = (await post("/v1/library", json={"asset_id": str(asset_id), "tags": ["a"]},
+                       headers=auth)).json()
+    await post("/v1/library", json={"asset_id": str(asset_id)}, headers=auth)
+    await post("/v1/library", json={"asset_id": str(uuid.uuid4())}, headers=auth)
+    await post("/v1/library", json={"asset_id": "nope"}, headers=auth)
+    await get("/v1/library?q=lighthouse&tag=a&limit=1", headers=auth)
+    await get("/v1/library?favorite=maybe", headers=auth)
+    await get(f"/v1/library/{item['id']}", headers=auth)
+    await get(f"/v1/library/{uuid.uuid4()}", headers=auth)
+    await get(f"/v1/library/{item['id']}/content", headers=auth)
+    await get(f"/v1/library/{uuid.uuid4()}/content", headers=auth)
+    await api.pool.execute("UPDATE library_usage SET quota_bytes = 0 WHERE user_id = $1",
+                           user.id)
+    await api.pool.execute("DELETE FROM user_library WHERE id = $1", uuid.UUID(item["id"]))
+    await post("/v1/library", json={"asset_id": str(asset_id)}, headers=auth)
     return answers
 
 
@@ -184,6 +201,7 @@ async def test_every_route_is_documented_and_every_answer_matches_its_schema(api
     assert seen[("/v1/jobs/{job_id}/cancel", "post")] == {200, 202, 409}
     assert seen[("/v1/assets/{asset_id}/content", "get")] == {200, 206, 304, 416}
     assert seen[("/v1/files/{key}", "get")] == {200, 403}
+    assert seen[("/v1/library", "post")] == {200, 201, 403, 404, 422}
 
 
 async def test_the_job_response_reads_exactly_the_columns_of_its_one_query(api: Api) -> None:

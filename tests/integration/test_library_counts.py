@@ -131,7 +131,7 @@ async def test_an_item_cannot_join_another_users_collection(pool: Pool) -> None:
 
 
 SAVE_SQL = (
-    "SELECT outcome, item_id FROM genq_library_save($1, $2, $3, $4, '[]'::jsonb, NULL,"
+    "SELECT outcome, item_id FROM genq_library_save($1, $2, $3, $4, '{}'::jsonb, NULL,"
     " '{}'::text[], NULL, false, 'private', $5)"
 )
 

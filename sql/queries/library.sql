@@ -1,0 +1,40 @@
+-- The library: saved items, collections, sharing and the trash.
+
+-- library_save --
+-- genq_library_save (sql/migrations/0018_library.sql): $1 user, $2 asset, $3 short_id,
+-- $4 storage key of the copy, $5 jsonb {kind: key} of the variants' copies, $6 title, $7 tags,
+-- $8 collection, $9 is_favorite, $10 visibility, $11 default quota bytes.
+SELECT outcome, item_id
+FROM genq_library_save($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+
+-- get_library_item --
+-- One item of one user, deleted or not, with its variants. $1 item id, $2 user id.
+SELECT l.*,
+       (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
+                'width', v.width, 'height', v.height, 'mime_type', v.mime_type,
+                'storage_key', v.storage_key)), '{}'::jsonb)
+        FROM library_variants v WHERE v.item_id = l.id) AS variants
+FROM user_library l
+WHERE l.id = $1 AND l.user_id = $2
+
+-- list_library --
+-- A user's items that are not deleted, newest first, filtered; keyset after ($9 created_at,
+-- $10 id). $1 user, $2 collection_id, $3 tag, $4 is_favorite, $5 type, $6 model,
+-- $7 visibility, $8 q (words, full text), $11 limit.
+SELECT l.*,
+       (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
+                'width', v.width, 'height', v.height, 'mime_type', v.mime_type,
+                'storage_key', v.storage_key)), '{}'::jsonb)
+        FROM library_variants v WHERE v.item_id = l.id) AS variants
+FROM user_library l
+WHERE l.user_id = $1 AND l.deleted_at IS NULL
+  AND ($2::uuid IS NULL OR l.collection_id = $2)
+  AND ($3::text IS NULL OR l.tags @> ARRAY[$3::text])
+  AND ($4::boolean IS NULL OR l.is_favorite = $4)
+  AND ($5::text IS NULL OR l.asset_type = $5)
+  AND ($6::text IS NULL OR l.model = $6)
+  AND ($7::text IS NULL OR l.visibility = $7)
+  AND ($8::text IS NULL OR l.search @@ plainto_tsquery('simple', $8))
+  AND ($9::timestamptz IS NULL OR (l.created_at, l.id) < ($9, $10::uuid))
+ORDER BY l.created_at DESC, l.id DESC
+LIMIT $11
