@@ -64,7 +64,7 @@ def middleware(settings: Settings) -> list[Middleware]:
         stack.insert(0, Middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range",
                            "If-None-Match", "If-Range"],
             expose_headers=["Content-Length", "Content-Range", "Accept-Ranges", "ETag",

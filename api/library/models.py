@@ -47,6 +47,41 @@ class LibrarySave(BaseModel):
         return list(dict.fromkeys(t.lower() for t in value))
 
 
+class LibraryUpdate(BaseModel):
+    """``PATCH /v1/library/{item_id}``: the fields given change; ``collection_id: null`` takes
+    the item out of its collection, ``title: null`` clears its title."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    title: str | None = Field(default=None, min_length=1, max_length=200)
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    is_favorite: bool = False
+    visibility: Visibility = "private"
+    collection_id: uuid.UUID | None = None
+
+    @field_validator("collection_id", mode="before")
+    @classmethod
+    def _uuid_text(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return uuid.UUID(value)
+            except ValueError as exc:
+                raise ValueError("must be a UUID") from exc
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(t.lower() for t in value))
+
+    @field_validator("is_favorite", "visibility", "tags", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("must not be null")
+        return value
+
+
 class LibraryAsset(Response):
     """The saved bytes: what they are."""
 

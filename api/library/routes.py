@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import asyncpg
 from starlette.responses import Response
 
 from api.assets.reads import load_asset, signed_urls
 from api.body import read_json
 from api.content import EXTENSIONS, serve_object
 from api.errors import AssetNotFound, CollectionNotFound, LibraryItemNotFound, echo
-from api.library.models import LibraryItem, LibraryPage, LibrarySave
+from api.library.models import LibraryItem, LibraryPage, LibrarySave, LibraryUpdate
 from api.pagination import (
     DEFAULT_LIMIT,
     PAGE_PARAMS,
@@ -33,6 +34,7 @@ from api.spec import (
 )
 from api.validation import parse_body, parse_id
 from shared.db import Connection
+from shared.errors import StorageQuotaExceeded
 from shared.library import SaveCollectionNotFound, SourceAssetNotFound, save_asset
 from shared.logging import get_logger
 from shared.storage import ObjectNotFound, StorageKeyError
@@ -159,6 +161,60 @@ async def get_library_content(call: Call) -> Response:
         raise LibraryItemNotFound(f"library item {item_id} has no stored content") from exc
 
 
+async def _item_reply(call: Call, item_id: uuid.UUID) -> Response:
+    async with call.ctx.pool.acquire() as conn:
+        row = await load_item(conn, call.user, item_id, deleted=True)
+    return reply(LibraryItem.from_row(row, await signed_urls(call.ctx.content_url, [row])))
+
+
+async def patch_library_item(call: Call) -> Response:
+    """PATCH /v1/library/{item_id}: change the fields given (not of a deleted item)."""
+    item_id = path_item_id(call)
+    body = parse_body(LibraryUpdate,
+                      await read_json(call.request, call.ctx.settings.max_body_bytes))
+    given = body.model_fields_set
+    try:
+        async with call.ctx.pool.acquire() as conn:
+            updated = await conn.fetchval(
+                queries["update_library_item"], item_id, call.user,
+                "title" in given, body.title, "tags" in given, body.tags,
+                "is_favorite" in given, body.is_favorite, "visibility" in given,
+                body.visibility, "collection_id" in given, body.collection_id,
+            )
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise CollectionNotFound(f"no collection {body.collection_id}") from exc
+    if updated is None:
+        raise LibraryItemNotFound(f"no library item {item_id}")
+    return await _item_reply(call, item_id)
+
+
+async def delete_library_item(call: Call) -> Response:
+    """DELETE /v1/library/{item_id}: into the trash at once (204, also when already there)."""
+    item_id = path_item_id(call)
+    async with call.ctx.pool.acquire() as conn:
+        found = await conn.fetchval(queries["delete_library_item"], item_id, call.user)
+    if not found:
+        raise LibraryItemNotFound(f"no library item {item_id}")
+    log.info("library_item_deleted", item_id=str(item_id))
+    return Response(status_code=204)
+
+
+async def restore_library_item(call: Call) -> Response:
+    """POST /v1/library/{item_id}/restore: out of the trash, within GENQ_TRASH_TTL_S."""
+    ctx, item_id = call.ctx, path_item_id(call)
+    async with ctx.pool.acquire() as conn:
+        outcome = await conn.fetchval(
+            queries["restore_library_item"], item_id, call.user, float(ctx.settings.trash_ttl_s),
+            ctx.settings.library_quota_bytes,
+        )
+    if outcome == "not_found":
+        raise LibraryItemNotFound(f"no library item {item_id} in the trash")
+    if outcome == "quota":
+        raise StorageQuotaExceeded(
+            "restoring this item would take your library past its storage quota")
+    return await _item_reply(call, item_id)
+
+
 _ITEM_LINKS = {"GetLibraryItem": {"operationId": "getLibraryItem",
                                   "parameters": {"item_id": "$response.body#/id"}}}
 
@@ -203,6 +259,34 @@ ENDPOINTS = [
         "GET", "/v1/library/{item_id}", get_library_item, "getLibraryItem",
         "One library item (also from the trash)", {200: Reply("The item", LibraryItem)},
         parameters=[path_id("item_id")], errors={404: "No such library item"},
+    ),
+    Endpoint(
+        "PATCH", "/v1/library/{item_id}", patch_library_item, "updateLibraryItem",
+        "Change a library item", {200: Reply("The item as changed", LibraryItem)},
+        description="Any of title, tags, is_favorite, visibility, collection_id; a field left "
+                    "out stays as it is. `collection_id: null` takes the item out of its "
+                    "collection. Becoming `public` puts it at the top of the feed. A deleted "
+                    "item must be restored first.",
+        body=LibraryUpdate, parameters=[path_id("item_id")],
+        errors={404: "library_item_not_found (or deleted), or collection_not_found"},
+    ),
+    Endpoint(
+        "DELETE", "/v1/library/{item_id}", delete_library_item, "deleteLibraryItem",
+        "Move a library item to the trash", {204: Reply("In the trash", content={})},
+        description="Gone at once from listings, the feed and share links (signed URLs "
+                    "already handed out expire within GENQ_URL_TTL_S); it can be restored for "
+                    "GENQ_TRASH_TTL_S, then the scheduler "
+                    "purges its row, file and variants. Deleting an item already in the trash "
+                    "is 204 too.",
+        parameters=[path_id("item_id")], errors={404: "No such library item"},
+    ),
+    Endpoint(
+        "POST", "/v1/library/{item_id}/restore", restore_library_item, "restoreLibraryItem",
+        "Take a library item out of the trash",
+        {200: Reply("The item, restored (or never deleted)", LibraryItem)},
+        parameters=[path_id("item_id")],
+        errors={403: "storage_quota_exceeded: the library would pass its storage quota",
+                404: "No such library item, or its trash time is over"},
     ),
     Endpoint(
         "GET", "/v1/library/{item_id}/content", get_library_content, "getLibraryContent",

@@ -229,3 +229,36 @@ BEGIN
     RETURN QUERY SELECT 'created'::text, v_id;
 END;
 $$;
+
+-- Restores a deleted item of p_user still in the trash (deleted less than p_ttl_s ago), within
+-- the quota as a save is: 'restored', 'not_deleted' (nothing to do), 'not_found' (no such item,
+-- or its trash time is over), 'quota' (nothing written).
+CREATE FUNCTION genq_library_restore(
+    p_item uuid, p_user uuid, p_ttl_s double precision, p_quota bigint
+)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_usage library_usage;
+    v_item user_library;
+BEGIN
+    INSERT INTO library_usage (user_id) VALUES (p_user) ON CONFLICT (user_id) DO NOTHING;
+    SELECT u.* INTO v_usage FROM library_usage u WHERE u.user_id = p_user FOR UPDATE;
+    SELECT l.* INTO v_item FROM user_library l
+    WHERE l.id = p_item AND l.user_id = p_user FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'not_found';
+    END IF;
+    IF v_item.deleted_at IS NULL THEN
+        RETURN 'not_deleted';
+    END IF;
+    IF v_item.deleted_at <= now() - make_interval(secs => p_ttl_s) THEN
+        RETURN 'not_found';
+    END IF;
+    IF v_usage.bytes_used + v_item.file_size_bytes > coalesce(v_usage.quota_bytes, p_quota) THEN
+        RETURN 'quota';
+    END IF;
+    UPDATE user_library SET deleted_at = NULL, updated_at = now() WHERE id = p_item;
+    RETURN 'restored';
+END;
+$$;

@@ -38,3 +38,49 @@ WHERE l.user_id = $1 AND l.deleted_at IS NULL
   AND ($9::timestamptz IS NULL OR (l.created_at, l.id) < ($9, $10::uuid))
 ORDER BY l.created_at DESC, l.id DESC
 LIMIT $11
+
+-- delete_library_item --
+-- Soft delete: into the trash. $1 item, $2 user. Returns whether the item exists (deleted now
+-- or before).
+WITH moved AS (
+    UPDATE user_library SET deleted_at = now(), updated_at = now()
+    WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM moved)
+    OR EXISTS (SELECT 1 FROM user_library WHERE id = $1 AND user_id = $2)
+
+-- restore_library_item --
+-- genq_library_restore: $1 item, $2 user, $3 trash TTL seconds, $4 default quota bytes.
+SELECT genq_library_restore($1, $2, $3, $4)
+
+-- update_library_item --
+-- PATCH of an item that is not deleted: each field only when its flag is set. $1 item, $2 user,
+-- $3/$4 title, $5/$6 tags, $7/$8 is_favorite, $9/$10 visibility, $11/$12 collection_id.
+-- Becoming public (from private or unlisted) sets published_at: the feed's order.
+UPDATE user_library SET
+    title = CASE WHEN $3 THEN $4::text ELSE title END,
+    tags = CASE WHEN $5 THEN $6::text[] ELSE tags END,
+    is_favorite = CASE WHEN $7 THEN $8::boolean ELSE is_favorite END,
+    published_at = CASE WHEN $9 AND $10::text = 'public' AND visibility <> 'public' THEN now()
+                        ELSE published_at END,
+    visibility = CASE WHEN $9 THEN $10::text ELSE visibility END,
+    collection_id = CASE WHEN $11 THEN $12::uuid ELSE collection_id END,
+    updated_at = now()
+WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
+RETURNING id
+
+-- lock_trash_past_ttl --
+-- Deleted items whose trash time is over, oldest deletion first, with their files' keys; locked
+-- so a concurrent purge skips them. $1 trash TTL seconds, $2 batch size.
+SELECT l.id, l.storage_key,
+       ARRAY(SELECT v.storage_key FROM library_variants v WHERE v.item_id = l.id) AS variant_keys
+FROM user_library l
+WHERE l.deleted_at <= now() - make_interval(secs => $1)
+ORDER BY l.deleted_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+
+-- delete_library_items --
+-- $1 uuid[] item ids (locked by this transaction); their variant rows go by cascade.
+DELETE FROM user_library WHERE id = ANY($1::uuid[])

@@ -263,3 +263,98 @@ async def test_list_filters_search_and_pages(api: Api) -> None:
         r = await api.client.get(f"/v1/library{bad}", headers=user.headers)
         assert r.status_code == 422, bad
         assert r.json()["error"]["code"] == "validation_error"
+
+
+async def _save(api: Api, user: User, asset: uuid.UUID, **fields: Any) -> dict[str, Any]:
+    r = await api.client.post("/v1/library", headers=user.headers,
+                              json={"asset_id": str(asset), **fields})
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def test_patch_changes_only_the_fields_given(api: Api) -> None:
+    user = await api.user(credits=10)
+    (asset,) = await _assets(api, user, 1)
+    coll = await api.pool.fetchval(
+        "INSERT INTO user_collections (user_id, name) VALUES ($1, 'best') RETURNING id", user.id)
+    item = await _save(api, user, asset, title="One", tags=["a"], collection_id=str(coll))
+    path = f"/v1/library/{item['id']}"
+    r = await api.client.patch(path, headers=user.headers,
+                               json={"is_favorite": True, "tags": ["B", "c"]})
+    assert r.status_code == 200, r.text
+    assert (r.json()["title"], r.json()["tags"], r.json()["is_favorite"]) == ("One", ["b", "c"],
+                                                                            True)
+    assert r.json()["collection_id"] == str(coll)
+    r = await api.client.patch(path, headers=user.headers,
+                               json={"collection_id": None, "title": None})
+    assert (r.json()["collection_id"], r.json()["title"]) == (None, None)
+    assert await api.pool.fetchval(
+        "SELECT asset_count FROM user_collections WHERE id = $1", coll) == 0
+    for bad in ({"visibility": "secret"}, {"is_favorite": None}, {"tags": "x"}, {"id": "x"}):
+        r = await api.client.patch(path, headers=user.headers, json=bad)
+        assert r.status_code == 422, bad
+    other = await api.user()
+    r = await api.client.patch(path, headers=other.headers, json={"title": "mine"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "library_item_not_found"
+    theirs = await api.pool.fetchval(
+        "INSERT INTO user_collections (user_id, name) VALUES ($1, 'x') RETURNING id", other.id)
+    r = await api.client.patch(path, headers=user.headers, json={"collection_id": str(theirs)})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "collection_not_found"
+    assert (await api.client.get(path, headers=user.headers)).json()["title"] is None
+
+
+async def test_delete_hides_at_once_and_restore_brings_back(api: Api) -> None:
+    user = await api.user(credits=10)
+    (asset,) = await _assets(api, user, 1)
+    item = await _save(api, user, asset)
+    path = f"/v1/library/{item['id']}"
+    other = await api.user()
+    assert (await api.client.delete(path, headers=other.headers)).status_code == 404
+    r = await api.client.delete(path, headers=user.headers)
+    assert r.status_code == 204 and r.content == b""
+    assert (await api.client.delete(path, headers=user.headers)).status_code == 204
+    listed = await api.client.get("/v1/library", headers=user.headers)
+    assert listed.json()["data"] == []
+    assert (await api.client.get(f"{path}/content", headers=user.headers)).status_code == 404
+    assert (await api.client.patch(path, headers=user.headers, json={"title": "x"})
+            ).status_code == 404
+    trashed = await api.client.get(path, headers=user.headers)
+    assert trashed.status_code == 200 and trashed.json()["deleted_at"] is not None
+    assert await api.pool.fetchval(
+        "SELECT bytes_used FROM library_usage WHERE user_id = $1", user.id) == 0
+    assert (await api.client.post(f"{path}/restore", headers=other.headers)).status_code == 404
+    r = await api.client.post(f"{path}/restore", headers=user.headers)
+    assert r.status_code == 200 and r.json()["deleted_at"] is None
+    assert [i["id"] for i in (await api.client.get("/v1/library", headers=user.headers)
+                              ).json()["data"]] == [item["id"]]
+    assert await api.pool.fetchval(
+        "SELECT bytes_used FROM library_usage WHERE user_id = $1", user.id) == len(PNG)
+    # Past the trash TTL it cannot be restored, and the purge takes row and file.
+    await api.client.delete(path, headers=user.headers)
+    await api.pool.execute("UPDATE user_library SET deleted_at = now() - make_interval("
+                           "secs => $1 + 1)", float(api.settings.trash_ttl_s))
+    r = await api.client.post(f"{path}/restore", headers=user.headers)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "library_item_not_found"
+    report = await maintenance.purge_trash(api.pool, _storage(api), api.settings.trash_ttl_s, 10)
+    assert (report.counts["rows_deleted"], report.counts["files_deleted"]) == (1, 1)
+    assert _library_files(api) == set()
+    assert (await api.client.get(path, headers=user.headers)).status_code == 404
+
+
+async def test_restore_past_the_quota_is_refused(settings: Settings, pool: Pool) -> None:
+    from tests.integration.api_support import running_app
+
+    configured = settings.model_copy(update={"library_quota_bytes": len(PNG)})
+    async with running_app(configured) as (app, client):
+        api = Api(app, client, configured, pool)
+        user = await api.user(credits=10)
+        first, second = await _assets(api, user, 2)
+        item = await _save(api, user, first)
+        await client.delete(f"/v1/library/{item['id']}", headers=user.headers)
+        await _save(api, user, second)
+        r = await client.post(f"/v1/library/{item['id']}/restore", headers=user.headers)
+        assert r.status_code == 403
+        assert r.json()["error"]["code"] == "storage_quota_exceeded"
+        assert (await client.get(f"/v1/library/{item['id']}", headers=user.headers)
+                ).json()["deleted_at"] is not None

@@ -152,8 +152,17 @@ async def _drive(api: Api) -> list[Answer]:
     await get(f"/v1/library/{uuid.uuid4()}", headers=auth)
     await get(f"/v1/library/{item['id']}/content", headers=auth)
     await get(f"/v1/library/{uuid.uuid4()}/content", headers=auth)
+    lib = f"/v1/library/{item['id']}"
+    await api.client.patch(lib, json={"title": "t", "collection_id": None}, headers=auth)
+    await api.client.patch(lib, json={"title": 5}, headers=auth)
+    await api.client.patch(f"/v1/library/{uuid.uuid4()}", json={}, headers=auth)
+    await post(f"{lib}/restore", headers=auth)
+    await api.client.delete(lib, headers=auth)
+    await api.client.delete(f"/v1/library/{uuid.uuid4()}", headers=auth)
+    await post(f"/v1/library/{uuid.uuid4()}/restore", headers=auth)
     await api.pool.execute("UPDATE library_usage SET quota_bytes = 0 WHERE user_id = $1",
                            user.id)
+    await post(f"{lib}/restore", headers=auth)
     await api.pool.execute("DELETE FROM user_library WHERE id = $1", uuid.UUID(item["id"]))
     await post("/v1/library", json={"asset_id": str(asset_id)}, headers=auth)
     return answers
@@ -202,6 +211,7 @@ async def test_every_route_is_documented_and_every_answer_matches_its_schema(api
     assert seen[("/v1/assets/{asset_id}/content", "get")] == {200, 206, 304, 416}
     assert seen[("/v1/files/{key}", "get")] == {200, 403}
     assert seen[("/v1/library", "post")] == {200, 201, 403, 404, 422}
+    assert seen[("/v1/library/{item_id}/restore", "post")] == {200, 403, 404}
 
 
 async def test_the_job_response_reads_exactly_the_columns_of_its_one_query(api: Api) -> None:
