@@ -21,6 +21,7 @@ from api.assets import routes as assets
 from api.auth import ApiKeyCache
 from api.catalog import routes as catalog
 from api.catalog.cache import CatalogCache
+from api.collections import routes as collections
 from api.context import ApiContext
 from api.credits import routes as credits
 from api.errors import exception_handlers
@@ -47,7 +48,7 @@ def endpoints() -> list[Endpoint]:
     """Every endpoint of the API: each resource's table, then the document describing them."""
     table = [*jobs.ENDPOINTS, *credits.ENDPOINTS, *catalog.ENDPOINTS, *assets.ENDPOINTS,
              *files.ENDPOINTS, *admin.ENDPOINTS, *health.ENDPOINTS,
-             *library.ENDPOINTS]
+             *library.ENDPOINTS, *collections.ENDPOINTS]
     return [*table, openapi_endpoint(build_openapi(table))]
 
 

@@ -14,7 +14,7 @@ from shared.types import AssetType
 
 Visibility = Literal["private", "unlisted", "public"]
 #: A tag: 1 to 50 characters, stored lower-case.
-Tag = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^\S(.*\S)?$")]
+Tag = Annotated[str, Field(min_length=1, max_length=50)]
 MAX_TAGS = 20
 
 
@@ -47,11 +47,18 @@ class LibrarySave(BaseModel):
         return list(dict.fromkeys(t.lower() for t in value))
 
 
+def patch_schema(schema: dict[str, Any]) -> None:
+    """A PATCH body's schema: a field left out stays as it is, so no field has a default."""
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+
+
 class LibraryUpdate(BaseModel):
     """``PATCH /v1/library/{item_id}``: the fields given change; ``collection_id: null`` takes
     the item out of its collection, ``title: null`` clears its title."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              json_schema_extra=patch_schema)
 
     title: str | None = Field(default=None, min_length=1, max_length=200)
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)

@@ -84,3 +84,33 @@ FOR UPDATE SKIP LOCKED
 -- delete_library_items --
 -- $1 uuid[] item ids (locked by this transaction); their variant rows go by cascade.
 DELETE FROM user_library WHERE id = ANY($1::uuid[])
+
+-- create_collection --
+-- $1 user, $2 name, $3 description. Nothing (NULL row) when the name is taken.
+INSERT INTO user_collections (user_id, name, description) VALUES ($1, $2, $3)
+ON CONFLICT ON CONSTRAINT user_collections_user_name_key DO NOTHING
+RETURNING *
+
+-- get_collection --
+-- $1 collection, $2 user.
+SELECT * FROM user_collections WHERE id = $1 AND user_id = $2
+
+-- list_collections --
+-- A user's collections, newest first, keyset after ($2 created_at, $3 id); $4 limit.
+SELECT * FROM user_collections
+WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $4
+
+-- update_collection --
+-- $1 collection, $2 user, $3/$4 name, $5/$6 description (each only when its flag is set).
+UPDATE user_collections SET
+    name = CASE WHEN $3 THEN $4::text ELSE name END,
+    description = CASE WHEN $5 THEN $6::text ELSE description END,
+    updated_at = now()
+WHERE id = $1 AND user_id = $2
+RETURNING *
+
+-- delete_collection --
+-- $1 collection, $2 user; its items stay, out of any collection (the foreign key's action).
+DELETE FROM user_collections WHERE id = $1 AND user_id = $2 RETURNING id

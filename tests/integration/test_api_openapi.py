@@ -140,9 +140,24 @@ async def _drive(api: Api) -> list[Answer]:
     await get(content_url)
     await get(content_url.replace("sig=", "sig=x"))
 
-    # The library: save (new, again, refused), list, read, content.
-    item = (await post("/v1/library", json={"asset_id": str(asset_id), "tags": ["a"]},
+    # Collections, and the library: save (new, again, refused), list, read, content.
+    coll = (await post("/v1/collections", json={"name": "c"}, headers=auth)).json()
+    await post("/v1/collections", json={"name": "c"}, headers=auth)
+    await get("/v1/collections?limit=1", headers=auth)
+    await get("/v1/collections?x=1", headers=auth)
+    await get(f"/v1/collections/{coll['id']}", headers=auth)
+    await get(f"/v1/collections/{uuid.uuid4()}", headers=auth)
+    await api.client.patch(f"/v1/collections/{coll['id']}", json={"description": "d"},
+                           headers=auth)
+    await post("/v1/collections", json={"name": "taken"}, headers=auth)
+    await api.client.patch(f"/v1/collections/{coll['id']}", json={"name": "taken"},
+                           headers=auth)
+    await api.client.patch(f"/v1/collections/{uuid.uuid4()}", json={}, headers=auth)
+    item = (await post("/v1/library", json={"asset_id": str(asset_id), "tags": ["a"],
+                                            "collection_id": coll["id"]},
                        headers=auth)).json()
+    await api.client.delete(f"/v1/collections/{coll['id']}", headers=auth)
+    await api.client.delete(f"/v1/collections/{coll['id']}", headers=auth)
     await post("/v1/library", json={"asset_id": str(asset_id)}, headers=auth)
     await post("/v1/library", json={"asset_id": str(uuid.uuid4())}, headers=auth)
     await post("/v1/library", json={"asset_id": "nope"}, headers=auth)
