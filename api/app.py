@@ -30,6 +30,7 @@ from api.health import routes as health
 from api.jobs import routes as jobs
 from api.jobs.intake import IntakeBatches
 from api.library import routes as library
+from api.library import sharing
 from api.middleware import RequestContextMiddleware
 from api.openapi import build_openapi, openapi_endpoint
 from api.routing import Endpoint, starlette_routes
@@ -48,7 +49,7 @@ def endpoints() -> list[Endpoint]:
     """Every endpoint of the API: each resource's table, then the document describing them."""
     table = [*jobs.ENDPOINTS, *credits.ENDPOINTS, *catalog.ENDPOINTS, *assets.ENDPOINTS,
              *files.ENDPOINTS, *admin.ENDPOINTS, *health.ENDPOINTS,
-             *library.ENDPOINTS, *collections.ENDPOINTS]
+             *library.ENDPOINTS, *collections.ENDPOINTS, *sharing.ENDPOINTS]
     return [*table, openapi_endpoint(build_openapi(table))]
 
 

@@ -152,3 +152,53 @@ class LibraryItem(Response):
 
 class LibraryPage(Page[LibraryItem]):
     """A page of library items."""
+
+
+class SharedItem(Response):
+    """A public or unlisted item as anyone sees it: no owner, no ids but its share id."""
+
+    short_id: str
+    asset: LibraryAsset
+    prompt: str | None
+    model: str | None
+    title: str | None
+    tags: list[str]
+    content_url: str = Field(
+        description="/v1/shared/{short_id}/content: the bytes, without credentials.")
+    variants: dict[str, AssetVariant]
+    published_at: Time | None = Field(
+        description="When it became public (null for an unlisted item never public).")
+
+    @classmethod
+    def from_row(cls, row: Row, urls: Mapping[str, str]) -> SharedItem:
+        """A ``feed`` or ``get_shared`` row; ``urls`` the signed URL of each variant key."""
+        variants: dict[str, Any] = row["variants"] or {}
+        return cls(
+            short_id=row["short_id"],
+            asset=LibraryAsset(
+                type=row["asset_type"], mime_type=row["mime_type"],
+                size_bytes=row["file_size_bytes"], width=row["width"], height=row["height"],
+                duration_seconds=row["duration_seconds"],
+            ),
+            prompt=row["prompt"], model=row["model"], title=row["title"],
+            tags=list(row["tags"]),
+            content_url=f"/v1/shared/{row['short_id']}/content",
+            variants={
+                kind: AssetVariant(url=urls[v["storage_key"]], width=v["width"],
+                                   height=v["height"], mime_type=v["mime_type"])
+                for kind, v in sorted(variants.items())
+            },
+            published_at=row["published_at"],
+        )
+
+
+class FeedPage(Page[SharedItem]):
+    """A page of the public feed."""
+
+
+class Takedown(BaseModel):
+    """``POST /v1/admin/library/{item_id}/takedown``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    reason: str = Field(min_length=1, max_length=1000)

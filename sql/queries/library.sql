@@ -114,3 +114,40 @@ RETURNING *
 -- delete_collection --
 -- $1 collection, $2 user; its items stay, out of any collection (the foreign key's action).
 DELETE FROM user_collections WHERE id = $1 AND user_id = $2 RETURNING id
+
+-- feed --
+-- Public items that are not deleted or taken down, newest published first, keyset after
+-- ($3 published_at, $4 id) on user_library_feed_idx. $1 type, $2 model, $5 limit.
+SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
+       l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
+       (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
+                'width', v.width, 'height', v.height, 'mime_type', v.mime_type,
+                'storage_key', v.storage_key)), '{}'::jsonb)
+        FROM library_variants v WHERE v.item_id = l.id) AS variants
+FROM user_library l
+WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
+  AND ($1::text IS NULL OR l.asset_type = $1)
+  AND ($2::text IS NULL OR l.model = $2)
+  AND ($3::timestamptz IS NULL OR (l.published_at, l.id) < ($3, $4::uuid))
+ORDER BY l.published_at DESC, l.id DESC
+LIMIT $5
+
+-- get_shared --
+-- A public or unlisted item that is not deleted or taken down, by its share id. $1 short_id.
+SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
+       l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
+       l.visibility,
+       (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
+                'width', v.width, 'height', v.height, 'mime_type', v.mime_type,
+                'storage_key', v.storage_key)), '{}'::jsonb)
+        FROM library_variants v WHERE v.item_id = l.id) AS variants
+FROM user_library l
+WHERE l.short_id = $1 AND l.visibility IN ('public', 'unlisted')
+  AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
+
+-- take_down_library_item --
+-- $1 item, $2 reason. Returns the owner (NULL: no such item).
+UPDATE user_library SET taken_down_at = coalesce(taken_down_at, now()), takedown_reason = $2,
+                        updated_at = now()
+WHERE id = $1
+RETURNING user_id

@@ -168,6 +168,16 @@ async def _drive(api: Api) -> list[Answer]:
     await get(f"/v1/library/{item['id']}/content", headers=auth)
     await get(f"/v1/library/{uuid.uuid4()}/content", headers=auth)
     lib = f"/v1/library/{item['id']}"
+    await api.client.patch(lib, json={"visibility": "public"}, headers=auth)
+    await get("/v1/feed?limit=1")
+    await get("/v1/feed?type=gif")
+    await get(f"/v1/shared/{item['short_id']}")
+    await get(f"/v1/shared/{item['short_id']}/content")
+    await get("/v1/shared/AAAAAAAAAAA")
+    await get("/v1/shared/AAAAAAAAAAA/content")
+    await post(f"/v1/admin/library/{item['id']}/takedown", json={"reason": "r"}, headers=ADMIN)
+    await post(f"/v1/admin/library/{uuid.uuid4()}/takedown", json={"reason": "r"},
+               headers=ADMIN)
     await api.client.patch(lib, json={"title": "t", "collection_id": None}, headers=auth)
     await api.client.patch(lib, json={"title": 5}, headers=auth)
     await api.client.patch(f"/v1/library/{uuid.uuid4()}", json={}, headers=auth)
