@@ -24,6 +24,7 @@ from shared.db import Pool
 from sql import queries
 
 PAGE = 50
+CHUNK = 50_000
 WORDS = ["lighthouse", "dusk", "fox", "snow", "harbour", "kite", "dunes", "forest", "neon",
          "city", "rain", "desert", "rocket", "portrait", "river", "mountain", "garden", "robot",
          "ocean", "castle"]
@@ -42,9 +43,10 @@ async def _fill(pool: Pool, user_ids: list[uuid.UUID], rows: int) -> None:
     """``rows`` items over the users, one in ten public, prompts of three words; the count
     trigger is off while seeding (it is measured by the tests, not here)."""
     words = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("ALTER TABLE user_library DISABLE TRIGGER user_library_counts")
-        await conn.execute(
+    await pool.execute("ALTER TABLE user_library DISABLE TRIGGER user_library_counts")
+    # In chunks, each well within the pool's statement timeout.
+    for start in range(1, rows + 1, CHUNK):
+        await pool.execute(
             f"""
             INSERT INTO user_library (user_id, short_id, asset_type, storage_key,
                 file_size_bytes, mime_type, prompt, model, visibility, published_at, created_at)
@@ -58,9 +60,9 @@ async def _fill(pool: Pool, user_ids: list[uuid.UUID], rows: int) -> None:
                    CASE WHEN g % 10 = 0 THEN 'public' ELSE 'private' END,
                    CASE WHEN g % 10 = 0 THEN now() - make_interval(secs => $2 - g) END,
                    now() - make_interval(secs => $2 - g)
-            FROM generate_series(1, $2) AS g
-            """, user_ids, rows)
-        await conn.execute("ALTER TABLE user_library ENABLE TRIGGER user_library_counts")
+            FROM generate_series($3::int, $4::int) AS g
+            """, user_ids, rows, start, min(start + CHUNK - 1, rows))
+    await pool.execute("ALTER TABLE user_library ENABLE TRIGGER user_library_counts")
     await pool.execute("ANALYZE user_library")
 
 

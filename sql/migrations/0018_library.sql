@@ -52,6 +52,9 @@ CREATE TABLE user_library (
     tags             text[] NOT NULL DEFAULT '{}',
     is_favorite      boolean NOT NULL DEFAULT false,
     visibility       text NOT NULL DEFAULT 'private',
+    -- The variants as items show them ({kind: {width, height, mime_type, storage_key}}), kept
+    -- with the row so the feed reads one table; library_variants holds the same, one row each.
+    variants         jsonb NOT NULL DEFAULT '{}'::jsonb,
     published_at     timestamptz,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
@@ -226,6 +229,12 @@ BEGIN
     SELECT v_id, v.kind, v.mime_type, v.width, v.height, v.file_size_bytes, p_variants ->> v.kind
     FROM asset_variants v
     WHERE v.asset_id = p_asset AND p_variants ? v.kind;
+    UPDATE user_library SET variants = (
+        SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
+                   'width', v.width, 'height', v.height, 'mime_type', v.mime_type,
+                   'storage_key', v.storage_key)), '{}'::jsonb)
+        FROM library_variants v WHERE v.item_id = v_id)
+    WHERE id = v_id;
     RETURN QUERY SELECT 'created'::text, v_id;
 END;
 $$;

@@ -9,11 +9,7 @@ FROM genq_library_save($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 
 -- get_library_item --
 -- One item of one user, deleted or not, with its variants. $1 item id, $2 user id.
-SELECT l.*,
-       (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
-                'width', v.width, 'height', v.height, 'mime_type', v.mime_type,
-                'storage_key', v.storage_key)), '{}'::jsonb)
-        FROM library_variants v WHERE v.item_id = l.id) AS variants
+SELECT l.*
 FROM user_library l
 WHERE l.id = $1 AND l.user_id = $2
 
@@ -21,11 +17,7 @@ WHERE l.id = $1 AND l.user_id = $2
 -- A user's items that are not deleted, newest first, filtered; keyset after ($9 created_at,
 -- $10 id). $1 user, $2 collection_id, $3 tag, $4 is_favorite, $5 type, $6 model,
 -- $7 visibility, $8 q (words, full text), $11 limit.
-SELECT l.*,
-       (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
-                'width', v.width, 'height', v.height, 'mime_type', v.mime_type,
-                'storage_key', v.storage_key)), '{}'::jsonb)
-        FROM library_variants v WHERE v.item_id = l.id) AS variants
+SELECT l.*
 FROM user_library l
 WHERE l.user_id = $1 AND l.deleted_at IS NULL
   AND ($2::uuid IS NULL OR l.collection_id = $2)
@@ -120,10 +112,7 @@ DELETE FROM user_collections WHERE id = $1 AND user_id = $2 RETURNING id
 -- ($3 published_at, $4 id) on user_library_feed_idx. $1 type, $2 model, $5 limit.
 SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
        l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
-       (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
-                'width', v.width, 'height', v.height, 'mime_type', v.mime_type,
-                'storage_key', v.storage_key)), '{}'::jsonb)
-        FROM library_variants v WHERE v.item_id = l.id) AS variants
+       l.variants
 FROM user_library l
 WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
   AND ($1::text IS NULL OR l.asset_type = $1)
@@ -136,11 +125,7 @@ LIMIT $5
 -- A public or unlisted item that is not deleted or taken down, by its share id. $1 short_id.
 SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
        l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
-       l.visibility,
-       (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
-                'width', v.width, 'height', v.height, 'mime_type', v.mime_type,
-                'storage_key', v.storage_key)), '{}'::jsonb)
-        FROM library_variants v WHERE v.item_id = l.id) AS variants
+       l.visibility, l.variants
 FROM user_library l
 WHERE l.short_id = $1 AND l.visibility IN ('public', 'unlisted')
   AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
