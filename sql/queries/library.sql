@@ -117,7 +117,10 @@ FROM user_library l
 WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
   AND ($1::text IS NULL OR l.asset_type = $1)
   AND ($2::text IS NULL OR l.model = $2)
-  AND ($3::timestamptz IS NULL OR (l.published_at, l.id) < ($3, $4::uuid))
+  -- Always an index condition (a plan reused for every page can still seek): the first page
+  -- starts after the greatest possible key.
+  AND (l.published_at, l.id) < (coalesce($3::timestamptz, 'infinity'),
+                                coalesce($4::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
 ORDER BY l.published_at DESC, l.id DESC
 LIMIT $5
 
