@@ -60,7 +60,11 @@ async def get_feed(call: Call) -> Response:
     limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
     published_at, last_id = query.get("cursor", decode_time_cursor) or (None, None)
     async with call.ctx.pool.acquire() as conn:
-        rows = await conn.fetch(queries["feed"], kind, model, published_at, last_id, limit + 1)
+        if published_at is None:
+            rows = await conn.fetch(queries["feed_first"], kind, model, limit + 1)
+        else:
+            rows = await conn.fetch(queries["feed"], kind, model, published_at, last_id,
+                                    limit + 1)
     page, more = rows[:limit], len(rows) > limit
     next_cursor = (encode_time_cursor(page[-1]["published_at"], page[-1]["id"])
                    if more else None)

@@ -102,8 +102,9 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     rows: list[Row] = []
     for page in (1, 50):
         after = await _cursor_at(pool, page)
-        genq = await _timed(pool, queries["feed"], (None, None, after[0], after[1], PAGE + 1),
-                            repeat)
+        genq = (await _timed(pool, queries["feed"], (None, None, after[0], after[1], PAGE + 1),
+                             repeat) if page > 1
+                else await _timed(pool, queries["feed_first"], (None, None, PAGE + 1), repeat))
         bare = (await _timed(pool, BARE_AFTER, (after[0], after[1], PAGE + 1), repeat)
                 if page > 1 else await _timed(pool, BARE_FIRST, (PAGE + 1,), repeat))
         for pct in (50, 99):

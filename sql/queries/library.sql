@@ -107,9 +107,8 @@ RETURNING *
 -- $1 collection, $2 user; its items stay, out of any collection (the foreign key's action).
 DELETE FROM user_collections WHERE id = $1 AND user_id = $2 RETURNING id
 
--- feed --
--- Public items that are not deleted or taken down, newest published first, keyset after
--- ($3 published_at, $4 id) on user_library_feed_idx. $1 type, $2 model, $5 limit.
+-- feed_first --
+-- The feed's first page (as ``feed`` without a cursor). $1 type, $2 model, $3 limit.
 SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
        l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
        l.variants
@@ -117,10 +116,21 @@ FROM user_library l
 WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
   AND ($1::text IS NULL OR l.asset_type = $1)
   AND ($2::text IS NULL OR l.model = $2)
-  -- Always an index condition (a plan reused for every page can still seek): the first page
-  -- starts after the greatest possible key.
-  AND (l.published_at, l.id) < (coalesce($3::timestamptz, 'infinity'),
-                                coalesce($4::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+ORDER BY l.published_at DESC, l.id DESC
+LIMIT $3
+
+-- feed --
+-- Public items that are not deleted or taken down, newest published first, keyset after
+-- ($3 published_at, $4 id) on user_library_feed_idx (the first page: feed_first, so each
+-- statement keeps one plan that seeks the index). $1 type, $2 model, $5 limit.
+SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
+       l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
+       l.variants
+FROM user_library l
+WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
+  AND ($1::text IS NULL OR l.asset_type = $1)
+  AND ($2::text IS NULL OR l.model = $2)
+  AND (l.published_at, l.id) < ($3::timestamptz, $4::uuid)
 ORDER BY l.published_at DESC, l.id DESC
 LIMIT $5
 
