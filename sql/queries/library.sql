@@ -88,7 +88,7 @@ RETURNING *
 SELECT * FROM user_collections WHERE id = $1 AND user_id = $2
 
 -- list_collections --
--- A user's collections, newest first, keyset after ($2 created_at, $3 id); $4 limit.
+-- $1 user's collections, newest first, keyset after ($2 created_at, $3 id); $4 limit.
 SELECT * FROM user_collections
 WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
 ORDER BY created_at DESC, id DESC
