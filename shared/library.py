@@ -15,12 +15,15 @@ import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from shared.db import Pool
-from shared.errors import NotFound, StorageQuotaExceeded
+from shared.errors import StorageQuotaExceeded
+from shared.logging import get_logger
 from shared.storage import ObjectNotFound, Storage
 from sql import queries
+
+log = get_logger(__name__)
 
 #: Characters of a share link's id (URL-safe base64 of 8 random bytes).
 SHORT_ID_BYTES = 8
@@ -41,20 +44,14 @@ def library_key(user_id: uuid.UUID, short_id: str, source_key: str,
     return f"library/{user_id}/{stem}.{ext}"
 
 
-class SourceAssetNotFound(NotFound):
-    """The asset is not the user's, or has expired."""
-
-
-class SaveCollectionNotFound(NotFound):
-    """The collection is not the user's."""
-
-
 @dataclass(frozen=True)
 class Saved:
-    """The item a save made (``created``) or found (the asset was saved before)."""
+    """What a save did: ``created`` (the new item), ``existing`` (the item of an earlier save
+    of this asset), ``asset_not_found`` (expired, or another user's) or
+    ``collection_not_found``; the last two save nothing and have no item."""
 
-    item_id: uuid.UUID
-    created: bool
+    outcome: Literal["created", "existing", "asset_not_found", "collection_not_found"]
+    item_id: uuid.UUID | None = None
 
 
 async def save_asset(
@@ -71,9 +68,8 @@ async def save_asset(
     quota_bytes: int,
 ) -> Saved:
     """Save ``asset`` (a ``get_asset`` row of ``user_id``): copy its bytes and variants, then
-    record the item within the quota. Raises :class:`SourceAssetNotFound` if the asset expires
-    meanwhile, :class:`SaveCollectionNotFound`, or :class:`StorageQuotaExceeded`; a refused
-    save leaves no copy behind."""
+    record the item within the quota (:class:`StorageQuotaExceeded` past it). A save that does
+    not create an item leaves no copy behind."""
     asset_id: uuid.UUID = asset["id"]
     short_id = new_short_id()
     key = library_key(user_id, short_id, asset["storage_key"])
@@ -86,7 +82,8 @@ async def save_asset(
     except ObjectNotFound as exc:
         # The expiry deleted the file: the asset is gone (or about to be).
         await _discard(storage, [key])
-        raise SourceAssetNotFound(f"no asset {asset_id}") from exc
+        log.info("library_save_source_gone", asset_id=str(asset_id), error=repr(exc))
+        return Saved("asset_not_found")
     kept: dict[str, str] = {}
     for kind, v in (asset["variants"] or {}).items():
         try:
@@ -101,18 +98,18 @@ async def save_asset(
     assert row is not None
     outcome: str = row["outcome"]
     if outcome == "created":
-        return Saved(row["item_id"], True)
+        return Saved("created", row["item_id"])
     await _discard(storage, [key, *variant_keys.values()])
     if outcome == "existing":
-        return Saved(row["item_id"], False)
+        return Saved("existing", row["item_id"])
     if outcome == "quota":
         raise StorageQuotaExceeded(
             "saving this asset would take your library past its storage quota",
             details={"size_bytes": asset["file_size_bytes"]},
         )
     if outcome == "no_collection":
-        raise SaveCollectionNotFound(f"no collection {collection_id}")
-    raise SourceAssetNotFound(f"no asset {asset_id}")
+        return Saved("collection_not_found")
+    return Saved("asset_not_found")
 
 
 async def _discard(storage: Storage, keys: Sequence[str]) -> None:

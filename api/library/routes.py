@@ -35,7 +35,7 @@ from api.spec import (
 from api.validation import parse_body, parse_id
 from shared.db import Connection
 from shared.errors import StorageQuotaExceeded
-from shared.library import SaveCollectionNotFound, SourceAssetNotFound, save_asset
+from shared.library import save_asset
 from shared.logging import get_logger
 from shared.storage import ObjectNotFound, StorageKeyError
 from sql import queries
@@ -69,23 +69,23 @@ async def post_library(call: Call) -> Response:
     body = parse_body(LibrarySave, await read_json(call.request, ctx.settings.max_body_bytes))
     async with ctx.pool.acquire() as conn:
         asset = await load_asset(conn, user_id, body.asset_id)
-    try:
-        saved = await save_asset(
-            ctx.pool, ctx.storage, user_id, asset, title=body.title, tags=body.tags,
-            collection_id=body.collection_id, is_favorite=body.is_favorite,
-            visibility=body.visibility, quota_bytes=ctx.settings.library_quota_bytes,
-        )
-    except SourceAssetNotFound as exc:
-        raise AssetNotFound(f"no asset {body.asset_id}") from exc
-    except SaveCollectionNotFound as exc:
-        raise CollectionNotFound(f"no collection {body.collection_id}") from exc
+    saved = await save_asset(
+        ctx.pool, ctx.storage, user_id, asset, title=body.title, tags=body.tags,
+        collection_id=body.collection_id, is_favorite=body.is_favorite,
+        visibility=body.visibility, quota_bytes=ctx.settings.library_quota_bytes,
+    )
+    if saved.outcome == "asset_not_found" or saved.item_id is None:
+        if saved.outcome == "collection_not_found":
+            raise CollectionNotFound(f"no collection {body.collection_id}")
+        raise AssetNotFound(f"no asset {body.asset_id}")
+    created = saved.outcome == "created"
     async with ctx.pool.acquire() as conn:
         row = await load_item(conn, user_id, saved.item_id, deleted=True)
-    if saved.created:
+    if created:
         log.info("library_item_saved", item_id=str(saved.item_id), asset_id=str(body.asset_id))
     item = LibraryItem.from_row(row, await signed_urls(ctx.content_url, [row]))
-    return reply(item, 201 if saved.created else 200,
-                 {"Location": f"/v1/library/{item.id}"} if saved.created else None)
+    return reply(item, 201 if created else 200,
+                 {"Location": f"/v1/library/{item.id}"} if created else None)
 
 
 def _collection(raw: str) -> uuid.UUID:
