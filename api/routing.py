@@ -73,7 +73,7 @@ class Endpoint:
     ``parameters`` are OpenAPI parameter objects (query, path and header).
     """
 
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "PATCH", "DELETE"]
     path: str
     handler: Handler
     operation_id: str

@@ -6,7 +6,16 @@ from collections.abc import Awaitable, Callable
 
 from bench.env import BenchEnv
 from bench.report import Row
-from bench.scenarios import cleanup, hot_account, inflight, intake, latency, media, pipeline
+from bench.scenarios import (
+    cleanup,
+    hot_account,
+    inflight,
+    intake,
+    latency,
+    library,
+    media,
+    pipeline,
+)
 
 Scenario = Callable[[BenchEnv, bool], Awaitable[list[Row]]]
 
@@ -18,4 +27,5 @@ SCENARIOS: dict[str, Scenario] = {
     "hot_account": hot_account.run,
     "cleanup": cleanup.run,
     "media": media.run,
+    "library": library.run,
 }
