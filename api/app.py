@@ -21,6 +21,7 @@ from api.assets import routes as assets
 from api.auth import ApiKeyCache
 from api.catalog import routes as catalog
 from api.catalog.cache import CatalogCache
+from api.collections import routes as collections
 from api.context import ApiContext
 from api.credits import routes as credits
 from api.errors import exception_handlers
@@ -28,6 +29,8 @@ from api.files import routes as files
 from api.health import routes as health
 from api.jobs import routes as jobs
 from api.jobs.intake import IntakeBatches
+from api.library import routes as library
+from api.library import sharing
 from api.me import routes as me
 from api.middleware import RequestContextMiddleware
 from api.openapi import build_openapi, openapi_endpoint
@@ -51,7 +54,7 @@ def endpoints(plan_names: list[str] | None = None) -> list[Endpoint]:
     ``plan_names``: the plans an admin may assign (the document lists them)."""
     table = [*jobs.ENDPOINTS, *credits.ENDPOINTS, *catalog.ENDPOINTS, *assets.ENDPOINTS,
              *files.ENDPOINTS, *me.ENDPOINTS, *admin.ENDPOINTS, *plans.endpoints(plan_names),
-             *health.ENDPOINTS]
+             *health.ENDPOINTS, *library.ENDPOINTS, *collections.ENDPOINTS, *sharing.ENDPOINTS]
     return [*table, openapi_endpoint(build_openapi(table))]
 
 
@@ -68,7 +71,7 @@ def middleware(settings: Settings) -> list[Middleware]:
         stack.insert(0, Middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "HEAD", "POST", "PUT", "OPTIONS"],
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range",
                            "If-None-Match", "If-Range"],
             expose_headers=["Content-Length", "Content-Range", "Accept-Ranges", "ETag",

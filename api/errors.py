@@ -18,7 +18,9 @@ one table. The errors only HTTP has are defined here:
         ├── JobNotFound            job_not_found            404
         ├── AssetNotFound          asset_not_found          404
         ├── FileNotFound           file_not_found           404
-        └── UserNotFound           user_not_found           404
+        ├── UserNotFound           user_not_found           404
+        ├── LibraryItemNotFound    library_item_not_found   404
+        └── CollectionNotFound     collection_not_found     404
 
 Routing errors (404, 405), lost backing services (503) and unexpected exceptions (500) are
 mapped here too.
@@ -50,6 +52,7 @@ from shared.errors import (
     ObjectNotFound,
     RateLimited,
     ServiceUnavailable,
+    StorageQuotaExceeded,
     UrlExpired,
 )
 from shared.logging import get_logger
@@ -149,6 +152,18 @@ class UserNotFound(NotFound):
     code = "user_not_found"
 
 
+class LibraryItemNotFound(NotFound):
+    """No such library item (or it is another user's, or not shared)."""
+
+    code = "library_item_not_found"
+
+
+class CollectionNotFound(NotFound):
+    """No such collection (or it is another user's)."""
+
+    code = "collection_not_found"
+
+
 class RangeNotSatisfiable(GenqError):
     """The requested byte range lies outside the object."""
 
@@ -179,6 +194,9 @@ HTTP_STATUS: dict[type[GenqError], int] = {
     ValidationFailed: 422,
     JobNotCancelable: 409,
     RangeNotSatisfiable: 416,
+    StorageQuotaExceeded: 403,
+    LibraryItemNotFound: 404,
+    CollectionNotFound: 404,
 }
 
 

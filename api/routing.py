@@ -73,7 +73,7 @@ class Endpoint:
     ``parameters`` are OpenAPI parameter objects (query, path and header).
     """
 
-    method: Literal["GET", "POST", "PUT"]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
     path: str
     handler: Handler
     operation_id: str

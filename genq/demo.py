@@ -2,8 +2,10 @@
 
 Starts services, API, worker and scheduler; creates a user with credits; submits a handful of
 jobs to the built-in provider; shows live progress; cancels one to show the refund; prints each
-job's outputs, the balance before and after and the ledger; signs a user in with a token it
-makes as an identity provider would (HS256, its own secret); then stops everything it started.
+job's outputs; saves two to the library in a collection, publishes one and shows its share link
+and the public feed; signs a user in with a token it makes as an identity provider would (HS256,
+its own secret); prints the balance before and after and the ledger; then stops everything it
+started.
 """
 
 from __future__ import annotations
@@ -196,6 +198,37 @@ class Demo:
                 and balance_again == DEMO_NEW_USER_CREDITS and refused.status_code == 401
                 and error["code"] == "invalid_token")
 
+    def library(self, jobs: dict[str, dict[str, Any]]) -> bool:
+        """Save two outputs to the library in a collection, publish one, and show its share
+        link and the public feed (read with no credentials). Returns whether all adds up."""
+        outputs = [a for j in jobs.values() if j["status"] == JobStatus.SUCCEEDED
+                   for a in j.get("outputs", []) if a["type"] == "image"][:2]
+        collection = _ok(self._user().post("/v1/collections", json={
+            "name": f"Demo favourites {uuid.uuid4().hex[:6]}"}))
+        items = [_ok(self._user().post("/v1/library", json={
+            "asset_id": a["id"], "collection_id": collection["id"], "tags": ["demo"]}))
+            for a in outputs]
+        self.say()
+        for item in items:
+            self.say(f"saved to library {item['id']}  short id {item['short_id']}  "
+                     f"{item['asset']['mime_type']} {item['asset']['size_bytes']} bytes")
+        shown = _ok(self._user().patch(f"/v1/library/{items[0]['id']}", json={
+            "visibility": "public", "title": items[0]["prompt"]}))
+        count = _ok(self._user().get(f"/v1/collections/{collection['id']}"))["asset_count"]
+        self.say(f"collection {collection['name']!r}: {count} items")
+        base = str(self.admin.base_url).rstrip("/")
+        self.say(f"published {shown['short_id']}; share link {base}/v1/shared/"
+                 f"{shown['short_id']}")
+        with httpx.Client(base_url=base, timeout=30) as anyone:
+            shared = _ok(anyone.get(f"/v1/shared/{shown['short_id']}"))
+            feed = _ok(anyone.get("/v1/feed", params={"limit": 5}))["data"]
+        self.say("public feed (newest first):")
+        for entry in feed:
+            self.say(f"  {entry['short_id']}  {entry['title'] or '-'}  "
+                     f"{entry['asset']['mime_type']}")
+        return (len(items) == 2 and count == 2 and shared["short_id"] == shown["short_id"]
+                and any(e["short_id"] == shown["short_id"] for e in feed))
+
     def ledger(self) -> list[dict[str, Any]]:
         """The user's ledger, oldest first."""
         body = _ok(self._user().get("/v1/credits/ledger", params={"limit": 100}))
@@ -271,6 +304,7 @@ def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
         ids, canceled = demo.submit()
         jobs = demo.watch(ids)
         demo.report(jobs)
+        library_ok = demo.library(jobs)
         after = demo.credits()
         captured = sum(j["cost"]["captured"] for j in jobs.values())
         demo.say()
@@ -293,6 +327,7 @@ def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
             and jobs[canceled]["cost"]["captured"] == 0
             and after["balance"] == before["balance"] - captured
             and after["reserved"] == 0
+            and library_ok
         )
         demo.say("demo finished: " + ("everything adds up" if ok else "UNEXPECTED STATE"))
         return 0 if ok else 1

@@ -12,8 +12,10 @@ to a status in one table (:data:`api.errors.HTTP_STATUS`), and holds the errors 
     ├── BalanceLimitExceeded       balance_limit_exceeded
     ├── InvalidAmount              invalid_amount
     ├── IdempotencyConflict        idempotency_key_reused
+    ├── StorageQuotaExceeded       storage_quota_exceeded
     ├── Conflict                   conflict
-    │   └── EmailTaken             email_taken
+    │   ├── EmailTaken             email_taken
+    │   └── CollectionNameTaken    collection_name_taken
     ├── RateLimited                rate_limited
     ├── NotFound                   not_found
     │   ├── AccountNotFound        account_not_found
@@ -114,6 +116,18 @@ class EmailTaken(Conflict):
     """A user with this email already exists."""
 
     code = "email_taken"
+
+
+class CollectionNameTaken(Conflict):
+    """The user already has a collection with this name."""
+
+    code = "collection_name_taken"
+
+
+class StorageQuotaExceeded(GenqError):
+    """Saving this would take the library past the user's storage quota."""
+
+    code = "storage_quota_exceeded"
 
 
 class ObjectNotFound(GenqError):

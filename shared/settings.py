@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     jwt_jwks_refetch_s: float = Field(default=30.0, ge=0, le=3600)
     # Credits granted once to each user created on first sight of a new identity.
     new_user_credits: int = Field(default=0, ge=0, le=2**62)
+    # The library: bytes a user's saved items may take (per-user override in library_usage),
+    # and how long a deleted item stays restorable before the scheduler purges it.
+    library_quota_bytes: int = Field(default=10 * ONE_GIB, ge=0)
+    trash_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
 
     # Maintenance.
     cleanup_batch_size: int = Field(default=500, ge=1, le=100_000)

@@ -1,5 +1,5 @@
-"""Maintenance tasks: expire workspace assets, recover lost and stuck jobs, settle stale
-reservations, retire old jobs.
+"""Maintenance tasks: expire workspace assets, purge the library's trash, recover lost and stuck
+jobs, settle stale reservations, retire old jobs.
 
 Postgres is the source of truth: each task reads what must be true there and repairs Redis and
 storage to match. Every task works in batches locked with ``FOR UPDATE SKIP LOCKED``, so two runs
@@ -115,6 +115,33 @@ async def expire_assets(
         report.add("files_already_gone", missing)
         if variant_keys:
             report.add("variant_files", len(variant_keys))
+        if len(rows) < batch_size:
+            return
+
+
+@_timed("purge_trash")
+async def purge_trash(
+    report: TaskReport, pool: Pool, storage: Storage, trash_ttl_s: float, batch_size: int
+) -> None:
+    """Purge library items deleted more than ``trash_ttl_s`` ago: rows first (their variant
+    rows by cascade), committed, then their files and variants' files, one locked batch at a
+    time.
+
+    The rows go before the files: a crash in between leaves files no row points at, which the
+    orphan sweep deletes; never a row whose file is gone (a trashed item stays restorable, with
+    its bytes, until its row is purged).
+    """
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(queries["lock_trash_past_ttl"], trash_ttl_s, batch_size)
+            if not rows:
+                return
+            await conn.execute(queries["delete_library_items"], [r["id"] for r in rows])
+        keys = [r["storage_key"] for r in rows] + [k for r in rows for k in r["variant_keys"]]
+        removed, missing = await _delete_objects(storage, keys)
+        report.add("rows_deleted", len(rows))
+        report.add("files_deleted", removed)
+        report.add("files_already_gone", missing)
         if len(rows) < batch_size:
             return
 

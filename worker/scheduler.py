@@ -39,6 +39,12 @@ def _expire_assets(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable
     return maintenance.expire_assets(pool, storage, settings.cleanup_batch_size)
 
 
+def _purge_trash(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
+    storage = open_storage(settings)
+    return maintenance.purge_trash(pool, storage, settings.trash_ttl_s,
+                                   settings.cleanup_batch_size)
+
+
 def _sweep_orphans(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
     storage = open_storage(settings)
     return maintenance.sweep_orphan_files(pool, storage, settings.cleanup_batch_size)
@@ -72,6 +78,7 @@ def _grant_plans(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[T
 TASKS: dict[str, TaskFn] = {
     "enqueue-new-jobs": _enqueue_new,
     "expire-assets": _expire_assets,
+    "purge-trash": _purge_trash,
     "requeue-lost-jobs": _requeue_lost,
     "recover-expired-leases": _recover_leases,
     "settle-stale-reservations": _settle_stale,

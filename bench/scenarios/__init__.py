@@ -13,6 +13,7 @@ from bench.scenarios import (
     inflight,
     intake,
     latency,
+    library,
     media,
     pipeline,
 )
@@ -28,4 +29,5 @@ SCENARIOS: dict[str, Scenario] = {
     "cleanup": cleanup.run,
     "media": media.run,
     "fair": fair.run,
+    "library": library.run,
 }

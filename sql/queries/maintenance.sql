@@ -86,10 +86,15 @@ ORDER BY expires_at
 LIMIT $1
 
 -- known_storage_keys --
--- Which of these storage keys an asset row or an asset variant row points at. $1 text[] keys.
+-- Which of these storage keys an asset, asset variant, library item or library variant row
+-- points at. $1 text[] keys.
 SELECT storage_key FROM workspace_assets WHERE storage_key = ANY($1::text[])
 UNION ALL
 SELECT storage_key FROM asset_variants WHERE storage_key = ANY($1::text[])
+UNION ALL
+SELECT storage_key FROM user_library WHERE storage_key = ANY($1::text[])
+UNION ALL
+SELECT storage_key FROM library_variants WHERE storage_key = ANY($1::text[])
 
 -- lock_job --
 -- $1 job id.

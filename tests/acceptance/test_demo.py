@@ -29,6 +29,13 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
     assert not [line for line in out.splitlines() if line.startswith("{")], out
 
     assert "demo finished: everything adds up" in out
+    assert out.count("saved to library ") == 2
+    assert re.search(r"collection 'Demo favourites \w+': 2 items", out), out
+    shared = re.search(r"published (\S{11}); share link http://127\.0\.0\.1:\d+/v1/shared/\1",
+                       out)
+    assert shared is not None, out
+    feed = out.split("public feed (newest first):\n", 1)[1].splitlines()
+    assert feed[0].startswith(f"  {shared.group(1)}  "), out
     statuses = re.findall(
         r"^job \S+\s+(\S+)\s+(\w+)\s+reserved (\d+) captured (\d+) refunded (\d+)",
         out, re.MULTILINE,
@@ -87,9 +94,12 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
     assert '"event": "migration_applied"' in (logs / "migrate.log").read_text()
     assert {stat.S_IMODE(f.stat().st_mode) for f in logs.iterdir()} == {0o600}
     stored = [f for f in (data_dir / "storage").rglob("*") if f.is_file()]
-    # The 9 images and their 9 thumbnails, the clip and its poster.
-    assert len(stored) == 20
-    assert sum(f.name.endswith(".thumb.webp") for f in stored) == 9
+    # The 9 images and their 9 thumbnails, the clip and its poster; the library's copies of
+    # two images and of their thumbnails.
+    assert len(stored) == 24
+    assert sum(f.name.endswith(".thumb.webp") for f in stored) == 11
+    library = [f for f in stored if f.relative_to(data_dir / "storage").parts[0] == "library"]
+    assert len(library) == 4
     assert sum(f.name.endswith(".poster.webp") for f in stored) == 1
     assert {stat.S_IMODE(f.stat().st_mode) for f in stored} == {0o600}
     folders = [data_dir / "storage", *(f for f in (data_dir / "storage").rglob("*") if f.is_dir())]

@@ -85,13 +85,28 @@ def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(
             work / "lighthouse.png").read_bytes()
         credits = json.loads(lines[lines.index("}") + 1])
         assert credits == {"balance": 48, "reserved": 0}
-        ledger = [json.loads(line) for line in lines[lines.index("}") + 2:-1]]
+        start = lines.index("}") + 2
+        ledger = [json.loads(line) for line in lines[start:start + 3]]
         assert ledger == [
             {"kind": "capture", "amount": 0, "balance_after": 48},
             {"kind": "reserve", "amount": -2, "balance_after": 48},
             {"kind": "grant", "amount": 50, "balance_after": 50},
         ]
-        # Step 7: the signed-in user, created from the token's claims.
+        # 7. The library: two saved items, their collection, the share link and the feed.
+        saved = [json.loads(line) for line in lines[start + 3:start + 5]]
+        assert [s["visibility"] for s in saved] == ["private", "private"]
+        assert json.loads(lines[start + 5]) == {"name": "Lighthouses", "asset_count": 2}
+        share = lines[start + 6]
+        assert share.startswith(f"share link: {url}/v1/shared/")
+        short_id = share.rsplit("/", 1)[1]
+        assert short_id in {s["short_id"] for s in saved}
+        shared = json.loads(lines[start + 7])
+        assert shared == {"title": "Lighthouse at dusk",
+                          "content_url": f"/v1/shared/{short_id}/content"}
+        feed = [json.loads(line) for line in lines[start + 8:-1]]
+        assert feed == [{"short_id": short_id, "title": "Lighthouse at dusk",
+                         "prompt": "a lighthouse at dusk"}]
+        # Step 8: the signed-in user, created from the token's claims.
         assert json.loads(lines[-1]) == {"email": "grace@example.com",
                                          "identities": [{"subject": "user-42"}]}
     finally:

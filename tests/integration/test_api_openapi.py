@@ -146,6 +146,57 @@ async def _drive(api: Api) -> list[Answer]:
     content_url = assets["data"][0]["content_url"]
     await get(content_url)
     await get(content_url.replace("sig=", "sig=x"))
+
+    # Collections, and the library: save (new, again, refused), list, read, content.
+    coll = (await post("/v1/collections", json={"name": "c"}, headers=auth)).json()
+    await post("/v1/collections", json={"name": "c"}, headers=auth)
+    await get("/v1/collections?limit=1", headers=auth)
+    await get("/v1/collections?x=1", headers=auth)
+    await get(f"/v1/collections/{coll['id']}", headers=auth)
+    await get(f"/v1/collections/{uuid.uuid4()}", headers=auth)
+    await api.client.patch(f"/v1/collections/{coll['id']}", json={"description": "d"},
+                           headers=auth)
+    await post("/v1/collections", json={"name": "taken"}, headers=auth)
+    await api.client.patch(f"/v1/collections/{coll['id']}", json={"name": "taken"},
+                           headers=auth)
+    await api.client.patch(f"/v1/collections/{uuid.uuid4()}", json={}, headers=auth)
+    item = (await post("/v1/library", json={"asset_id": str(asset_id), "tags": ["a"],
+                                            "collection_id": coll["id"]},
+                       headers=auth)).json()
+    await api.client.delete(f"/v1/collections/{coll['id']}", headers=auth)
+    await api.client.delete(f"/v1/collections/{coll['id']}", headers=auth)
+    await post("/v1/library", json={"asset_id": str(asset_id)}, headers=auth)
+    await post("/v1/library", json={"asset_id": str(uuid.uuid4())}, headers=auth)
+    await post("/v1/library", json={"asset_id": "nope"}, headers=auth)
+    await get("/v1/library?q=lighthouse&tag=a&limit=1", headers=auth)
+    await get("/v1/library?favorite=maybe", headers=auth)
+    await get(f"/v1/library/{item['id']}", headers=auth)
+    await get(f"/v1/library/{uuid.uuid4()}", headers=auth)
+    await get(f"/v1/library/{item['id']}/content", headers=auth)
+    await get(f"/v1/library/{uuid.uuid4()}/content", headers=auth)
+    lib = f"/v1/library/{item['id']}"
+    await api.client.patch(lib, json={"visibility": "public"}, headers=auth)
+    await get("/v1/feed?limit=1")
+    await get("/v1/feed?type=gif")
+    await get(f"/v1/shared/{item['short_id']}")
+    await get(f"/v1/shared/{item['short_id']}/content")
+    await get("/v1/shared/AAAAAAAAAAA")
+    await get("/v1/shared/AAAAAAAAAAA/content")
+    await post(f"/v1/admin/library/{item['id']}/takedown", json={"reason": "r"}, headers=ADMIN)
+    await post(f"/v1/admin/library/{uuid.uuid4()}/takedown", json={"reason": "r"},
+               headers=ADMIN)
+    await api.client.patch(lib, json={"title": "t", "collection_id": None}, headers=auth)
+    await api.client.patch(lib, json={"title": 5}, headers=auth)
+    await api.client.patch(f"/v1/library/{uuid.uuid4()}", json={}, headers=auth)
+    await post(f"{lib}/restore", headers=auth)
+    await api.client.delete(lib, headers=auth)
+    await api.client.delete(f"/v1/library/{uuid.uuid4()}", headers=auth)
+    await post(f"/v1/library/{uuid.uuid4()}/restore", headers=auth)
+    await api.pool.execute("UPDATE library_usage SET quota_bytes = 0 WHERE user_id = $1",
+                           user.id)
+    await post(f"{lib}/restore", headers=auth)
+    await api.pool.execute("DELETE FROM user_library WHERE id = $1", uuid.UUID(item["id"]))
+    await post("/v1/library", json={"asset_id": str(asset_id)}, headers=auth)
     return answers
 
 
@@ -191,6 +242,8 @@ async def test_every_route_is_documented_and_every_answer_matches_its_schema(api
     assert seen[("/v1/jobs/{job_id}/cancel", "post")] == {200, 202, 409}
     assert seen[("/v1/assets/{asset_id}/content", "get")] == {200, 206, 304, 416}
     assert seen[("/v1/files/{key}", "get")] == {200, 403}
+    assert seen[("/v1/library", "post")] == {200, 201, 403, 404, 422}
+    assert seen[("/v1/library/{item_id}/restore", "post")] == {200, 403, 404}
 
 
 async def test_the_job_response_reads_exactly_the_columns_of_its_one_query(api: Api) -> None:

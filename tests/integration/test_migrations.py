@@ -37,7 +37,7 @@ async def test_migrate_from_empty_then_every_query_prepares(empty_database_url: 
     assert {
         "users", "api_keys", "credit_accounts", "credit_reservations", "credit_ledger",
         "models", "generation_jobs", "idempotency_keys", "workspace_assets", "genq_migrations",
-        "asset_variants",
+        "asset_variants", "user_library", "user_collections", "library_usage", "library_variants",
     } <= await _tables(empty_database_url)
 
 
