@@ -65,11 +65,12 @@ async def save_asset(
     collection_id: uuid.UUID | None,
     is_favorite: bool,
     visibility: str,
-    quota_bytes: int,
+    default_quota_bytes: int,
 ) -> Saved:
     """Save ``asset`` (a ``get_asset`` row of ``user_id``): copy its bytes and variants, then
-    record the item within the quota (:class:`StorageQuotaExceeded` past it). A save that does
-    not create an item leaves no copy behind."""
+    record the item within the user's storage quota (:class:`StorageQuotaExceeded` past it):
+    their own, else their plan's, else ``default_quota_bytes`` (``genq_storage_quota``). A save
+    that does not create an item leaves no copy behind."""
     asset_id: uuid.UUID = asset["id"]
     short_id = new_short_id()
     key = library_key(user_id, short_id, asset["storage_key"])
@@ -93,7 +94,7 @@ async def save_asset(
         kept[kind] = variant_keys[kind]
     row = await pool.fetchrow(
         queries["library_save"], user_id, asset_id, short_id, key, kept,
-        title, list(tags), collection_id, is_favorite, visibility, quota_bytes,
+        title, list(tags), collection_id, is_favorite, visibility, default_quota_bytes,
     )
     assert row is not None
     outcome: str = row["outcome"]

@@ -49,7 +49,7 @@ class PlanSpec(BaseModel):
     # Overrides of GENQ_USER_MAX_RUNNING and GENQ_USER_SUBMITS_PER_MINUTE (None: the setting).
     max_running: int | None = Field(default=None, ge=1, le=1_000_000)
     submits_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
-    # Shown with the plan; not enforced yet.
+    # Library bytes its users may keep (a user's own quota comes first; None: the setting).
     storage_quota_bytes: int | None = Field(default=None, ge=1)
 
 

@@ -72,7 +72,7 @@ async def post_library(call: Call) -> Response:
     saved = await save_asset(
         ctx.pool, ctx.storage, user_id, asset, title=body.title, tags=body.tags,
         collection_id=body.collection_id, is_favorite=body.is_favorite,
-        visibility=body.visibility, quota_bytes=ctx.settings.library_quota_bytes,
+        visibility=body.visibility, default_quota_bytes=ctx.settings.library_quota_bytes,
     )
     if saved.outcome == "asset_not_found" or saved.item_id is None:
         if saved.outcome == "collection_not_found":
@@ -230,8 +230,9 @@ ENDPOINTS = [
         description="Copies the asset's bytes and variants to permanent storage, so the "
                     "workspace expiry never removes them. One item per asset: saving it again "
                     "answers the same item (even from the trash, where it can be restored). "
-                    "The bytes of a user's items that are not deleted may not pass "
-                    "GENQ_LIBRARY_QUOTA_BYTES.",
+                    "The bytes of a user's items that are not deleted may not pass their "
+                    "storage quota (GET /v1/me shows it): their own, set by an admin, else "
+                    "their plan's, else GENQ_LIBRARY_QUOTA_BYTES.",
         body=LibrarySave,
         errors={403: "storage_quota_exceeded: the library would pass its storage quota; "
                      "nothing was saved",

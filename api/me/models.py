@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 from pydantic import Field
 
@@ -20,6 +21,18 @@ class ExternalIdentity(ResponseModel):
     created_at: Time
 
 
+class StorageUse(ResponseModel):
+    """The user's library storage: what their items take, and the quota it may not pass."""
+
+    used_bytes: int = Field(description="Bytes of the user's library items that are not deleted.")
+    quota_bytes: int = Field(
+        description="The quota in force: the user's own (set by an admin), else their plan's "
+                    "`storage_quota_bytes`, else the server's GENQ_LIBRARY_QUOTA_BYTES. A save or "
+                    "restore past it is 403 `storage_quota_exceeded`.")
+    quota_source: Literal["user", "plan", "server"] = Field(
+        description="Where `quota_bytes` comes from.")
+
+
 class Me(ResponseModel):
     """The calling user, however it authenticated (API key or JWT)."""
 
@@ -33,6 +46,7 @@ class Me(ResponseModel):
         description="Jobs of the user running at once: their own cap, else their plan's; null: "
                     "the server's GENQ_USER_MAX_RUNNING.")
     credits: Credits
+    storage: StorageUse
     identities: list[ExternalIdentity] = Field(
         description="The identity provider accounts that sign in as this user; empty for a "
                     "user made by an admin.")

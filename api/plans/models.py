@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from api.fields import ResponseModel
 from api.validation import INTEGRAL
 
+#: The largest storage quota an admin may set (1 PB: exact in every JSON client).
+MAX_QUOTA_BYTES = 10**15
+
 
 class PlanAssign(BaseModel):
     """``PUT /v1/admin/users/{user_id}/plan``: the plan, and optionally the user's own
@@ -19,6 +22,17 @@ class PlanAssign(BaseModel):
 
     plan: str = Field(min_length=1, max_length=64)
     max_running: Annotated[int, Field(ge=1, le=1_000_000), INTEGRAL] | None = None
+
+
+class StorageQuotaSet(BaseModel):
+    """``PUT /v1/admin/users/{user_id}/storage-quota``: the user's own library storage quota
+    over their plan's (null: their plan's again)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    quota_bytes: Annotated[int, Field(ge=0, le=MAX_QUOTA_BYTES), INTEGRAL] | None = Field(
+        description="Bytes the user's library items (not deleted) may take; 0 refuses every "
+                    "save; null: the plan's `storage_quota_bytes` (else GENQ_LIBRARY_QUOTA_BYTES).")
 
 
 def plan_assign_schema(plan_names: list[str] | None) -> type[BaseModel]:
@@ -45,7 +59,9 @@ class Plan(ResponseModel):
         description="Jobs running at once; null: the server's GENQ_USER_MAX_RUNNING.")
     submits_per_minute: int | None = Field(
         description="null: the server's GENQ_USER_SUBMITS_PER_MINUTE.")
-    storage_quota_bytes: int | None
+    storage_quota_bytes: int | None = Field(
+        description="Bytes its users' library items may take (a user's own quota, set by an "
+                    "admin, comes first); null: the server's GENQ_LIBRARY_QUOTA_BYTES.")
 
     @classmethod
     def from_row(cls, row: Any) -> Plan:

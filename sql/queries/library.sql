@@ -3,7 +3,8 @@
 -- library_save --
 -- genq_library_save (sql/migrations/0018_library.sql): $1 user, $2 asset, $3 short_id,
 -- $4 storage key of the copy, $5 jsonb {kind: key} of the variants' copies, $6 title, $7 tags,
--- $8 collection, $9 is_favorite, $10 visibility, $11 default quota bytes.
+-- $8 collection, $9 is_favorite, $10 visibility, $11 the server's default quota bytes
+-- (GENQ_LIBRARY_QUOTA_BYTES; genq_storage_quota, 0022_library_quota_feed.sql).
 SELECT outcome, item_id
 FROM genq_library_save($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 
@@ -149,3 +150,20 @@ UPDATE user_library SET taken_down_at = coalesce(taken_down_at, now()), takedown
                         updated_at = now()
 WHERE id = $1
 RETURNING user_id
+
+-- set_storage_quota --
+-- An admin's storage quota for one user (NULL: their plan's again), on the row saves lock.
+-- $1 user, $2 quota bytes or NULL. No row: no such user.
+INSERT INTO library_usage AS lu (user_id, quota_bytes)
+SELECT id, $2::bigint FROM users WHERE id = $1
+ON CONFLICT (user_id) DO UPDATE SET quota_bytes = EXCLUDED.quota_bytes
+RETURNING lu.user_id
+
+-- user_storage --
+-- $1 user, $2 the server's default quota bytes: the bytes of their library items that are not
+-- deleted, their own quota (NULL: none), their plan's, and the quota in force.
+SELECT coalesce(lu.bytes_used, 0) AS used_bytes, lu.quota_bytes AS user_quota_bytes,
+       p.storage_quota_bytes AS plan_quota_bytes, genq_storage_quota(u.id, $2) AS quota_bytes
+FROM users u JOIN plans p ON p.name = u.plan
+LEFT JOIN library_usage lu ON lu.user_id = u.id
+WHERE u.id = $1

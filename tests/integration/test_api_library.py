@@ -5,18 +5,21 @@ storage quota; isolation between users; listing with filters."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from api.context import ApiContext
 from shared.db import Pool
+from shared.plans import load_plans, sync_plans
 from shared.settings import Settings
 from shared.storage import LocalStorage, asset_key
 from tests.factories import files_on_disk, local
-from tests.integration.api_support import Api, User, api_fixture  # noqa: F401
+from tests.integration.api_support import ADMIN, Api, User, api_fixture  # noqa: F401
 from worker import maintenance
 from worker.context import WorkerContext
 from worker.generation import process_job
@@ -358,3 +361,240 @@ async def test_restore_past_the_quota_is_refused(settings: Settings, pool: Pool)
         assert r.json()["error"]["code"] == "storage_quota_exceeded"
         assert (await client.get(f"/v1/library/{item['id']}", headers=user.headers)
                 ).json()["deleted_at"] is not None
+
+
+SMALL_PLAN = """
+[[plans]]
+name = "small"
+storage_quota_bytes = {quota}
+"""
+
+
+async def _on_small_plan(api: Api, tmp_path: Path, user: User, quota: int) -> None:
+    """A plan ``small`` with ``quota`` storage bytes, and ``user`` on it (by the admin route)."""
+    plans_file = tmp_path / "plans.toml"
+    plans_file.write_text(SMALL_PLAN.format(quota=quota))
+    async with api.pool.acquire() as conn:
+        await sync_plans(conn, load_plans(plans_file))
+    r = await api.client.put(f"/v1/admin/users/{user.id}/plan", json={"plan": "small"},
+                             headers=ADMIN)
+    assert r.status_code == 200, r.text
+
+
+async def _storage_of(api: Api, user: User) -> dict[str, Any]:
+    r = await api.client.get("/v1/me", headers=user.headers)
+    assert r.status_code == 200, r.text
+    storage: dict[str, Any] = r.json()["storage"]
+    return storage
+
+
+async def test_the_plans_quota_refuses_a_save_past_it(api: Api, tmp_path: Path) -> None:
+    user = await api.user(credits=10)
+    assert await _storage_of(api, user) == {
+        "used_bytes": 0, "quota_bytes": api.settings.library_quota_bytes,
+        "quota_source": "server"}
+    await _on_small_plan(api, tmp_path, user, 3 * len(PNG))
+    assets = await _assets(api, user, 4)
+    for asset in assets[:3]:
+        await _save(api, user, asset)
+    assert await _storage_of(api, user) == {
+        "used_bytes": 3 * len(PNG), "quota_bytes": 3 * len(PNG), "quota_source": "plan"}
+    r = await api.client.post("/v1/library", headers=user.headers,
+                              json={"asset_id": str(assets[3])})
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "storage_quota_exceeded"
+    # Nothing written: no row, no copy, the usage unchanged.
+    assert await api.pool.fetchval(
+        "SELECT count(*) FROM user_library WHERE user_id = $1", user.id) == 3
+    assert len(_library_files(api)) == 3
+    assert (await _storage_of(api, user))["used_bytes"] == 3 * len(PNG)
+    # Another user on the default plan is not held to it.
+    other = await api.user(credits=10)
+    (theirs,) = await _assets(api, other, 1)
+    await _save(api, other, theirs)
+
+
+async def test_an_admins_quota_raises_and_lowers_the_plans(api: Api, tmp_path: Path) -> None:
+    user = await api.user(credits=10)
+    await _on_small_plan(api, tmp_path, user, 2 * len(PNG))
+    assets = await _assets(api, user, 5)
+    items = [await _save(api, user, a) for a in assets[:2]]
+    path = f"/v1/admin/users/{user.id}/storage-quota"
+
+    r = await api.client.put(path, json={"quota_bytes": 4 * len(PNG)}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == str(user.id) and r.json()["plan"]["name"] == "small"
+    assert r.json()["storage"] == {
+        "used_bytes": 2 * len(PNG), "quota_bytes": 4 * len(PNG), "quota_source": "user"}
+    await _save(api, user, assets[2])
+    await _save(api, user, assets[3])
+    r = await api.client.post("/v1/library", headers=user.headers,
+                              json={"asset_id": str(assets[4])})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "storage_quota_exceeded"
+
+    # Lowered below what is used: the items stay; nothing more fits, not even a restore.
+    await api.client.delete(f"/v1/library/{items[0]['id']}", headers=user.headers)
+    r = await api.client.put(path, json={"quota_bytes": len(PNG)}, headers=ADMIN)
+    assert r.json()["storage"] == {
+        "used_bytes": 3 * len(PNG), "quota_bytes": len(PNG), "quota_source": "user"}
+    listed = (await api.client.get("/v1/library", headers=user.headers)).json()["data"]
+    assert len(listed) == 3
+    r = await api.client.post(f"/v1/library/{items[0]['id']}/restore", headers=user.headers)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "storage_quota_exceeded"
+    r = await api.client.put(path, json={"quota_bytes": 0}, headers=ADMIN)
+    assert r.json()["storage"]["quota_bytes"] == 0
+
+    # null: the plan's again; raised, the restore fits.
+    r = await api.client.put(path, json={"quota_bytes": None}, headers=ADMIN)
+    assert r.status_code == 200
+    assert r.json()["storage"] == {
+        "used_bytes": 3 * len(PNG), "quota_bytes": 2 * len(PNG), "quota_source": "plan"}
+    await api.client.put(path, json={"quota_bytes": 5 * len(PNG)}, headers=ADMIN)
+    r = await api.client.post(f"/v1/library/{items[0]['id']}/restore", headers=user.headers)
+    assert r.status_code == 200 and r.json()["deleted_at"] is None
+    await _save(api, user, assets[4])
+    assert await _storage_of(api, user) == {
+        "used_bytes": 5 * len(PNG), "quota_bytes": 5 * len(PNG), "quota_source": "user"}
+
+
+@pytest.mark.parametrize("body", [
+    {}, {"quota_bytes": -1}, {"quota_bytes": 1.5}, {"quota_bytes": "100"},
+    {"quota_bytes": True}, {"quota_bytes": 10**15 + 1}, {"quota_bytes": 5, "plan": "free"},
+])
+async def test_bad_storage_quotas_are_422_and_change_nothing(
+    api: Api, body: dict[str, Any]
+) -> None:
+    user = await api.user()
+    r = await api.client.put(f"/v1/admin/users/{user.id}/storage-quota", json=body,
+                             headers=ADMIN)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "validation_error"
+    assert (await _storage_of(api, user))["quota_source"] == "server"
+    assert await api.pool.fetchval("SELECT count(*) FROM library_usage") == 0
+
+
+async def test_storage_quota_of_no_user_or_without_the_admin_token(api: Api) -> None:
+    user = await api.user()
+    for target in (uuid.uuid4(), "not-a-uuid"):
+        r = await api.client.put(f"/v1/admin/users/{target}/storage-quota",
+                                 json={"quota_bytes": 5}, headers=ADMIN)
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "user_not_found"
+    r = await api.client.put(f"/v1/admin/users/{user.id}/storage-quota",
+                             json={"quota_bytes": 10**12}, headers=user.headers)
+    assert r.status_code == 401
+    assert await api.pool.fetchval("SELECT count(*) FROM library_usage") == 0
+
+
+async def test_fifty_concurrent_saves_against_a_plans_quota_keep_what_fits(
+    api: Api, tmp_path: Path
+) -> None:
+    user = await api.user(credits=10)
+    quota = 17 * len(PNG) + len(PNG) // 2  # 17 fit
+    await _on_small_plan(api, tmp_path, user, quota)
+    assets = await _assets(api, user, 50)
+    answers = await asyncio.gather(*(
+        api.client.post("/v1/library", headers=user.headers, json={"asset_id": str(a)})
+        for a in assets
+    ))
+    codes = [r.status_code for r in answers]
+    assert codes.count(201) == 17 and codes.count(403) == 33
+    assert all(r.json()["error"]["code"] == "storage_quota_exceeded"
+               for r in answers if r.status_code == 403)
+    used = await api.pool.fetchval(
+        "SELECT sum(file_size_bytes) FROM user_library WHERE user_id = $1", user.id)
+    assert used == 17 * len(PNG) <= quota
+    assert (await _storage_of(api, user))["used_bytes"] == used
+    saved = {r.json()["id"] for r in answers if r.status_code == 201}
+    keys = {r["storage_key"] for r in await api.pool.fetch(
+        "SELECT storage_key FROM user_library WHERE id = ANY($1::uuid[])", list(saved))}
+    assert keys == _library_files(api)  # the refused saves left no copy
+
+
+RACE_ROUNDS = 8
+RACE_ASSETS = 40
+
+
+async def test_a_save_as_its_asset_expires_saves_or_404s_and_never_loses_bytes(api: Api) -> None:
+    """Saves race the workspace expiry deleting the very assets they save, which expire at the
+    moment the saves run: each save is 201 with an item whose bytes (and variant) are in
+    storage and are the asset's, or 404 ``asset_not_found``; nothing else, and no copy of a
+    refused save is left behind."""
+    user = await api.user(credits=10)
+    storage = _storage(api)
+    originals: dict[uuid.UUID, tuple[bytes, bytes]] = {}  # asset: its bytes, its thumb's
+    answers: list[Any] = []
+    window_s = 0.5
+    for round_ in range(RACE_ROUNDS):
+        assets = await _assets(api, user, RACE_ASSETS)
+        for index, asset in enumerate(assets):
+            key = await api.pool.fetchval(
+                "SELECT storage_key FROM workspace_assets WHERE id = $1", asset)
+            content = PNG[:-8] + round_.to_bytes(4, "big") + index.to_bytes(4, "big")
+            thumb = b"RIFF" + content[-8:] + b"WEBP"
+            await storage.put_bytes(key, content)
+            await storage.put_bytes(f"{key}.thumb.webp", thumb)
+            await api.pool.execute(
+                "INSERT INTO asset_variants (asset_id, kind, mime_type, width, height,"
+                " file_size_bytes, storage_key) VALUES ($1, 'thumb', 'image/webp', 1, 1, $2, $3)",
+                asset, len(thumb), f"{key}.thumb.webp")
+            originals[asset] = (content, thumb)
+        # The first few have just expired, the last few are far from it; the rest expire one
+        # after the other over as long as the previous round's saves took, so that assets
+        # expire while their saves run.
+        await api.pool.execute(
+            "UPDATE workspace_assets SET expires_at = CASE"
+            " WHEN asset_index < 4 THEN now() - interval '1 s'"
+            " WHEN asset_index >= $2 - 4 THEN now() + interval '1 h'"
+            " ELSE clock_timestamp()"
+            "      + make_interval(secs => $3::float8 * (asset_index - 4) / ($2 - 8))"
+            " END WHERE id = ANY($1::uuid[])", assets, RACE_ASSETS, window_s)
+        done = asyncio.Event()
+
+        async def expire(done: asyncio.Event) -> None:
+            while not done.is_set():
+                await maintenance.expire_assets(api.pool, storage, 8)
+                await asyncio.sleep(0.002)
+
+        expiry = asyncio.create_task(expire(done))
+        started = time.monotonic()
+        try:
+            answers.extend(zip(assets, await asyncio.gather(*(
+                api.client.post("/v1/library", headers=user.headers,
+                                json={"asset_id": str(a)})
+                for a in assets
+            )), strict=True))
+        finally:
+            done.set()
+            await expiry
+        window_s = time.monotonic() - started
+
+    codes = [r.status_code for _, r in answers]
+    # The assets that expired while their saves ran went both ways.
+    racing = [r.status_code for i, (_, r) in enumerate(answers)
+              if 4 <= i % RACE_ASSETS < RACE_ASSETS - 4]
+    assert racing.count(201) > 0 and racing.count(404) > 0, racing
+    assert set(codes) == {201, 404}, sorted(set(codes))
+    assert all(r.json()["error"]["code"] == "asset_not_found"
+               for _, r in answers if r.status_code == 404)
+    # Everything left expires now: the library's copies must not care.
+    await api.pool.execute("UPDATE workspace_assets SET expires_at = now() - interval '1 s'")
+    await maintenance.expire_assets(api.pool, storage, 1000)
+    assert await api.pool.fetchval("SELECT count(*) FROM workspace_assets") == 0
+    items = await api.pool.fetch("SELECT id, storage_key, variants FROM user_library")
+    assert len(items) == codes.count(201)
+    expected_files = set()
+    for asset, r in answers:
+        if r.status_code != 201:
+            continue
+        item = r.json()
+        content, thumb = originals[asset]
+        served = await api.client.get(f"/v1/library/{item['id']}/content", headers=user.headers)
+        assert served.status_code == 200 and served.content == content
+        row = next(i for i in items if str(i["id"]) == item["id"])
+        expected_files.add(row["storage_key"])
+        assert await storage.read_bytes(row["storage_key"]) == content
+        for variant in row["variants"].values():  # the variant, if it was copied in time
+            expected_files.add(variant["storage_key"])
+            assert await storage.read_bytes(variant["storage_key"]) == thumb
+    assert _library_files(api) == expected_files

@@ -75,6 +75,12 @@ async def _drive(api: Api) -> list[Answer]:
               headers=ADMIN)
     await put(f"/v1/admin/users/{other.id}/plan", json={"plan": "nope"}, headers=ADMIN)
     await put(f"/v1/admin/users/{uuid.uuid4()}/plan", json={"plan": "free"}, headers=ADMIN)
+    quota = f"/v1/admin/users/{other.id}/storage-quota"
+    await put(quota, json={"quota_bytes": 10**9}, headers=ADMIN)
+    await put(quota, json={"quota_bytes": None}, headers=ADMIN)
+    await put(quota, json={"quota_bytes": -1}, headers=ADMIN)
+    await put(f"/v1/admin/users/{uuid.uuid4()}/storage-quota", json={"quota_bytes": 1},
+              headers=ADMIN)
 
     # Jobs: submit, replay, refusals.
     auth, keyed = user.headers, {**user.headers, "Idempotency-Key": "k1"}
