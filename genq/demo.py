@@ -3,7 +3,8 @@
 Starts services, API, worker and scheduler; creates a user with credits; submits a handful of
 jobs to the built-in provider; shows live progress; cancels one to show the refund; prints each
 job's outputs; saves two to the library in a collection, publishes one and shows its share link
-and the public feed; signs a user in with a token it makes as an identity provider would (HS256,
+and the public feed; sets the user's storage quota to what the library takes and shows a third
+save refused; signs a user in with a token it makes as an identity provider would (HS256,
 its own secret); prints the balance before and after and the ledger; then stops everything it
 started.
 """
@@ -54,6 +55,7 @@ class Demo:
             base_url=base_url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30
         )
         self.client: httpx.Client | None = None
+        self.user_id = ""
         self.out_dir = out_dir
         self.out = out
 
@@ -74,6 +76,7 @@ class Demo:
             json={"amount": DEMO_CREDITS, "reason": "demo credits"},
             headers={"Idempotency-Key": f"demo-grant-{user['id']}"},
         ))
+        self.user_id = user["id"]
         self.client = httpx.Client(
             base_url=str(self.admin.base_url),
             headers={"Authorization": f"Bearer {user['api_key']}"}, timeout=30,
@@ -202,12 +205,12 @@ class Demo:
         """Save two outputs to the library in a collection, publish one, and show its share
         link and the public feed (read with no credentials). Returns whether all adds up."""
         outputs = [a for j in jobs.values() if j["status"] == JobStatus.SUCCEEDED
-                   for a in j.get("outputs", []) if a["type"] == "image"][:2]
+                   for a in j.get("outputs", []) if a["type"] == "image"][:3]
         collection = _ok(self._user().post("/v1/collections", json={
             "name": f"Demo favourites {uuid.uuid4().hex[:6]}"}))
         items = [_ok(self._user().post("/v1/library", json={
             "asset_id": a["id"], "collection_id": collection["id"], "tags": ["demo"]}))
-            for a in outputs]
+            for a in outputs[:2]]
         self.say()
         for item in items:
             self.say(f"saved to library {item['id']}  short id {item['short_id']}  "
@@ -227,7 +230,23 @@ class Demo:
             self.say(f"  {entry['short_id']}  {entry['title'] or '-'}  "
                      f"{entry['asset']['mime_type']}")
         return (len(items) == 2 and count == 2 and shared["short_id"] == shown["short_id"]
-                and any(e["short_id"] == shown["short_id"] for e in feed))
+                and any(e["short_id"] == shown["short_id"] for e in feed)
+                and len(outputs) == 3 and self._storage_quota(outputs[2]))
+
+    def _storage_quota(self, third: dict[str, Any]) -> bool:
+        """An admin sets the user's storage quota to what their library takes: saving a third
+        output is refused. Returns whether it was, and nothing was saved."""
+        used = _ok(self._user().get("/v1/me"))["storage"]["used_bytes"]
+        storage = _ok(self.admin.put(f"/v1/admin/users/{self.user_id}/storage-quota",
+                                     json={"quota_bytes": used}))["storage"]
+        self.say(f"storage quota set to {storage['quota_bytes']} bytes "
+                 f"({storage['quota_source']}'s own); the library takes {storage['used_bytes']}")
+        refused = self._user().post("/v1/library", json={"asset_id": third["id"]})
+        code = refused.json()["error"]["code"] if refused.status_code >= 400 else "-"
+        self.say(f"saving a third output -> HTTP {refused.status_code} {code}")
+        after = _ok(self._user().get("/v1/me"))["storage"]["used_bytes"]
+        return (refused.status_code == 403 and code == "storage_quota_exceeded"
+                and after == used == storage["used_bytes"])
 
     def ledger(self) -> list[dict[str, Any]]:
         """The user's ledger, oldest first."""

@@ -15,6 +15,7 @@ import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from shared.db import Pool
@@ -42,6 +43,27 @@ def library_key(user_id: uuid.UUID, short_id: str, source_key: str,
     ext = name.rsplit(".", 1)[-1] if "." in name else "bin"
     stem = f"{short_id}.{kind}" if kind else short_id
     return f"library/{user_id}/{stem}.{ext}"
+
+
+#: The keyset position before the feed's first item: asyncpg sends ``datetime.max`` as
+#: PostgreSQL's ``infinity``, later than any ``published_at``.
+FEED_START = (datetime.max.replace(tzinfo=UTC), uuid.UUID(int=0))
+
+
+def feed_read(kind: str | None, model: str | None,
+              after: tuple[datetime, uuid.UUID] | None, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """The feed's statement for these filters (each filter has one that seeks its own index)
+    and its arguments: ``limit`` items after ``after`` (``(published_at, id)`` of the previous
+    page's last; None: from the start)."""
+    published_at, last_id = after or FEED_START
+    args: tuple[Any, ...] = (published_at, last_id, limit)
+    if kind is not None and model is not None:
+        return queries["feed_of_type_and_model"], (*args, kind, model)
+    if kind is not None:
+        return queries["feed_of_type"], (*args, kind)
+    if model is not None:
+        return queries["feed_of_model"], (*args, model)
+    return queries["feed"], args
 
 
 @dataclass(frozen=True)

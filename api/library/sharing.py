@@ -34,6 +34,7 @@ from api.spec import (
     path_id,
 )
 from api.validation import parse_body, parse_id
+from shared.library import feed_read
 from shared.logging import get_logger
 from shared.storage import ObjectNotFound, StorageKeyError
 from sql import queries
@@ -58,13 +59,9 @@ async def get_feed(call: Call) -> Response:
     kind = query.get("type", one_of("type", ("image", "video")))
     model = query.get("model", _model)
     limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
-    published_at, last_id = query.get("cursor", decode_time_cursor) or (None, None)
+    sql, args = feed_read(kind, model, query.get("cursor", decode_time_cursor), limit + 1)
     async with call.ctx.pool.acquire() as conn:
-        if published_at is None:
-            rows = await conn.fetch(queries["feed_first"], kind, model, limit + 1)
-        else:
-            rows = await conn.fetch(queries["feed"], kind, model, published_at, last_id,
-                                    limit + 1)
+        rows = await conn.fetch(sql, *args)
     page, more = rows[:limit], len(rows) > limit
     next_cursor = (encode_time_cursor(page[-1]["published_at"], page[-1]["id"])
                    if more else None)

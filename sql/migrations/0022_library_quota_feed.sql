@@ -112,3 +112,15 @@ BEGIN
     RETURN 'restored';
 END;
 $$;
+
+-- The feed filtered by type or by model: each reads a partial index of its own, of the same
+-- rows (public, not deleted, not taken down) in the same order, led by the filtered column, so
+-- a page seeks straight to the rows of that type or model instead of walking the whole feed
+-- past the others (a type that is rare in the feed otherwise cost a scan of every public item).
+-- The type-and-model feed reads the model's index.
+CREATE INDEX user_library_feed_type_idx
+    ON user_library (asset_type, published_at DESC, id DESC)
+    WHERE visibility = 'public' AND deleted_at IS NULL AND taken_down_at IS NULL;
+CREATE INDEX user_library_feed_model_idx
+    ON user_library (model, published_at DESC, id DESC)
+    WHERE visibility = 'public' AND deleted_at IS NULL AND taken_down_at IS NULL;

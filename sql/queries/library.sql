@@ -108,32 +108,59 @@ RETURNING *
 -- $1 collection, $2 user; its items stay, out of any collection (the foreign key's action).
 DELETE FROM user_collections WHERE id = $1 AND user_id = $2 RETURNING id
 
--- feed_first --
--- The feed's first page (as ``feed`` without a cursor). $1 type, $2 model, $3 limit.
+-- feed --
+-- The public feed: items that are public, not deleted and not taken down, newest published
+-- first, keyset after ($1 published_at, $2 id; the first page: after ('infinity', any id)) on
+-- user_library_feed_idx, whose WHERE and ORDER BY are these. $3 limit. The feed_of_* queries
+-- are the same with a filter, each on an index led by its column (one statement per filter,
+-- so each keeps one plan that seeks its index).
 SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
        l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
        l.variants
 FROM user_library l
 WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
-  AND ($1::text IS NULL OR l.asset_type = $1)
-  AND ($2::text IS NULL OR l.model = $2)
+  AND (l.published_at, l.id) < ($1::timestamptz, $2::uuid)
 ORDER BY l.published_at DESC, l.id DESC
 LIMIT $3
 
--- feed --
--- Public items that are not deleted or taken down, newest published first, keyset after
--- ($3 published_at, $4 id) on user_library_feed_idx (the first page: feed_first, so each
--- statement keeps one plan that seeks the index). $1 type, $2 model, $5 limit.
+-- feed_of_type --
+-- As ``feed`` ($1 published_at, $2 id, $3 limit), of one asset type $4
+-- (user_library_feed_type_idx).
 SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
        l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
        l.variants
 FROM user_library l
 WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
-  AND ($1::text IS NULL OR l.asset_type = $1)
-  AND ($2::text IS NULL OR l.model = $2)
-  AND (l.published_at, l.id) < ($3::timestamptz, $4::uuid)
+  AND l.asset_type = $4::text
+  AND (l.published_at, l.id) < ($1::timestamptz, $2::uuid)
 ORDER BY l.published_at DESC, l.id DESC
-LIMIT $5
+LIMIT $3
+
+-- feed_of_model --
+-- As ``feed`` ($1 published_at, $2 id, $3 limit), of one model $4
+-- (user_library_feed_model_idx).
+SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
+       l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
+       l.variants
+FROM user_library l
+WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
+  AND l.model = $4::text
+  AND (l.published_at, l.id) < ($1::timestamptz, $2::uuid)
+ORDER BY l.published_at DESC, l.id DESC
+LIMIT $3
+
+-- feed_of_type_and_model --
+-- As ``feed`` ($1 published_at, $2 id, $3 limit), of one asset type $4 and model $5
+-- (user_library_feed_model_idx).
+SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
+       l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
+       l.variants
+FROM user_library l
+WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
+  AND l.asset_type = $4::text AND l.model = $5::text
+  AND (l.published_at, l.id) < ($1::timestamptz, $2::uuid)
+ORDER BY l.published_at DESC, l.id DESC
+LIMIT $3
 
 -- get_shared --
 -- A public or unlisted item that is not deleted or taken down, by its share id. $1 short_id.

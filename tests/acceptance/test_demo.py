@@ -36,6 +36,9 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
     assert shared is not None, out
     feed = out.split("public feed (newest first):\n", 1)[1].splitlines()
     assert feed[0].startswith(f"  {shared.group(1)}  "), out
+    quota = re.search(r"storage quota set to (\d+) bytes \(user's own\); the library takes "
+                      r"(\d+)\nsaving a third output -> HTTP 403 storage_quota_exceeded\n", out)
+    assert quota is not None and quota.group(1) == quota.group(2) != "0", out
     statuses = re.findall(
         r"^job \S+\s+(\S+)\s+(\w+)\s+reserved (\d+) captured (\d+) refunded (\d+)",
         out, re.MULTILINE,

@@ -5,6 +5,7 @@ storage quota; isolation between users; listing with filters."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -598,3 +599,52 @@ async def test_a_save_as_its_asset_expires_saves_or_404s_and_never_loses_bytes(a
             expected_files.add(variant["storage_key"])
             assert await storage.read_bytes(variant["storage_key"]) == thumb
     assert _library_files(api) == expected_files
+
+
+async def test_no_route_reaches_another_users_item_or_shows_its_owner(api: Api) -> None:
+    """Every library route with another user's item, asset or collection is 404 and changes
+    nothing; the feed and the share link of a public item show neither its owner's id nor
+    email."""
+    owner, other = await api.user(credits=10), await api.user(credits=10)
+    email = (await api.client.get("/v1/me", headers=owner.headers)).json()["email"]
+    coll = (await api.client.post("/v1/collections", headers=owner.headers,
+                                  json={"name": "mine"})).json()
+    first, second = await _assets(api, owner, 2)
+    item = await _save(api, owner, first, visibility="public", collection_id=coll["id"],
+                       title="shown")
+    trashed = await _save(api, owner, second)
+    await api.client.delete(f"/v1/library/{trashed['id']}", headers=owner.headers)
+    before = await api.pool.fetch("SELECT * FROM user_library ORDER BY id")
+    path = f"/v1/library/{item['id']}"
+    (own_asset,) = await _assets(api, other, 1)
+    for method, url, body, code in (
+        ("GET", path, None, "library_item_not_found"),
+        ("PATCH", path, {"title": "theirs"}, "library_item_not_found"),
+        ("DELETE", path, None, "library_item_not_found"),
+        ("GET", f"{path}/content", None, "library_item_not_found"),
+        ("HEAD", f"{path}/content", None, None),
+        ("POST", f"/v1/library/{trashed['id']}/restore", None, "library_item_not_found"),
+        ("GET", f"/v1/library/{trashed['id']}", None, "library_item_not_found"),
+        ("POST", "/v1/library", {"asset_id": str(first)}, "asset_not_found"),
+        ("POST", "/v1/library", {"asset_id": str(own_asset), "collection_id": coll["id"]},
+         "collection_not_found"),
+    ):
+        r = await api.client.request(method, url, headers=other.headers, json=body)
+        assert r.status_code == 404, (method, url, r.status_code)
+        if code is not None:
+            assert r.json()["error"]["code"] == code, (method, url)
+    listed = await api.client.get(f"/v1/library?collection_id={coll['id']}",
+                                  headers=other.headers)
+    assert listed.status_code == 200 and listed.json()["data"] == []
+    assert await api.pool.fetch("SELECT * FROM user_library ORDER BY id") == before
+    assert await api.pool.fetchval(
+        "SELECT count(*) FROM user_library WHERE user_id = $1", other.id) == 0
+
+    feed = await api.client.get("/v1/feed")
+    shared = await api.client.get(f"/v1/shared/{item['short_id']}")
+    assert [i["short_id"] for i in feed.json()["data"]] == [item["short_id"]]
+    assert shared.status_code == 200 and shared.json()["title"] == "shown"
+    for answer in (feed, shared):
+        seen = answer.text + json.dumps(dict(answer.headers))
+        for secret in (email, str(owner.id), owner.api_key, item["id"], coll["id"]):
+            assert secret not in seen, secret

@@ -68,3 +68,40 @@ async def test_feed_and_share_links_show_only_what_users_chose(api: Api) -> None
     assert (await api.client.get(f"/v1/shared/{unlisted['short_id']}")).status_code == 404
     assert json.loads((await api.client.get("/v1/feed")).text)["data"][-1]["short_id"] == \
         public["short_id"]
+
+
+async def test_the_feed_filtered_by_type_and_model_pages_through_what_matches(api: Api) -> None:
+    owner = await api.user(credits=10)
+    assets = await _assets(api, owner, 9)
+    # Three videos and six images, of two models, published one after the other.
+    kinds = ["image", "video", "image", "image", "video", "image", "image", "video", "image"]
+    models = ["m/a", "m/a", "m/b", "m/a", "m/b", "m/b", "m/a", "m/a", "m/b"]
+    for asset, kind, model in zip(assets, kinds, models, strict=True):
+        await api.pool.execute(
+            "UPDATE workspace_assets SET asset_type = $2, model_used = $3,"
+            " mime_type = CASE WHEN $2 = 'video' THEN 'video/mp4' ELSE mime_type END"
+            " WHERE id = $1", asset, kind, model)
+    items = [await _save(api, owner, a, visibility="public") for a in assets]
+    newest_first = list(reversed(list(zip(items, kinds, models, strict=True))))
+
+    async def walk(query: str) -> list[str]:
+        seen: list[str] = []
+        cursor = ""
+        while True:
+            r = await api.client.get(f"/v1/feed?limit=2{query}{cursor}")
+            assert r.status_code == 200, r.text
+            seen.extend(i["short_id"] for i in r.json()["data"])
+            if r.json()["next_cursor"] is None:
+                return seen
+            cursor = f"&cursor={r.json()['next_cursor']}"
+
+    assert await walk("") == [i["short_id"] for i, _, _ in newest_first]
+    for query, keep in (
+        ("&type=video", lambda k, m: k == "video"),
+        ("&type=image", lambda k, m: k == "image"),
+        ("&model=m/b", lambda k, m: m == "m/b"),
+        ("&type=video&model=m/a", lambda k, m: k == "video" and m == "m/a"),
+        ("&model=m/c", lambda k, m: False),
+    ):
+        assert await walk(query) == [i["short_id"] for i, k, m in newest_first if keep(k, m)], \
+            query
