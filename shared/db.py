@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 
@@ -27,10 +27,26 @@ else:
     Pool = asyncpg.Pool
 
 
+_DECODER = json.JSONDecoder()
+
+
+def decode_json(text: str) -> Any:
+    """``json.loads(text)`` for a json or jsonb value as PostgreSQL sends it, in about half the
+    time for small documents: jsonb's text has no whitespace around the value, so one
+    ``raw_decode`` call reads it all (json.loads also matches whitespace before and after);
+    anything else (a json column's own spacing, or bad text) goes through json.loads. A page of
+    the feed decodes one variants object per item, as many as the rows it reads."""
+    try:
+        value, end = _DECODER.raw_decode(text)
+    except json.JSONDecodeError:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 async def _init_connection(conn: Connection) -> None:
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
-            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            type_name, encoder=json.dumps, decoder=decode_json, schema="pg_catalog"
         )
 
 
