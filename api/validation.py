@@ -27,6 +27,10 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 M = TypeVar("M", bound=BaseModel)
 
+#: The JSON Schema ``pattern`` of free text PostgreSQL stores (a title, a tag, a name): no NUL
+#: character, so a client reading /openapi.json knows that one is refused (422).
+NO_NUL = r"^[^\x00]*$"
+
 
 def _integral_float(value: Any) -> Any:
     """``3.0`` as ``3``: JSON Schema counts a number with a zero fraction as an integer, and

@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.fields import Page, ResponseModel, Time
 from api.library.models import patch_schema
+from api.validation import NO_NUL
 
-_NAME = Field(min_length=1, max_length=100)
-_DESCRIPTION = Field(default=None, max_length=1000)
+_NAME = Field(min_length=1, max_length=100, pattern=NO_NUL)
+_DESCRIPTION = Field(default=None, max_length=1000, pattern=NO_NUL)
 
 
 class CollectionCreate(BaseModel):
@@ -29,7 +30,7 @@ class CollectionUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
                               json_schema_extra=patch_schema)
 
-    name: str = Field(default="-", min_length=1, max_length=100)
+    name: str = Field(default="-", min_length=1, max_length=100, pattern=NO_NUL)
     description: str | None = _DESCRIPTION
 
     @field_validator("name", mode="before")

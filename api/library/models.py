@@ -10,11 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.assets.models import AssetVariant, Row
 from api.fields import Page, ResponseModel, Time
+from api.validation import NO_NUL
 from shared.types import AssetType
 
 Visibility = Literal["private", "unlisted", "public"]
 #: A tag: 1 to 50 characters, stored lower-case.
-Tag = Annotated[str, Field(min_length=1, max_length=50)]
+Tag = Annotated[str, Field(min_length=1, max_length=50, pattern=NO_NUL)]
 MAX_TAGS = 20
 
 
@@ -24,7 +25,7 @@ class LibrarySave(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     asset_id: uuid.UUID
-    title: str | None = Field(default=None, min_length=1, max_length=200)
+    title: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
     collection_id: uuid.UUID | None = None
     is_favorite: bool = False
@@ -60,7 +61,7 @@ class LibraryUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
                               json_schema_extra=patch_schema)
 
-    title: str | None = Field(default=None, min_length=1, max_length=200)
+    title: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
     is_favorite: bool = False
     visibility: Visibility = "private"
@@ -201,4 +202,4 @@ class Takedown(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: str = Field(min_length=1, max_length=1000, pattern=NO_NUL)

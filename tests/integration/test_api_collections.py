@@ -3,6 +3,7 @@ move, leave, are deleted and restored, and isolation between users."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from tests.integration.api_support import Api, api_fixture  # noqa: F401
@@ -79,3 +80,22 @@ async def test_collections_crud_and_counts(api: Api) -> None:
     assert item.status_code == 200 and item.json()["collection_id"] is None
     assert (await api.client.get(f"/v1/collections/{seas['id']}", headers=user.headers)
             ).status_code == 404
+
+
+async def test_text_postgres_cannot_store_is_422_and_writes_nothing(api: Api) -> None:
+    user = await api.user()
+    for body in ({"name": "a\x00b"}, {"name": "x", "description": "a\x00"},
+                 {"name": "\ud800"}, {"name": "x", "description": "\udfff"}):
+        # As JSON sends them: "\ud800" escaped, a lone surrogate once decoded.
+        r = await api.client.post("/v1/collections", content=json.dumps(body),
+                                  headers={**user.headers, "Content-Type": "application/json"})
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["error"]["code"] == "validation_error"
+    assert await api.pool.fetchval("SELECT count(*) FROM user_collections") == 0
+    coll = (await api.client.post("/v1/collections", headers=user.headers,
+                                  json={"name": "kept"})).json()
+    r = await api.client.patch(f"/v1/collections/{coll['id']}", headers=user.headers,
+                               json={"description": "\x00"})
+    assert r.status_code == 422
+    assert (await api.client.get(f"/v1/collections/{coll['id']}", headers=user.headers)
+            ).json()["description"] is None

@@ -224,10 +224,17 @@ async def test_another_users_items_and_assets_are_not_found(api: Api) -> None:
     {"asset_id": str(uuid.UUID(int=1)), "tags": [f"t{i}" for i in range(21)]},
     {"asset_id": str(uuid.UUID(int=1)), "visibility": "secret"},
     {"asset_id": str(uuid.UUID(int=1)), "extra": 1},
+    {"asset_id": str(uuid.UUID(int=1)), "tags": ["sea\x00"]},
+    {"asset_id": str(uuid.UUID(int=1)), "tags": ["\ud800"]},
+    {"asset_id": str(uuid.UUID(int=1)), "title": "a\x00b"},
 ])
 async def test_bad_save_bodies_are_422_and_write_nothing(api: Api, body: dict[str, Any]) -> None:
-    user = await api.user()
-    r = await api.client.post("/v1/library", headers=user.headers, json=body)
+    user = await api.user(credits=10)
+    if body.get("asset_id") == str(uuid.UUID(int=1)):
+        (asset,) = await _assets(api, user, 1)  # a real asset: only the body is wrong
+        body = {**body, "asset_id": str(asset)}
+    r = await api.client.post("/v1/library", content=json.dumps(body),
+                              headers={**user.headers, "Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "validation_error"
     assert await api.pool.fetchval("SELECT count(*) FROM user_library") == 0
