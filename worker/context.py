@@ -14,7 +14,7 @@ import httpx
 
 from shared.batch import Batcher
 from shared.db import Pool, create_pool
-from shared.dispatch import dispatch
+from shared.dispatch import dispatch_after_finish
 from shared.limits import ModelLimits
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -67,12 +67,14 @@ class WorkerContext:
     async def _dispatch(self, users: list[uuid.UUID]) -> Sequence[int]:
         assert self.redis is not None
         s = self.settings
-        done = await dispatch(self.pool, self.redis, s.queue_name, users, s.user_max_running)
+        done = await dispatch_after_finish(self.pool, self.redis, s.queue_name, users,
+                                           s.user_max_running)
         return [0] * len(users) if not done else [len(done)] * len(users)
 
     async def job_finished(self, user_id: uuid.UUID) -> None:
         """With a per-user running cap, a finished job frees a place: dispatch the user's next
-        waiting job now. A failure leaves it to the scheduler's sweep."""
+        waiting job now, if the user is marked as having one (shared/dispatch.py). A failure
+        leaves it to the scheduler's sweep."""
         if self.settings.user_max_running <= 0 or self.redis is None:
             return
         try:
@@ -112,6 +114,8 @@ class WorkerContext:
         """Close providers, the HTTP client and the pools."""
         await self.batches.drain()
         await self._dispatcher.drain()
+        if self.limits is not None:
+            await self.limits.drain()
         for provider in self.providers.values():
             await provider.aclose()
         await self.http.aclose()
