@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
@@ -229,9 +229,10 @@ async def grant_plan_credits(
     """Grant each user on a granting plan their credits for the current period (a UTC day or
     month), once: the ledger's idempotency key ``plan:<plan>:<period start>`` makes a second
     grant, by this run or any other scheduler's, a replay. ``now``: the instant whose period is
-    granted (the clock when None)."""
-    run = await plans.grant_plan_credits(pool, now=now or datetime.now(UTC),
-                                         batch_size=settings.cleanup_batch_size)
+    granted (when None, the clock moved by ``GENQ_PLAN_CLOCK_OFFSET_S``)."""
+    if now is None:
+        now = datetime.now(UTC) + timedelta(seconds=settings.plan_clock_offset_s)
+    run = await plans.grant_plan_credits(pool, now=now, batch_size=settings.cleanup_batch_size)
     report.add("granted", run.granted)
     report.add("credits", run.credits)
     if run.over_limit:
