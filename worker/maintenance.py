@@ -184,9 +184,10 @@ async def enqueue_new_jobs(
     was unreachable (``enqueued_at`` NULL). Cheap, so it runs every few seconds, and such jobs
     start soon after Redis is back instead of waiting for :func:`requeue_lost_jobs`.
 
-    With a per-user running cap the same jobs are the ones waiting for a place: each of their
-    users gets a dispatch instead, which enqueues as many as the cap leaves room for."""
-    if settings.user_max_running > 0:
+    With the dispatch on (running caps or tiers) the same jobs are the ones waiting for a
+    place: each of their users gets a dispatch instead, which enqueues as many as the cap
+    leaves room for."""
+    if plans.dispatch_on(settings):
         await _dispatch_waiting(report, pool, redis, settings)
         return
     while True:
@@ -258,7 +259,7 @@ async def requeue_lost_jobs(
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 queries["lost_queued_jobs"], cutoff, settings.cleanup_batch_size,
-                settings.user_max_running <= 0,
+                not plans.dispatch_on(settings),
             )
             if not rows:
                 return
