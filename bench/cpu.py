@@ -66,19 +66,17 @@ def cores_used(before: Snapshot, after: Snapshot, server_pid: int) -> dict[str, 
     return {name: s / elapsed for name, s in cpu_seconds(before, after, server_pid).items()}
 
 
-def cpu_seconds(before: Snapshot, after: Snapshot, server_pid: int,
-                services: set[int] | None = None) -> dict[str, float]:
+def cpu_seconds(before: Snapshot, after: Snapshot, server_pid: int) -> dict[str, float]:
     """CPU seconds each component used between two snapshots: ``server`` (the process under
-    test), ``postgres`` and ``redis`` (every process of theirs, backends included; with
-    ``services``, only those pids: other servers on a shared machine are left out),
-    ``machine`` (all cores, everything, the load generator included)."""
+    test), ``postgres`` and ``redis`` (every process of theirs, backends included), ``machine``
+    (all cores, everything, the load generator included)."""
     used = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
     for pid, (comm, cpu_s) in after.by_pid.items():
         start = before.by_pid.get(pid)
         delta = cpu_s - (start[1] if start is not None and start[0] == comm else 0.0)
         if pid == server_pid:
             used["server"] += delta
-        elif (group := _group(comm)) is not None and (services is None or pid in services):
+        elif (group := _group(comm)) is not None:
             used[group] += delta
     used["machine"] = after.machine_s - before.machine_s
     return used
