@@ -24,15 +24,15 @@ scheduler's sweep dispatches the waiting users within seconds and marks them aga
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from shared.db import Pool
+from shared.limits import run_script
 from shared.logging import get_logger
 from shared.queue import enqueue_generations
 from sql import queries
@@ -53,6 +53,7 @@ _ENQUEUE_ERRORS = (RedisError, OSError, TimeoutError)
 WAITING_MARK_TTL_MS = 24 * 3600 * 1000
 
 # Clear the marks nobody changed since they were read. KEYS: the marks; ARGV: the values read.
+# Returns {how many were cleared}.
 CLEAR_MARKS_LUA = """
 local cleared = 0
 for i, key in ipairs(KEYS) do
@@ -60,9 +61,8 @@ for i, key in ipairs(KEYS) do
         cleared = cleared + redis.call('DEL', key)
     end
 end
-return cleared
+return {cleared}
 """
-_CLEAR_MARKS_SHA = hashlib.sha1(CLEAR_MARKS_LUA.encode(), usedforsecurity=False).hexdigest()
 
 
 def waiting_mark(queue_name: str, user_id: uuid.UUID) -> str:
@@ -141,10 +141,6 @@ async def dispatch_after_finish(
     done, waiting = found
     clear = [user for user in marked if user not in set(waiting)]
     if clear:
-        args = [waiting_mark(queue_name, u) for u in clear] + [marked[u] for u in clear]
-        try:
-            await redis.evalsha(_CLEAR_MARKS_SHA, len(clear), *args)  # type: ignore[misc]
-        except NoScriptError:
-            await redis.script_load(CLEAR_MARKS_LUA)
-            await redis.evalsha(_CLEAR_MARKS_SHA, len(clear), *args)  # type: ignore[misc]
+        await run_script(redis, CLEAR_MARKS_LUA, [waiting_mark(queue_name, u) for u in clear],
+                         [marked[u] for u in clear])
     return done

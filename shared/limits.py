@@ -114,8 +114,9 @@ def _sha(script: str) -> str:
     return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
-async def _run(redis: Redis, script: str, keys: list[str], args: list[Any]) -> list[int]:
-    """EVALSHA ``script``, loading it first if the server does not know it yet."""
+async def run_script(redis: Redis, script: str, keys: list[str], args: list[Any]) -> list[int]:
+    """EVALSHA ``script`` (which answers a list of integers), loading it first if the server
+    does not know it yet."""
     try:
         result = await redis.evalsha(_sha(script), len(keys), *keys, *args)  # type: ignore[misc]
     except NoScriptError:
@@ -153,7 +154,7 @@ async def check_submit_rate(
 ) -> float | None:
     """Count one submission of ``user_id``; None if admitted, else the seconds until one more
     is admitted (what Retry-After says). A refused submission does not count."""
-    admitted, wait_ms = await _run(
+    admitted, wait_ms = await run_script(
         redis, SLIDING_LOG_LUA, [f"{prefix}:limits:submits:{user_id}"],
         [per_minute, uuid.uuid4().hex, RATE_WINDOW_MS],
     )
@@ -183,7 +184,7 @@ class ModelSlot:
     async def renew(self) -> None:
         """Extend the concurrency lease (the worker's heartbeat calls this)."""
         if self._lease is not None and self._limit.max_concurrency is not None:
-            await _run(self._limits.redis, SEMAPHORE_LUA,
+            await run_script(self._limits.redis, SEMAPHORE_LUA,
                        [self._limits.concurrency_key(self._limit.key)],
                        [self._limit.max_concurrency, self._lease, self._limits.lease_ms])
 
