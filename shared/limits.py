@@ -25,6 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from shared.batch import Batcher
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -113,8 +114,9 @@ def _sha(script: str) -> str:
     return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
-async def _run(redis: Redis, script: str, keys: list[str], args: list[Any]) -> list[int]:
-    """EVALSHA ``script``, loading it first if the server does not know it yet."""
+async def run_script(redis: Redis, script: str, keys: list[str], args: list[Any]) -> list[int]:
+    """EVALSHA ``script`` (which answers a list of integers), loading it first if the server
+    does not know it yet."""
     try:
         result = await redis.evalsha(_sha(script), len(keys), *keys, *args)  # type: ignore[misc]
     except NoScriptError:
@@ -123,12 +125,36 @@ async def _run(redis: Redis, script: str, keys: list[str], args: list[Any]) -> l
     return [int(v) for v in result]
 
 
+async def _run_many(redis: Redis, script: str,
+                    calls: list[tuple[list[str], list[Any]]]) -> list[list[int]]:
+    """EVALSHA ``script`` once per call, all in one round trip (a pipeline); calls the server
+    did not run because it did not know the script yet are run again once it is loaded."""
+    sha = _sha(script)
+
+    async def send(batch: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        pipe = redis.pipeline(transaction=False)
+        for keys, args in batch:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    results = await send(calls)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        await redis.script_load(script)
+        for i, again in zip(missing, await send([calls[i] for i in missing]), strict=True):
+            results[i] = again
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return [[int(v) for v in result] for result in results]
+
+
 async def check_submit_rate(
     redis: Redis, prefix: str, user_id: uuid.UUID, per_minute: int
 ) -> float | None:
     """Count one submission of ``user_id``; None if admitted, else the seconds until one more
     is admitted (what Retry-After says). A refused submission does not count."""
-    admitted, wait_ms = await _run(
+    admitted, wait_ms = await run_script(
         redis, SLIDING_LOG_LUA, [f"{prefix}:limits:submits:{user_id}"],
         [per_minute, uuid.uuid4().hex, RATE_WINDOW_MS],
     )
@@ -158,7 +184,7 @@ class ModelSlot:
     async def renew(self) -> None:
         """Extend the concurrency lease (the worker's heartbeat calls this)."""
         if self._lease is not None and self._limit.max_concurrency is not None:
-            await _run(self._limits.redis, SEMAPHORE_LUA,
+            await run_script(self._limits.redis, SEMAPHORE_LUA,
                        [self._limits.concurrency_key(self._limit.key)],
                        [self._limit.max_concurrency, self._lease, self._limits.lease_ms])
 
@@ -166,15 +192,43 @@ class ModelSlot:
         """Give the concurrency place back (a lease not released expires on its own)."""
         if self._lease is not None:
             lease, self._lease = self._lease, None
-            await self._limits.redis.zrem(self._limits.concurrency_key(self._limit.key), lease)
+            await self._limits.give_back(self._limits.concurrency_key(self._limit.key), lease)
+
+
+# The places taken, and given back, by the jobs of one worker at the same moment share one
+# round trip (group commit, shared/batch.py).
+SLOT_BATCH = 64
+SLOT_FLUSHES = 2
 
 
 class ModelLimits:
-    """The per-model limits of one worker's Redis."""
+    """The per-model limits of one worker's Redis (made inside the running event loop)."""
 
     def __init__(self, redis: Redis, prefix: str, lease_s: float) -> None:
         self.redis, self.prefix = redis, prefix
         self.lease_ms = max(1000, int(lease_s * 1000))
+        self._takes: Batcher[tuple[list[str], list[Any]], list[int]] = Batcher(
+            self._take_many, max_batch=SLOT_BATCH, max_flushes=SLOT_FLUSHES)
+        self._gives: Batcher[tuple[str, str], int] = Batcher(
+            self._give_many, max_batch=SLOT_BATCH, max_flushes=SLOT_FLUSHES)
+
+    async def _take_many(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[int]]:
+        return await _run_many(self.redis, MODEL_SLOT_LUA, calls)
+
+    async def _give_many(self, leases: list[tuple[str, str]]) -> list[int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key, lease in leases:
+            pipe.zrem(key, lease)
+        return [int(n) for n in await pipe.execute()]
+
+    async def give_back(self, key: str, lease: str) -> None:
+        """Remove ``lease`` from the concurrency set ``key``."""
+        await self._gives((key, lease))
+
+    async def drain(self) -> None:
+        """Let started round trips finish (before the Redis client closes)."""
+        await self._takes.drain()
+        await self._gives.drain()
 
     def concurrency_key(self, model: str) -> str:
         return f"{self.prefix}:limits:model:{model}:running"
@@ -187,19 +241,19 @@ class ModelLimits:
 
         ``new_call``: the call creates a prediction (counted by ``max_per_minute``); resuming
         one already created takes only a concurrency place. Both are taken together or not at
-        all, in one round trip. Waiting holds nothing but this coroutine: no database
+        all, in one script (one round trip, shared with the other jobs of this worker that
+        take a place at the same moment). Waiting holds nothing but this coroutine: no database
         connection, no provider call, no place.
         """
         lease = uuid.uuid4().hex
         max_calls = limit.max_per_minute if new_call and limit.max_per_minute else 0
         waited = False
         while True:
-            ok, wait_ms = await _run(
-                self.redis, MODEL_SLOT_LUA,
+            ok, wait_ms = await self._takes((
                 [self.concurrency_key(limit.key), self.rate_key(limit.key)],
                 [limit.max_concurrency or 0, lease, self.lease_ms, max_calls, lease,
                  PROVIDER_WINDOW_MS],
-            )
+            ))
             if ok:
                 break
             waited = True

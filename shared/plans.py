@@ -27,6 +27,7 @@ from shared import ledger
 from shared.db import Connection, Pool
 from shared.errors import BalanceLimitExceeded, ConfigError
 from shared.logging import get_logger
+from shared.settings import Settings
 from sql import queries
 
 log = get_logger(__name__)
@@ -83,6 +84,15 @@ def load_plans(plans_file: Path | None) -> list[PlanSpec]:
         for spec in _parse(extra, str(plans_file)):
             merged[spec.name] = spec
     return list(merged.values())
+
+
+def dispatch_on(settings: Settings) -> bool:
+    """Whether queued jobs go through the dispatch (shared/dispatch.py), where running caps and
+    priority tiers are applied: when ``GENQ_USER_MAX_RUNNING`` is set, or when a plan of the
+    catalog has a ``max_running`` or a ``priority_tier`` above 0. Every process reads the
+    same catalog, so they all agree."""
+    return settings.user_max_running > 0 or any(
+        p.max_running is not None or p.priority_tier > 0 for p in load_plans(settings.plans_file))
 
 
 async def sync_plans(conn: Connection, specs: list[PlanSpec]) -> int:

@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     enqueue_sweep_interval_s: int = Field(default=2, ge=1, le=60)
     job_retention_s: int = Field(default=30 * 24 * 3600, ge=3600)
     job_retention_action: Literal["archive", "delete"] = "archive"
+    # Seconds added to the clock by which the scheduler's plan grants tell the current period
+    # (to rehearse a day's or a month's change on a staging system; 0 in production).
+    plan_clock_offset_s: int = Field(default=0, ge=-10 * 366 * 24 * 3600,
+                                     le=10 * 366 * 24 * 3600)
 
     # Logging.
     log_level: Literal["debug", "info", "warning", "error"] = "info"

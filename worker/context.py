@@ -14,9 +14,10 @@ import httpx
 
 from shared.batch import Batcher
 from shared.db import Pool, create_pool
-from shared.dispatch import dispatch
+from shared.dispatch import dispatch_after_finish
 from shared.limits import ModelLimits
 from shared.logging import get_logger
+from shared.plans import dispatch_on
 from shared.settings import Settings
 from shared.storage import open_storage
 from sql import queries
@@ -59,6 +60,8 @@ class WorkerContext:
     limits: ModelLimits | None = None
     # The queue, for dispatching a user's waiting jobs when one of theirs finishes.
     redis: ArqRedis | None = None
+    # Whether jobs go through the dispatch (running caps or tiers: shared.plans.dispatch_on).
+    dispatch_on: bool = False
 
     def __post_init__(self) -> None:
         self._dispatcher: Batcher[uuid.UUID, int] = Batcher(
@@ -67,13 +70,15 @@ class WorkerContext:
     async def _dispatch(self, users: list[uuid.UUID]) -> Sequence[int]:
         assert self.redis is not None
         s = self.settings
-        done = await dispatch(self.pool, self.redis, s.queue_name, users, s.user_max_running)
+        done = await dispatch_after_finish(self.pool, self.redis, s.queue_name, users,
+                                           s.user_max_running)
         return [0] * len(users) if not done else [len(done)] * len(users)
 
     async def job_finished(self, user_id: uuid.UUID) -> None:
-        """With a per-user running cap, a finished job frees a place: dispatch the user's next
-        waiting job now. A failure leaves it to the scheduler's sweep."""
-        if self.settings.user_max_running <= 0 or self.redis is None:
+        """With the dispatch on, a finished job frees a place: dispatch the user's next
+        waiting job now, if the user is marked as having one (shared/dispatch.py). A failure
+        leaves it to the scheduler's sweep."""
+        if not self.dispatch_on or self.redis is None:
             return
         try:
             await self._dispatcher(user_id)
@@ -106,12 +111,15 @@ class WorkerContext:
         # Only the providers the catalog names (disabled models too: their queued jobs run).
         names = [r["provider"] for r in await pool.fetch(queries["catalog_providers"])]
         return cls(settings, pool, http, build_providers(settings, names), stager, worker_id,
-                   recovery_pool, WorkerBatches(pool, settings, worker_id), limits, redis)
+                   recovery_pool, WorkerBatches(pool, settings, worker_id), limits, redis,
+                   dispatch_on(settings))
 
     async def close(self) -> None:
         """Close providers, the HTTP client and the pools."""
         await self.batches.drain()
         await self._dispatcher.drain()
+        if self.limits is not None:
+            await self.limits.drain()
         for provider in self.providers.values():
             await provider.aclose()
         await self.http.aclose()

@@ -194,11 +194,17 @@ class _Run:
                 # Waiting for the model's limits is not part of its timeout: that starts once
                 # the provider may be called.
                 await self._take_slot()
-                async with asyncio.timeout(timeout_s):
-                    result = await provider.generate(
-                        request, prediction_id=self.prediction_id, on_created=self._on_created,
-                        on_queue_position=self._on_queue_position,
-                    )
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        result = await provider.generate(
+                            request, prediction_id=self.prediction_id,
+                            on_created=self._on_created,
+                            on_queue_position=self._on_queue_position,
+                        )
+                finally:
+                    # The provider is done with this call (or it was cut short): the place
+                    # goes back, before a fallback takes one of its own model.
+                    await asyncio.shield(self._release_slot())
             except TimeoutError:
                 await self._cancel_prediction()
                 return Outcome(JobStatus.FAILED, "timeout",

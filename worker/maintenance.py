@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
@@ -184,9 +184,10 @@ async def enqueue_new_jobs(
     was unreachable (``enqueued_at`` NULL). Cheap, so it runs every few seconds, and such jobs
     start soon after Redis is back instead of waiting for :func:`requeue_lost_jobs`.
 
-    With a per-user running cap the same jobs are the ones waiting for a place: each of their
-    users gets a dispatch instead, which enqueues as many as the cap leaves room for."""
-    if settings.user_max_running > 0:
+    With the dispatch on (running caps or tiers) the same jobs are the ones waiting for a
+    place: each of their users gets a dispatch instead, which enqueues as many as the cap
+    leaves room for."""
+    if plans.dispatch_on(settings):
         await _dispatch_waiting(report, pool, redis, settings)
         return
     while True:
@@ -229,9 +230,10 @@ async def grant_plan_credits(
     """Grant each user on a granting plan their credits for the current period (a UTC day or
     month), once: the ledger's idempotency key ``plan:<plan>:<period start>`` makes a second
     grant, by this run or any other scheduler's, a replay. ``now``: the instant whose period is
-    granted (the clock when None)."""
-    run = await plans.grant_plan_credits(pool, now=now or datetime.now(UTC),
-                                         batch_size=settings.cleanup_batch_size)
+    granted (when None, the clock moved by ``GENQ_PLAN_CLOCK_OFFSET_S``)."""
+    if now is None:
+        now = datetime.now(UTC) + timedelta(seconds=settings.plan_clock_offset_s)
+    run = await plans.grant_plan_credits(pool, now=now, batch_size=settings.cleanup_batch_size)
     report.add("granted", run.granted)
     report.add("credits", run.credits)
     if run.over_limit:
@@ -257,7 +259,7 @@ async def requeue_lost_jobs(
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 queries["lost_queued_jobs"], cutoff, settings.cleanup_batch_size,
-                settings.user_max_running <= 0,
+                not plans.dispatch_on(settings),
             )
             if not rows:
                 return

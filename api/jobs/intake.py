@@ -35,6 +35,7 @@ from shared.errors import (
 )
 from shared.limits import check_submit_rate
 from shared.logging import get_logger
+from shared.plans import dispatch_on
 from shared.queue import enqueue_generations
 from shared.retry import retry
 from shared.types import TERMINAL_STATUSES, JobStatus
@@ -186,8 +187,9 @@ class IntakeBatches:
         self.enqueue: Batcher[uuid.UUID, datetime | None] = Batcher(
             self._enqueue, max_batch=ENQUEUE_BATCH, max_flushes=ENQUEUE_FLUSHES
         )
-        # With a per-user running cap: (job, user) -> when the job was dispatched, or None if
+        # With running caps or tiers: (job, user) -> when the job was dispatched, or None if
         # it waits for a place.
+        self.dispatch_on = dispatch_on(settings)
         self.dispatch: Batcher[tuple[uuid.UUID, uuid.UUID], datetime | None] = Batcher(
             self._dispatch, max_batch=ENQUEUE_BATCH, max_flushes=ENQUEUE_FLUSHES
         )
@@ -251,9 +253,9 @@ class IntakeBatches:
         return [done.get(job_id) for job_id, _ in items]
 
     async def queue(self, job_id: uuid.UUID, user_id: uuid.UUID) -> datetime | None:
-        """Put an accepted job on the queue now, or with a running cap, when its user has
-        room; when it was, None if not yet."""
-        if self.settings.user_max_running > 0:
+        """Put an accepted job on the queue now, or with the dispatch on (running caps or
+        tiers), when its user has room; when it was, None if not yet."""
+        if self.dispatch_on:
             return await self.dispatch((job_id, user_id))
         return await self.enqueue(job_id)
 
@@ -388,7 +390,7 @@ class Intake:
                         status_code = 200
                 if row is not None:
                     log.info("job_canceled", job_id=str(job_id))
-                    if self.batches.settings.user_max_running > 0:
+                    if self.batches.dispatch_on:
                         # A dispatched job leaving the queue frees a place for the next one.
                         await self.batches.dispatch((job_id, user_id))
                     break

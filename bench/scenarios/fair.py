@@ -2,10 +2,14 @@
 buys a newly arriving user.
 
 - **throughput**: the pipeline scenario's run (jobs written as the intake writes them, then all
-  enqueued due at one moment, one worker) with ``GENQ_USER_MAX_RUNNING`` and the model's
+  enqueued due at one moment) with ``GENQ_USER_MAX_RUNNING`` and the model's
   ``max_concurrency`` / ``max_per_minute`` configured far above what the run reaches (so every
-  job still runs at once: the cost is the bookkeeping, a dispatch after each finish and two
-  Redis scripts per job), against the same run without them, in the same run.
+  job still runs at once: the cost is the bookkeeping), against the same run without them.
+  The workers of each configuration (none, both, the cap alone, the model limits alone) run
+  at the same time, each on its own queue and jobs, all due at the same moment: they share
+  the machine and its services alike, so whatever else loads the machine weighs on each the
+  same, and a configuration that costs more per job gets through fewer. Each figure is the
+  median over rounds, with the worker's own CPU per job (from ``/proc``) beside it.
 - **newcomer**: the time from ``POST /v1/jobs`` to ``finished_at`` of a new user's first job
   while another user has 5,000 jobs queued, with a cap of 5 and jobs of 0.2 s, against the same
   first job on the idle system (same settings, no backlog).
@@ -15,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import statistics
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -58,21 +64,48 @@ JOB_S = 0.2
 BACKLOG = 5000
 
 
-async def _pipeline(env: BenchEnv, n: int, name: str, **extra: str) -> float:
-    """Jobs per second of one worker over ``n`` jobs enqueued due at one moment."""
+@dataclass(frozen=True)
+class PipelineRun:
+    """One worker's run: jobs per second, and its CPU microseconds per job."""
+
+    rate: float
+    worker_cpu_us: float
+
+
+async def _pipelines(env: BenchEnv, n: int, name: str,
+                     configs: dict[str, dict[str, str]]) -> dict[str, PipelineRun]:
+    """One worker per configuration, each over its own ``n`` jobs, all due at one moment."""
     pool, redis = env.db(), env.r()
-    accounts = await seed.users(pool, 16, 10**9)
-    ids = await seed.queued_jobs(pool, [u.id for u in accounts], n, seed.TINY_PARAMS)
+    jobs: dict[str, list[uuid.UUID]] = {}
+    for config in configs:
+        accounts = await seed.users(pool, 16, 10**9)
+        jobs[config] = await seed.queued_jobs(pool, [u.id for u in accounts], n,
+                                              seed.TINY_PARAMS)
     # As the intake leaves them once enqueued (with a cap, a job without enqueued_at waits).
-    await pool.execute("UPDATE generation_jobs SET enqueued_at = now() WHERE id = ANY($1)", ids)
-    queue = env.queue(name)
-    worker = await env.genq_worker(queue, **extra)
-    due = await seed.enqueue_at(redis, queue, seed.generation_calls(ids), 1.0 + n * 0.002)
-    done = await seed.wait_jobs(pool, ids, 30 + n * 0.1)
-    env.stop(worker)
-    if done["statuses"] != {"succeeded": n}:
-        raise RuntimeError(f"fair: {name}: not every job succeeded: {done['statuses']}")
-    return float(n / (done["last_finished"] - due))
+    await pool.execute("UPDATE generation_jobs SET enqueued_at = now() WHERE id = ANY($1)",
+                       [i for ids in jobs.values() for i in ids])
+    workers = {config: await env.genq_worker(env.queue(f"{name}-{config}"), **extra)
+               for config, extra in configs.items()}
+    cpu0 = {config: w.cpu_s() for config, w in workers.items()}
+    lead_s = 1.0 + len(configs) * n * 0.002
+    dues = await asyncio.gather(*(
+        seed.enqueue_at(redis, env.queue(f"{name}-{config}"), seed.generation_calls(ids),
+                        lead_s)
+        for config, ids in jobs.items()))
+
+    async def finish(config: str, due: float) -> PipelineRun:
+        done = await seed.wait_jobs(pool, jobs[config], 30 + len(configs) * n * 0.1)
+        used_s = workers[config].cpu_s() - cpu0[config]
+        if done["statuses"] != {"succeeded": n}:
+            raise RuntimeError(f"fair: {config}: not every job succeeded: {done['statuses']}")
+        return PipelineRun(float(n / (done["last_finished"] - due)), used_s / n * 1e6)
+
+    try:
+        runs = await asyncio.gather(*(finish(c, due) for c, due in zip(jobs, dues, strict=True)))
+    finally:
+        for worker in workers.values():
+            env.stop(worker)
+    return dict(zip(jobs, runs, strict=True))
 
 
 async def _first_jobs(env: BenchEnv, base: str, samples: int) -> list[float]:
@@ -134,18 +167,34 @@ async def _newcomers(env: BenchEnv, samples: int, backlog: int) -> tuple[list[fl
 
 async def run(env: BenchEnv, quick: bool) -> list[Row]:
     n = 300 if quick else 2000
+    rounds = 2 if quick else 3
     samples = 20 if quick else 100
     models_file = Path(env.work_dir) / "fair-models.toml"
     models_file.write_text(LIMITED_MODELS)
-    # The run without limits goes first and last, and counts its better figure: the first
-    # worker of a run on a fresh database is often the slowest, which would flatter the others.
-    first = await _pipeline(env, n, "fair-plain")
-    limited = await _pipeline(env, n, "fair-limited", GENQ_USER_MAX_RUNNING=NOT_BINDING,
-                              GENQ_MODELS_FILE=str(models_file))
-    cap_only = await _pipeline(env, n, "fair-cap", GENQ_USER_MAX_RUNNING=NOT_BINDING)
-    models_only = await _pipeline(env, n, "fair-models", GENQ_MODELS_FILE=str(models_file))
-    again = await _pipeline(env, n, "fair-plain-again")
-    plain = max(first, again)
+    configs = {
+        "none": {},
+        "both": {"GENQ_USER_MAX_RUNNING": NOT_BINDING, "GENQ_MODELS_FILE": str(models_file)},
+        "cap": {"GENQ_USER_MAX_RUNNING": NOT_BINDING},
+        "models": {"GENQ_MODELS_FILE": str(models_file)},
+    }
+    runs: list[dict[str, PipelineRun]] = []
+    for i in range(rounds):
+        # Each round starts the workers in another order.
+        order = list(configs)[i % len(configs):] + list(configs)[:i % len(configs)]
+        runs.append(await _pipelines(env, n, f"fair-{i}", {c: configs[c] for c in order}))
+
+    def rate(config: str) -> float:
+        return statistics.median(r[config].rate for r in runs)
+
+    def cpu_us(config: str) -> float:
+        return statistics.median(r[config].worker_cpu_us for r in runs)
+
+    def notes(config: str) -> dict[str, object]:
+        return {"jobs": n, "rounds": rounds, "rates": [r[config].rate for r in runs],
+                "without": [r["none"].rate for r in runs],
+                "worker_cpu_us_per_job": cpu_us(config),
+                "without_worker_cpu_us_per_job": cpu_us("none")}
+
     # Put the built-in catalog back for the scenarios after this one.
     quiet = await env.genq_worker(env.queue("fair-reset"))
     env.stop(quiet)
@@ -155,12 +204,14 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     idle_p50, busy_p50 = percentile(idle, 50) * 1000, percentile(busy, 50) * 1000
     return [
         Row("fair", "fair: pipeline jobs/s, caps and model limits set (not binding) vs none",
-            limited, plain, "jobs/s", limit=0.9, target=">= 0.9x without",
-            notes={"jobs": n, "without_first_and_last": [first, again]}),
-        Row("fair", "fair: pipeline jobs/s, user cap set (not binding) vs none", cap_only,
-            plain, "jobs/s", notes={"jobs": n}),
+            rate("both"), rate("none"), "jobs/s", limit=0.9, target=">= 0.9x without",
+            notes=notes("both")),
+        Row("fair", "fair: worker CPU per job, caps and model limits set vs none",
+            cpu_us("both"), cpu_us("none"), "us", better="lower", notes=notes("both")),
+        Row("fair", "fair: pipeline jobs/s, user cap set (not binding) vs none", rate("cap"),
+            rate("none"), "jobs/s", notes=notes("cap")),
         Row("fair", "fair: pipeline jobs/s, model limits set (not binding) vs none",
-            models_only, plain, "jobs/s", notes={"jobs": n}),
+            rate("models"), rate("none"), "jobs/s", notes=notes("models")),
         Row("fair", f"fair: new user's first job, p50, {BACKLOG:,} of another user queued vs idle",
             busy_p50, idle_p50, "ms", better="lower", limit=2.0, target="<= 2x idle",
             notes={"samples": samples, "cap": CAP, "job_s": JOB_S,

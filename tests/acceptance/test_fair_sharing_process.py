@@ -16,6 +16,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from shared.db import Pool
+from shared.dispatch import waiting_mark
 from shared.settings import Settings
 from tests.acceptance.test_worker_process import WorkerProcess
 from tests.integration.api_support import Api, User, running_app
@@ -134,3 +135,37 @@ async def test_a_hot_user_holds_at_most_the_cap_and_others_start_at_once(
         wait_ms = (first["started_at"] - first["created_at"]).total_seconds() * 1000
         print(f"\nfirst job of a new user started {wait_ms:.0f} ms after it was accepted "
               f"(one job runs {JOB_S * 1000:.0f} ms)")
+
+
+@pytest.mark.slow
+async def test_submits_racing_finishes_never_leave_a_job_waiting(
+    settings: Settings, pool: Pool, arq_redis: ArqRedis, tmp_path: Path
+) -> None:
+    """A cap of 1 and short jobs: every submission's dispatch races the finish of the job
+    that holds the place. With no scheduler to sweep up after them, each waiting job must be
+    started by a finish or by the intake's second look, never left behind; the user's waiting
+    mark is gone once nothing waits."""
+    configured = settings.model_copy(update={"user_max_running": 1})
+    worker = _worker(settings, tmp_path, cap=1, slots=SLOTS, job_s=0.01)
+    try:
+        async with running_app(configured) as (app, client):
+            api = Api(app, client, configured, pool)
+            user = await api.user(credits=200)
+            ids: list[uuid.UUID] = []
+            for burst in (1, 3, 1, 2, 5, 1, 1, 4, 2, 1, 8, 1, 3, 1, 1, 2, 6, 1, 2, 5) * 2:
+                answers = await asyncio.gather(*(
+                    api.client.post("/v1/jobs", json=JOB, headers=user.headers)
+                    for _ in range(burst)))
+                ids += [uuid.UUID(r.json()["id"]) for r in answers if r.status_code == 202]
+                await asyncio.sleep(0.013 * burst)
+            assert len(ids) == 2 * 51
+            deadline = time.monotonic() + 120
+            while (rows := await _rows(pool, user)) and not all(
+                    r["status"] == "succeeded" for r in rows):
+                assert time.monotonic() < deadline, (
+                    [r["status"] for r in rows], worker.output()[-3000:])
+                await asyncio.sleep(0.1)
+    finally:
+        worker.stop()
+    assert _most_at_once(rows) <= 1
+    assert await arq_redis.exists(waiting_mark(settings.queue_name, user.id)) == 0

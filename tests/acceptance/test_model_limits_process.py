@@ -4,6 +4,7 @@ creates in any 60 s than the catalog allows, so it never answers 429 because of 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -49,8 +50,6 @@ def fake() -> Iterator[FakeReplicate]:
 
 
 def _env(settings: Settings, fake: FakeReplicate, models_file: str) -> dict[str, str]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "REPLICATE_"))}
     assert settings.database_url is not None and settings.redis_url is not None
     env.update({
@@ -123,3 +122,58 @@ async def test_max_per_minute_holds_across_two_workers(
     assert max(times) - min(times) >= 120
     # Both workers called the provider.
     assert all("prediction_created" in w.output() for w in workers)
+
+
+CONCURRENCY = 2
+LOCAL_LIMITED = """
+[[models]]
+key = "local/limited"
+provider = "local"
+ref = "sketch"
+media_type = "image"
+price_per_output = 1
+max_outputs = 1
+timeout_s = 20
+params = { width = 8, height = 8, format = "png" }
+max_concurrency = 2
+"""
+
+
+@pytest.mark.slow
+async def test_max_concurrency_places_come_back_when_each_call_ends(
+    pool: Pool, arq_redis: ArqRedis, settings: Settings, tmp_path: Any
+) -> None:
+    """12 jobs of 0.3 s on a model allowing 2 calls at once, through a worker with 10 slots:
+    each job gives its place back when its provider call ends, so the jobs go two by two in a
+    few seconds, not one pair per lease (60 s) as places left to expire would make them."""
+    await add_models(pool, LOCAL_LIMITED)
+    models_file = tmp_path / "models.toml"
+    models_file.write_text(LOCAL_LIMITED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENQ_")}
+    assert settings.database_url is not None and settings.redis_url is not None
+    env.update({
+        "GENQ_DATABASE_URL": settings.database_url, "GENQ_REDIS_URL": settings.redis_url,
+        "GENQ_DATA_DIR": str(settings.data_dir), "GENQ_QUEUE_NAME": settings.queue_name,
+        "GENQ_MODELS_FILE": str(models_file), "GENQ_LOCAL_LATENCY_S": "0.3",
+        "GENQ_MAX_JOBS": "10", "GENQ_LEASE_S": "60", "GENQ_VARIANTS_ENABLED": "false",
+        "GENQ_LOG_FORMAT": "json", "GENQ_DB_POOL_MIN_SIZE": "1",
+    })
+    worker = WorkerProcess(env, tmp_path, "w")
+    user = await funded_user(pool, 12)
+    ids = [(await create_job(pool, model="local/limited", num_outputs=1, params={},
+                             user_id=user)).id for _ in range(12)]
+    try:
+        await enqueue_generations(arq_redis, settings.queue_name, ids)
+        # Well inside one lease: a place not given back would hold the third job until then.
+        deadline = time.monotonic() + 40
+        while await pool.fetchval(
+                "SELECT count(*) FROM generation_jobs WHERE id = ANY($1::uuid[]) "
+                "AND status = 'succeeded'", ids) < len(ids):
+            assert time.monotonic() < deadline, worker.output()[-3000:]
+            await asyncio.sleep(0.2)
+    finally:
+        worker.stop()
+    # The model's limit did bind (jobs waited for a place), and no place is held any more.
+    assert "model_limit_waited" in worker.output()
+    key = f"{settings.queue_name}:limits:model:local/limited:running"
+    assert await arq_redis.zcard(key) == 0

@@ -1,5 +1,6 @@
 """Priority tiers with a real worker process: a higher tier's jobs start before a lower tier's
-queued ones, and the lower tier still finishes (no starvation)."""
+queued ones, and the lower tier still finishes (no starvation). GENQ_USER_MAX_RUNNING is unset:
+a plan with a tier is enough to turn the dispatch on, and nobody has a cap."""
 
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ from tests.integration.api_support import ADMIN, Api, running_app
 LOW_JOBS = 1000
 HIGH_JOBS = 50
 SLOTS = 10
-# The dispatch (and with it the tiers) is on; the cap is far above what anyone queues here.
-CAP = 100_000
 PLANS = """
 [[plans]]
 name = "priority"
@@ -34,7 +33,7 @@ async def tiered_api(settings: Settings, pool: Pool, tmp_path: Path) -> AsyncIte
     plans_file.write_text(PLANS)
     async with pool.acquire() as conn:
         await sync_plans(conn, load_plans(plans_file))
-    configured = settings.model_copy(update={"user_max_running": CAP, "plans_file": plans_file})
+    configured = settings.model_copy(update={"user_max_running": 0, "plans_file": plans_file})
     async with running_app(configured) as (app, client):
         yield Api(app, client, configured, pool)
 
@@ -48,7 +47,7 @@ async def test_a_higher_tier_starts_first_and_the_lower_still_finishes(
     r = await api.client.put(f"/v1/admin/users/{high.id}/plan", json={"plan": "priority"},
                              headers=ADMIN)
     assert r.status_code == 200, r.text
-    worker = _worker(settings, tmp_path, cap=CAP, slots=SLOTS, job_s=0.05,
+    worker = _worker(settings, tmp_path, cap=0, slots=SLOTS, job_s=0.05,
                      plans_file=tmp_path / "plans.toml")
     try:
         await _submit(api, low, LOW_JOBS)

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from shared.db import Pool
+from shared.plans import load_plans, sync_plans
 from shared.queue import JOB_KEY_PREFIX
 from shared.settings import Settings
-from tests.integration.api_support import Api, User, running_app
+from tests.integration.api_support import ADMIN, Api, User, running_app
 from worker import maintenance
 
 JOB = {"model": "local/sketch", "prompt": "a lighthouse", "num_outputs": 1}
@@ -77,3 +79,38 @@ async def test_the_sweep_dispatches_up_to_the_cap(
     assert on_queue == [True, True, False, False, False]
     again = await maintenance.enqueue_new_jobs(pool, api.app.state.genq.redis, settings)
     assert again.counts.get("dispatched", 0) == 0
+
+
+CAPPED_PLAN = """
+[[plans]]
+name = "capped"
+max_running = 2
+"""
+
+
+async def test_a_plans_cap_holds_with_the_setting_unset(
+    settings: Settings, pool: Pool, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """GENQ_USER_MAX_RUNNING is 0 (no cap for whoever has none of their own), but a plan has
+    one: its users' jobs past it wait, /v1/me shows it, and other users' jobs all go."""
+    plans_file = tmp_path / "plans.toml"
+    plans_file.write_text(CAPPED_PLAN)
+    async with pool.acquire() as conn:
+        await sync_plans(conn, load_plans(plans_file))
+    configured = settings.model_copy(update={"user_max_running": 0, "plans_file": plans_file})
+    async with running_app(configured) as (app, client):
+        api = Api(app, client, configured, pool)
+        capped, free = await api.user(credits=10), await api.user(credits=10)
+        r = await client.put(f"/v1/admin/users/{capped.id}/plan", json={"plan": "capped"},
+                             headers=ADMIN)
+        assert r.status_code == 200, r.text
+        me = await client.get("/v1/me", headers=capped.headers)
+        assert me.json()["max_running"] == 2
+        mine = [await _submit(api, capped) for _ in range(4)]
+        theirs = [await _submit(api, free) for _ in range(4)]
+    queue = configured.queue_name
+    assert [j["enqueued_at"] is not None for j in mine] == [True, True, False, False]
+    assert [await _on_queue(redis_client, queue, j["id"]) for j in mine] == [
+        True, True, False, False]
+    assert all(j["enqueued_at"] is not None for j in theirs)
+    assert all([await _on_queue(redis_client, queue, j["id"]) for j in theirs])
