@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.env import BenchEnv
 from bench.report import Row, table, write_json
-from bench.scenarios import SCENARIOS
+from bench.scenarios import SCENARIOS, combined
 from shared.logging import configure_logging
 from shared.settings import load_settings
 
@@ -72,6 +72,7 @@ async def _main(args: argparse.Namespace) -> int:
                 print(f"   ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(env.storage_dir, ignore_errors=True)
+    rows.extend(combined(rows))
     write_json(args.out, rows, quick=args.quick, extra={"failed": failed, "run_id": env.run_id})
     print(table(rows))
     print(f"\nwritten to {args.out}; process logs in {work_dir / 'logs'}")

@@ -3,6 +3,9 @@ Redis server, and the whole machine (every core, from ``/proc/stat``), read from
 
 Divided by a throughput, these give the CPU each request costs per component: the profile that
 says whether a target is reachable at all on this machine.
+
+When the run started its own servers (:func:`own_servers`), only they and their children
+count as PostgreSQL and Redis: other servers on a shared machine are not this run's cost.
 """
 
 from __future__ import annotations
@@ -13,6 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+# pid -> component ("postgres", "redis") of the servers this run measures; empty: by name.
+_OWN: dict[int, str] = {}
+
+
+def own_servers(pids: dict[int, str]) -> None:
+    """Count only these servers (pid -> ``postgres`` or ``redis``) and their children."""
+    _OWN.clear()
+    _OWN.update(pids)
 
 
 def _machine_busy_s() -> float:
@@ -22,9 +33,9 @@ def _machine_busy_s() -> float:
     return (sum(fields[:8]) - idle) / _TICKS
 
 
-def _process_cpu_s() -> dict[int, tuple[str, float]]:
-    """(command, user + system CPU seconds) of every process now running."""
-    found: dict[int, tuple[str, float]] = {}
+def _process_cpu_s() -> dict[int, tuple[str, float, int]]:
+    """(command, user + system CPU seconds, parent pid) of every process now running."""
+    found: dict[int, tuple[str, float, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -34,16 +45,23 @@ def _process_cpu_s() -> dict[int, tuple[str, float]]:
             continue  # gone meanwhile
         comm = raw[raw.index("(") + 1: raw.rindex(")")]
         fields = raw[raw.rindex(")") + 2:].split()
-        found[int(entry.name)] = (comm, (int(fields[11]) + int(fields[12])) / _TICKS)
+        found[int(entry.name)] = (comm, (int(fields[11]) + int(fields[12])) / _TICKS,
+                                  int(fields[1]))
     return found
 
 
-def _group(comm: str) -> str | None:
+def _group(pid: int, comm: str, ppid: int) -> str | None:
+    own = _OWN.get(pid) or _OWN.get(ppid)
+    if own is not None:
+        return own
     if comm.startswith("postgres"):
-        return "postgres"
-    if comm.startswith(("valkey", "redis")):
-        return "redis"
-    return None
+        by_name = "postgres"
+    elif comm.startswith(("valkey", "redis")):
+        by_name = "redis"
+    else:
+        return None
+    # Another server of a kind this run has its own of: not this run's.
+    return None if by_name in _OWN.values() else by_name
 
 
 @dataclass(frozen=True)
@@ -52,7 +70,7 @@ class Snapshot:
 
     at: float
     machine_s: float
-    by_pid: dict[int, tuple[str, float]]
+    by_pid: dict[int, tuple[str, float, int]]
 
     @classmethod
     def take(cls) -> Snapshot:
@@ -71,12 +89,12 @@ def cpu_seconds(before: Snapshot, after: Snapshot, server_pid: int) -> dict[str,
     test), ``postgres`` and ``redis`` (every process of theirs, backends included), ``machine``
     (all cores, everything, the load generator included)."""
     used = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
-    for pid, (comm, cpu_s) in after.by_pid.items():
+    for pid, (comm, cpu_s, ppid) in after.by_pid.items():
         start = before.by_pid.get(pid)
         delta = cpu_s - (start[1] if start is not None and start[0] == comm else 0.0)
         if pid == server_pid:
             used["server"] += delta
-        elif (group := _group(comm)) is not None:
+        elif (group := _group(pid, comm, ppid)) is not None:
             used[group] += delta
     used["machine"] = after.machine_s - before.machine_s
     return used

@@ -29,6 +29,7 @@ import asyncpg
 import httpx
 from arq.connections import ArqRedis
 
+from bench import cpu
 from shared.db import Pool, create_pool
 from shared.embedded import free_port
 from shared.queue import create_arq_pool
@@ -134,6 +135,8 @@ class BenchEnv:
         async with running_services(self.settings, prepare=False) as services:
             try:
                 self.database_url = services.database_url
+                cpu.own_servers({pid: "postgres" if name == "postgres" else "redis"
+                                 for name, pid in services.server_pids.items()})
                 if self.embedded_database:
                     self.database_url = await _fresh_database(self.database_url)
                 self.redis_url = services.redis_url

@@ -41,6 +41,8 @@ class Running:
     # They may carry a password: never in a repr or a log line.
     database_url: str = field(repr=False)
     redis_url: str = field(repr=False)
+    # name ("postgres", "valkey") -> pid of each embedded server in use.
+    server_pids: dict[str, int] = field(default_factory=dict)
 
 
 @contextlib.asynccontextmanager
@@ -59,6 +61,7 @@ async def running_services(settings: Settings, *, prepare: bool = True) -> Async
         resolved = settings.model_copy(
             update={"database_url": services.database_url, "redis_url": services.redis_url}
         )
-        yield Running(resolved, services.database_url, services.redis_url)
+        yield Running(resolved, services.database_url, services.redis_url,
+                      {server.name: server.pid for server in services.servers})
     finally:
         services.stop()

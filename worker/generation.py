@@ -394,6 +394,10 @@ class _Run:
 
     async def _finish(self, outcome: Outcome, assets: list[StagedAsset] | None = None) -> str:
         assets = assets or []
+        if outcome.status == JobStatus.SUCCEEDED:
+            # fsync before the asset rows commit: after a power loss no row points at a
+            # name that was lost.
+            await retry_transient(lambda: self.wc.stager.persist(assets), what="persist")
         final = jobs.Final(self.job, outcome, assets)
         status = await retry_transient(lambda: self.wc.batches.finalize(final), what="finalize")
         if status is None:

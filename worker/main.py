@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import warnings
 from typing import Any
 
@@ -123,6 +124,10 @@ async def close_worker(worker: Worker) -> None:
 
 async def serve(settings: Settings) -> None:
     """Run an arq worker until SIGTERM/SIGINT. Build it here: arq binds to the running loop."""
+    if settings.log_level != "debug":
+        # arq's own two lines per job (start, end) repeat genq's job_claimed and job_finished;
+        # its warnings and errors still show.
+        logging.getLogger("arq.worker").setLevel(logging.WARNING)
     worker = Worker(**worker_options(settings))
     try:
         await worker.async_run()

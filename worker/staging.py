@@ -308,6 +308,13 @@ class Stager:
                     await asyncio.to_thread(handle.write, chunk)
             yield path
 
+    async def persist(self, assets: list[StagedAsset]) -> None:
+        """Make the staged objects' names durable before the asset rows that point at them
+        commit (on the local folder: their folders fsynced, grouped with other jobs')."""
+        if assets:
+            await self.storage.persist(
+                [key for a in assets for key in (a.key, *(v.key for v in a.variants))])
+
     async def discard(self, assets: list[StagedAsset]) -> None:
         """Delete staged objects that will not become assets (the job failed or was
         canceled); on the local folder, emptied job and user folders go too."""

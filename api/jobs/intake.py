@@ -204,19 +204,27 @@ class IntakeBatches:
         self, items: list[SubmitItem]
     ) -> list[asyncpg.Record | BaseException]:
         """One genq_submit_batch call: a row per accepted or replayed item, a
-        :class:`SubmitRefused` per refused one, in the order of ``items``."""
-        s = self.settings
+        :class:`SubmitRefused` per refused one, in the order of ``items``. A batch that meets a
+        deadlock (with another path that locks accounts) goes again item by item."""
         try:
-            rows = await self.pool.fetch(
-                queries["submit_jobs"], [it.payload(i) for i, it in enumerate(items)],
-                s.max_attempts, float(s.idempotency_ttl_s), float(s.reservation_ttl_s),
-            )
+            return await self._submit_batch(items)
         except asyncpg.DeadlockDetectedError:
             # The whole batch rolled back. Its items go again one by one, each in its own
             # transaction, as concurrently as the pool allows.
             log.warning("submit_batch_deadlock", items=len(items))
             return list(await asyncio.gather(*(self._submit_alone(it) for it in items),
                                              return_exceptions=True))
+
+    async def _submit_batch(
+        self, items: list[SubmitItem]
+    ) -> list[asyncpg.Record | BaseException]:
+        """genq_submit_batch in a transaction of its own; a deadlock is raised, not retried."""
+        s = self.settings
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                queries["submit_jobs"], [it.payload(i) for i, it in enumerate(items)],
+                s.max_attempts, float(s.idempotency_ttl_s), float(s.reservation_ttl_s),
+            )
         by_item = {row["item"]: row for row in rows}
         results: list[asyncpg.Record | BaseException] = []
         for i in range(len(items)):
@@ -229,8 +237,10 @@ class IntakeBatches:
         return results
 
     async def _submit_alone(self, item: SubmitItem) -> asyncpg.Record | BaseException:
+        """One item in its own batch, tried again at once after a deadlock, at most
+        ``_DEADLOCK_TRIES`` times in all; then the deadlock is its result."""
         async def once() -> asyncpg.Record | BaseException:
-            return (await self.submit_many([item]))[0]
+            return (await self._submit_batch([item]))[0]
 
         # At once: the other transaction of a deadlock has been let through.
         return await retry(

@@ -95,7 +95,7 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     bare = [s * 1000 for s in await _bare(env, n)]
     return [
         Row("latency", "latency: submit -> succeeded, idle, p50", percentile(genq, 50),
-            percentile(bare, 50), "ms", better="lower", limit=3.0, target="<= 3x bare arq",
+            percentile(bare, 50), "ms", better="lower", limit=1.5, target="<= 1.5x bare arq",
             notes={"samples": n}),
         Row("latency", "latency: submit -> succeeded, idle, p99", percentile(genq, 99),
             percentile(bare, 99), "ms", better="lower"),

@@ -67,40 +67,50 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
                                          poll_delay_s=settings.poll_delay_s, floor=True)
     walls: dict[str, float] = {}
     floor_cpu = 0.0
+    floor_used: dict[str, float] = {}
     for fn in ("floor", "floor_grouped", "floor_file", "floor_update"):
         rows = [uuid.uuid4() for _ in range(n)]
         await pool.executemany(floor.INSERT_ROW, [(r, "pipeline") for r in rows])
         calls = [(str(r), fn, (str(r),)) for r in rows]
         cpu0 = floor_worker.cpu_s()
         due = await seed.enqueue_at(redis, floor_queue, calls, lead_s)
+        fbefore = cpu.Snapshot.take()
         fdone = await seed.wait_arq(redis, floor_queue, [c[0] for c in calls], timeout_s)
         walls[fn] = fdone["last_finished"] - due
         if fn == "floor":
             floor_cpu = floor_worker.cpu_s() - cpu0
+            floor_used = cpu.cpu_seconds(fbefore, cpu.Snapshot.take(), floor_worker.pid)
         if fdone["statuses"]["succeeded"] != n:
             raise RuntimeError(f"pipeline: {fn} jobs failed: {fdone['statuses']}")
     env.stop(floor_worker)
     floor_wall, grouped_wall = walls["floor"], walls["floor_grouped"]
 
+    genq_us, floor_us = _per_job(genq_used, n), _per_job(floor_used, n)
     return [
-        Row("pipeline", "pipeline: jobs/s through one worker", n / genq_wall, n / bare_wall,
-            "jobs/s", limit=0.6, target=">= 0.6x bare arq",
+        # The target: genq's worker against the floor of any worker that records each job
+        # durably (one fsynced file and one UPDATE per job).
+        Row("pipeline", "pipeline: genq vs worker floor (1 PG UPDATE + 1 fsync)", n / genq_wall,
+            n / floor_wall, "jobs/s", limit=0.8, target=">= 0.8x floor",
             notes={"jobs": n, "genq_wall_s": genq_wall, "bare_wall_s": bare_wall,
                    "floor_wall_s": floor_wall, "genq_worker_cpu_s": genq_cpu,
                    "bare_worker_cpu_s": bare_cpu, "floor_worker_cpu_s": floor_cpu,
                    # CPU per job in microseconds, by component
-                   "genq_cpu_us_per_job": _per_job(genq_used, n),
-                   "bare_cpu_us_per_job": _per_job(bare_used, n)}),
-        # The floor in the "genq" column: can any worker that records each job durably reach
-        # 0.6x bare arq?
+                   "genq_cpu_us_per_job": genq_us,
+                   "bare_cpu_us_per_job": _per_job(bare_used, n),
+                   "floor_cpu_us_per_job": floor_us}),
+        Row("pipeline", "pipeline: jobs/s through one worker vs bare arq", n / genq_wall,
+            n / bare_wall, "jobs/s"),
+        # The floor in the "genq" column: what any worker that records each job durably
+        # reaches against bare arq.
         Row("pipeline", "pipeline floor (1 PG UPDATE + 1 fsync) vs bare arq", n / floor_wall,
             n / bare_wall, "jobs/s"),
-        Row("pipeline", "pipeline: genq vs floor (1 PG UPDATE + 1 fsync)", n / genq_wall,
-            n / floor_wall, "jobs/s"),
-        # The profile behind the throughput, from /proc: all the machine's CPU per job.
-        Row("pipeline", "pipeline: machine CPU per job",
-            _per_job(genq_used, n)["machine"], _per_job(bare_used, n)["machine"], "us",
-            better="lower"),
+        # The profile behind the throughput, from /proc.
+        Row("pipeline", "pipeline: PostgreSQL CPU per job (claim + finalize) vs floor",
+            genq_us["postgres"], floor_us["postgres"], "us", better="lower"),
+        Row("pipeline", "pipeline: worker CPU per job vs floor", genq_us["server"],
+            floor_us["server"], "us", better="lower"),
+        Row("pipeline", "pipeline: machine CPU per job vs bare arq", genq_us["machine"],
+            _per_job(bare_used, n)["machine"], "us", better="lower"),
         Row("pipeline", "pipeline floor, group commit, vs bare arq", n / grouped_wall,
             n / bare_wall, "jobs/s"),
         Row("pipeline", "pipeline floor, file only, vs bare arq", n / walls["floor_file"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -122,6 +122,11 @@ class Storage(abc.ABC):
     async def presign(self, key: str, ttl_s: int) -> str | None:
         """A URL that serves ``key`` for ``ttl_s`` seconds without credentials, or None if the
         backend cannot make one (the local folder: the API signs its own ``/v1/files`` URLs)."""
+
+    async def persist(self, keys: Sequence[str]) -> None:  # noqa: B027 - durable by default
+        """Make the names of these stored objects survive a power loss (a backend whose
+        ``put`` is durable when it returns, like S3, has nothing to do). Call before a row
+        that points at them commits."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release what the backend holds open."""

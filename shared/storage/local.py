@@ -3,6 +3,11 @@
 Writes are atomic (a temp file in the same folder, fsync, rename) and private (files 0600 in
 0700 folders), so a reader or a crash never sees half a file under a real key. The blocking
 file calls run in a thread, one trip per operation where possible.
+
+A rename (and a new folder) is durable only once its folder is fsynced. :meth:`persist` does
+that for the folders of the keys it is given and the parents of the folders made since, as
+group commit (shared/batch.py): concurrent calls share one round of folder fsyncs, each folder
+once, issued together so the file system commits them as one.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import os
 import shutil
 import stat as stat_mode
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from shared.batch import Batcher
 from shared.storage.base import (
     TMP_SUFFIX,
     ObjectInfo,
@@ -30,6 +36,16 @@ from shared.storage.base import (
 CHUNK_BYTES = 256 * 1024
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+# Folder fsyncs in flight at once (each in a thread) for one round of persist.
+DIR_SYNC_THREADS = 8
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _info(key: str, st: os.stat_result) -> ObjectInfo:
@@ -74,6 +90,10 @@ class LocalStorage(Storage):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self._root_private = False
+        # Folders made whose entry in their parent is not yet known to be durable.
+        self._made: set[Path] = set()
+        self._dir_sync: Batcher[Path, None] = Batcher(
+            self._sync_dirs, max_batch=1024, max_flushes=1)
 
     def path(self, key: str) -> Path:
         """The absolute path of ``key``; refuses keys that leave the root."""
@@ -104,8 +124,11 @@ class LocalStorage(Storage):
                 folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
                 return
             self._mkdirs(folder.parent)
-            with contextlib.suppress(FileExistsError):
+            try:
                 folder.mkdir(mode=DIR_MODE)
+            except FileExistsError:
+                return
+        self._made.add(folder)
 
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
@@ -129,6 +152,36 @@ class LocalStorage(Storage):
             tmp.unlink(missing_ok=True)
             self._remove_empty_folders(final)
             raise
+
+    async def persist(self, keys: Sequence[str]) -> None:
+        """fsync the folders of ``keys`` (their renames) and the parents of the folders made
+        since the last round (their entries); :class:`FileNotFoundError` if a folder is
+        gone."""
+        folders = {self.path(key).parent for key in keys}
+        made, self._made = self._made, set()
+        folders.update(folder.parent for folder in made)
+        try:
+            await asyncio.gather(*(self._dir_sync(folder) for folder in folders))
+        except BaseException:
+            self._made.update(made)  # not known to be durable: the next round tries again
+            raise
+
+    async def _sync_dirs(self, folders: list[Path]) -> list[BaseException | None]:
+        """One round: every distinct folder fsynced once, up to DIR_SYNC_THREADS at a time."""
+        gate = asyncio.Semaphore(DIR_SYNC_THREADS)
+
+        async def one(folder: Path) -> BaseException | None:
+            async with gate:
+                try:
+                    await asyncio.to_thread(_fsync_dir, folder)
+                except OSError as exc:
+                    return exc
+                return None
+
+        distinct = list(dict.fromkeys(folders))
+        done = dict(zip(distinct, await asyncio.gather(*(one(f) for f in distinct)),
+                        strict=True))
+        return [done[folder] for folder in folders]
 
     def _remove_empty_folders(self, path: Path) -> None:
         """Remove the job and user folders above ``path`` if nothing else is in them (a

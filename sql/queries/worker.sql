@@ -10,34 +10,28 @@
 -- once the job moved to it, ran_model) and the model's fallback, which the attempt needs next, so it does not need a
 -- second round trip.
 -- $1 job ids (uuid[], no duplicates), $2 lease_owner (worker id), $3 lease seconds (float).
-UPDATE generation_jobs j
-SET status = 'running',
-    attempt = j.attempt + 1,
-    lease_owner = $2,
-    lease_expires_at = now() + make_interval(secs => $3),
-    started_at = coalesce(j.started_at, now()),
-    updated_at = now()
-WHERE j.id = ANY($1::uuid[])
-  AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()))
-RETURNING j.id, j.user_id, j.model, j.provider, j.prompt, j.num_outputs, j.params, j.seed,
-          j.price_per_output, j.reservation_id, j.provider_prediction_id, j.attempt,
-          j.max_attempts, j.cancel_requested_at, j.ran_model,
-          (SELECT m.ref FROM models m WHERE m.key = coalesce(j.ran_model, j.model)) AS model_ref,
-          (SELECT m.timeout_s FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
-              AS model_timeout_s,
-          (SELECT m.params_schema FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
-              AS model_params_schema,
-          (SELECT m.revision FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
-              AS model_revision,
-          (SELECT m.base_url FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
-              AS model_base_url,
-          (SELECT m.api_key_env FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
-              AS model_api_key_env,
-          (SELECT m.fallback FROM models m WHERE m.key = j.model) AS model_fallback,
-          (SELECT m.max_concurrency FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
-              AS model_max_concurrency,
-          (SELECT m.max_per_minute FROM models m WHERE m.key = coalesce(j.ran_model, j.model))
-              AS model_max_per_minute
+WITH claimed AS (
+    UPDATE generation_jobs j
+    SET status = 'running',
+        attempt = j.attempt + 1,
+        lease_owner = $2,
+        lease_expires_at = now() + make_interval(secs => $3),
+        started_at = coalesce(j.started_at, now()),
+        updated_at = now()
+    WHERE j.id = ANY($1::uuid[])
+      AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()))
+    RETURNING j.id, j.user_id, j.model, j.provider, j.prompt, j.num_outputs, j.params, j.seed,
+              j.price_per_output, j.reservation_id, j.provider_prediction_id, j.attempt,
+              j.max_attempts, j.cancel_requested_at, j.ran_model
+)
+SELECT c.*, m.ref AS model_ref, m.timeout_s AS model_timeout_s,
+       m.params_schema AS model_params_schema, m.revision AS model_revision,
+       m.base_url AS model_base_url, m.api_key_env AS model_api_key_env,
+       f.fallback AS model_fallback, m.max_concurrency AS model_max_concurrency,
+       m.max_per_minute AS model_max_per_minute
+FROM claimed c
+LEFT JOIN models m ON m.key = coalesce(c.ran_model, c.model)
+LEFT JOIN models f ON f.key = c.model
 
 -- get_job_state --
 -- Why a claim found nothing. $1 job_id.

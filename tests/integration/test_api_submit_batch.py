@@ -8,10 +8,11 @@ import asyncio
 import uuid
 from collections import Counter
 
+import asyncpg
 from arq.connections import ArqRedis
 from structlog.testing import capture_logs
 
-from api.jobs.intake import IntakeBatches, SubmitItem, SubmitRefused
+from api.jobs.intake import _DEADLOCK_TRIES, IntakeBatches, SubmitItem, SubmitRefused
 from api.jobs.models import JobCreate
 from api.validation import request_hash
 from shared.catalog import ModelRules, load_catalog
@@ -86,13 +87,14 @@ async def test_one_batch_answers_each_item_and_writes_only_the_accepted(
     assert (poor_account.balance, poor_account.reserved) == (0, 1)
 
 
-async def test_a_deadlocked_batch_is_retried_item_by_item(settings: Settings, pool: Pool) -> None:
+async def test_two_batches_sharing_a_key_and_an_account_do_not_deadlock(
+    settings: Settings, pool: Pool
+) -> None:
     user = await funded_user(pool, 100)
     batches, redis = await open_batches(settings, pool)
-    # Hold the account so both batches queue on it with their first key claimed:
-    # A = [(k1), (k2)] takes k1 then waits; B = [(k2), (no key)] takes k2 then waits.
-    # Released, A gets the account first and then needs k2, which B holds while it waits for
-    # the account: PostgreSQL aborts one of the two statements.
+    # Hold the account so both batches queue on it: A = [(k1), (k2)] and B = [(k2), (no key)].
+    # Each batch takes its keys' locks before any account, so B waits for A's k2 and A, once
+    # the account is free, finishes; B then finds A's k2 record and replays it.
     holder = await pool.acquire()
     tx = holder.transaction()
     await tx.start()
@@ -110,15 +112,85 @@ async def test_a_deadlocked_batch_is_retried_item_by_item(settings: Settings, po
         results = [*(await a), *(await b)]
     await redis.aclose()
 
-    assert [e["items"] for e in logs if e["event"] == "submit_batch_deadlock"] == [2]
+    assert [e for e in logs if e["event"] == "submit_batch_deadlock"] == []
     assert not any(isinstance(r, BaseException) for r in results), results
     jobs = [r["job_id"] for r in results if not isinstance(r, BaseException)]
-    # k2 made one job whichever batch claimed it first; the other k2 item replays it.
     assert len(set(jobs)) == 3
-    assert sum(1 for r in results if not isinstance(r, BaseException) and r["replayed"]) == 1
+    assert [r["replayed"] for r in results if not isinstance(r, BaseException)] == [
+        False, False, True, False]
+    assert jobs[2] == jobs[1]  # B's k2 is A's job
     assert await pool.fetchval("SELECT count(*) FROM generation_jobs") == 3
     account = await assert_invariants(pool, user)
     assert (account.balance, account.reserved) == (97, 3)
+
+
+async def test_a_deadlocked_batch_is_retried_item_by_item(settings: Settings, pool: Pool) -> None:
+    user = await funded_user(pool, 100)
+    other = await funded_user(pool, 100)
+    batches, redis = await open_batches(settings, pool)
+    # Another transaction holds the account and then asks for the key lock the batch holds
+    # while it waits for that account: PostgreSQL aborts the batch (it waited first), whose
+    # items then go one by one and are all accepted.
+    holder = await pool.acquire()
+    tx = holder.transaction()
+    await tx.start()
+    # The holder checks for a deadlock only long after the batch does (1 s): the batch is the
+    # one PostgreSQL aborts.
+    await holder.execute("SET LOCAL deadlock_timeout = '20s'")
+    await holder.execute("SELECT 1 FROM credit_accounts WHERE user_id = $1 FOR UPDATE", user)
+    with capture_logs() as logs:
+        try:
+            a = asyncio.create_task(batches.submit_many([item(user, key="k1"), item(other)]))
+            await _wait_for_lock_waiters(pool, 1)
+            await holder.execute("SELECT pg_advisory_xact_lock(genq_submit_key_lock($1, $2))",
+                                 user, "k1")
+        finally:
+            await tx.rollback()
+            await pool.release(holder)
+        results = await a
+    await redis.aclose()
+
+    assert [e["items"] for e in logs if e["event"] == "submit_batch_deadlock"] == [2]
+    assert not any(isinstance(r, BaseException) for r in results), results
+    assert [r["replayed"] for r in results if not isinstance(r, BaseException)] == [False, False]
+    assert await pool.fetchval("SELECT count(*) FROM generation_jobs") == 2
+    for u in (user, other):
+        account = await assert_invariants(pool, u)
+        assert (account.balance, account.reserved) == (99, 1)
+
+
+async def test_an_item_that_keeps_deadlocking_is_tried_a_bounded_number_of_times(
+    settings: Settings, pool: Pool
+) -> None:
+    user = await funded_user(pool, 100)
+    # Every insert of the job with this prompt fails as a deadlock does (SQLSTATE 40P01); a
+    # sequence (not rolled back with the statement) counts the tries.
+    await pool.execute("""
+        CREATE SEQUENCE deadlock_tries;
+        CREATE FUNCTION always_deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.prompt = 'always deadlocks' THEN
+                PERFORM nextval('deadlock_tries');
+                RAISE EXCEPTION 'deadlock detected' USING ERRCODE = 'deadlock_detected';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER always_deadlock BEFORE INSERT ON generation_jobs
+            FOR EACH ROW EXECUTE FUNCTION always_deadlock();
+    """)
+    batches, redis = await open_batches(settings, pool)
+    try:
+        results = await batches.submit_many([item(user, prompt="always deadlocks"), item(user)])
+    finally:
+        await redis.aclose()
+
+    assert isinstance(results[0], asyncpg.DeadlockDetectedError)
+    assert not isinstance(results[1], BaseException) and not results[1]["replayed"]
+    # The batch once, then the item alone _DEADLOCK_TRIES times: no more.
+    assert await pool.fetchval("SELECT last_value FROM deadlock_tries") == 1 + _DEADLOCK_TRIES
+    assert await pool.fetchval("SELECT count(*) FROM generation_jobs") == 1
+    account = await assert_invariants(pool, user)
+    assert (account.balance, account.reserved) == (99, 1)
 
 
 async def _wait_for_lock_waiters(pool: Pool, n: int) -> None:

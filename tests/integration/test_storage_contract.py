@@ -4,8 +4,11 @@ other must keep, so genq behaves the same whichever ``GENQ_STORAGE_URL`` names."
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import stat
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -182,3 +185,54 @@ async def test_local_files_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
     assert await store.delete(key)
     assert list((tmp_path / "root").iterdir()) == []  # emptied job and user folders go too
+
+
+_PERSIST_SCRIPT = """
+import asyncio, sys, uuid
+from pathlib import Path
+from shared.storage import LocalStorage, asset_key
+
+async def main() -> None:
+    store = LocalStorage(Path(sys.argv[1]))
+    user = uuid.uuid4()
+    first, second = asset_key(user, uuid.uuid4(), 0, "png"), asset_key(user, uuid.uuid4(), 0, "png")
+    thumb = first.replace("0.png", "0.thumb.webp")
+    for key in (first, thumb, second):
+        await store.put_bytes(key, b"x")
+    # Two jobs finishing at once: one round of folder fsyncs, each folder once.
+    await asyncio.gather(store.persist([first, thumb]), store.persist([second]))
+    print(first, second)
+
+asyncio.run(main())
+"""
+
+
+async def test_local_persist_fsyncs_each_new_folder_and_its_parent_once(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    proc = await asyncio.create_subprocess_exec(
+        "strace", "-f", "-qq", "-y", "-e", "trace=fsync", "-o", str(tmp_path / "trace"),
+        sys.executable, "-c", _PERSIST_SCRIPT, str(root),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    first, second = out.decode().split()
+    # "fsync(7</path>) = 0", or "fsync(7</path> <unfinished ...>" when threads overlap.
+    synced = re.findall(r"fsync\(\d+<([^>]*)>", (tmp_path / "trace").read_text())
+    folders = [Path(p) for p in synced if Path(p).is_dir()]
+    files = [p for p in synced if not Path(p).is_dir()]
+    assert len(files) == 3  # each object's temp file, before its rename
+    job1, job2 = (root / first).parent, (root / second).parent
+    assert sorted(folders) == sorted([root.resolve(), job1.parent.resolve(), job1.resolve(),
+                                      job2.resolve()])
+
+
+async def test_local_persist_of_a_vanished_folder_fails(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "root")
+    key = _key()
+    await store.put_bytes(key, b"abc")
+    await store.persist([key])
+    assert await store.delete(key)  # its emptied folders go too
+    with pytest.raises(FileNotFoundError):
+        await store.persist([key])

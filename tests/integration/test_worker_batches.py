@@ -16,7 +16,7 @@ from shared.settings import Settings
 from shared.types import JobStatus
 from tests.factories import assert_invariants, create_job, funded_user, job_row, ledger_kinds
 from worker import media
-from worker.jobs import ClaimedJob, Final, Outcome, WorkerBatches
+from worker.jobs import ClaimedJob, Final, Outcome, WorkerBatches, finalize_many
 from worker.staging import StagedAsset
 
 OWNER = "test-worker"
@@ -127,3 +127,54 @@ async def test_concurrent_batches_over_shared_accounts_never_deadlock(
     assert await pool.fetchval("SELECT count(*) FROM workspace_assets") == 150
     for b in all_batches:
         await b.drain()
+
+
+async def test_one_batch_settles_many_jobs_of_one_account_in_item_order(
+    pool: Pool, settings: Settings
+) -> None:
+    user = await funded_user(pool, 100)
+    jobs = [await create_job(pool, num_outputs=4, user_id=user) for _ in range(4)]
+    batches = WorkerBatches(pool, settings, OWNER)
+    c = [await batches.claim(j.id) for j in jobs]
+    assert all(x is not None for x in c)
+    made_all, made_some, failed, canceled = (x for x in c if x is not None)
+    # A cancel requested before the final write wins over the success the worker brings.
+    await pool.execute("UPDATE generation_jobs SET cancel_requested_at = now() WHERE id = $1",
+                       canceled.id)
+    first = Final(made_some, Outcome(JobStatus.SUCCEEDED), staged(made_some, 3))
+    statuses = await finalize_many(pool, settings, [
+        Final(made_all, Outcome(JobStatus.SUCCEEDED), staged(made_all, 4)),
+        first,
+        Final(failed, Outcome(JobStatus.FAILED, "model_failed", "no"), []),
+        Final(canceled, Outcome(JobStatus.SUCCEEDED), staged(canceled, 4)),
+        first,  # the same final write twice: it lands once
+    ])
+    assert statuses == ["succeeded", "succeeded", "failed", "canceled", None]
+
+    # 100 granted, 16 held; then, in item order: capture 4; capture 3 and refund 1;
+    # refund 4; refund 4. Each entry's balance_after is the balance it left.
+    rows = await pool.fetch(
+        "SELECT kind, amount, reserved_delta, balance_after FROM credit_ledger"
+        " WHERE user_id = $1 ORDER BY id", user)
+    assert [tuple(r) for r in rows] == [
+        ("grant", 100, 0, 100),
+        ("reserve", -4, 4, 96), ("reserve", -4, 4, 92), ("reserve", -4, 4, 88),
+        ("reserve", -4, 4, 84),
+        ("capture", 0, -4, 84),
+        ("capture", 0, -3, 84), ("refund", 1, -1, 85),
+        ("refund", 4, -4, 89),
+        ("refund", 4, -4, 93),
+    ]
+    account = await assert_invariants(pool, user)
+    assert (account.balance, account.reserved) == (93, 0)
+    statuses_now = await pool.fetch(
+        "SELECT r.status, r.captured, r.refunded FROM generation_jobs j"
+        " JOIN credit_reservations r ON r.id = j.reservation_id WHERE j.id = ANY($1::uuid[])"
+        " ORDER BY array_position($1::uuid[], j.id)", [j.id for j in jobs])
+    assert [tuple(r) for r in statuses_now] == [
+        ("captured", 4, 0), ("captured", 3, 1), ("refunded", 0, 4), ("refunded", 0, 4)]
+    assets = await pool.fetch(
+        "SELECT job_id, count(*) AS n FROM workspace_assets GROUP BY job_id")
+    assert {r["job_id"]: r["n"] for r in assets} == {made_all.id: 4, made_some.id: 3}
+    assert (await job_row(pool, canceled.id))["error_code"] == "canceled"
+    await batches.drain()
