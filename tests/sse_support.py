@@ -64,7 +64,7 @@ class Stream:
 
     async def take(self, n: int, timeout: float = 60) -> list[Event]:
         """The next ``n`` events (fails if the stream ends first)."""
-        events = []
+        events: list[Event] = []
         async with asyncio.timeout(timeout):
             while len(events) < n:
                 event = await self.next(timeout)
