@@ -27,8 +27,11 @@ from api.jobs.routes import path_job_id
 from api.query import QueryParams, invalid
 from api.routing import Call, Endpoint, Reply
 from api.spec import QUERY_RULES, path_id
+from shared.logging import get_logger
 from shared.types import JobStatus
 from sql import queries
+
+log = get_logger(__name__)
 
 #: The event that ends a job's stream.
 TERMINAL = frozenset({"job.succeeded", "job.failed", "job.canceled"})
@@ -56,50 +59,56 @@ async def _render(call: Call, row: asyncpg.Record) -> ServerSentEvent:
                            id=str(row["event_id"]))
 
 
-async def _events(call: Call, job_id: uuid.UUID | None, after: int | None,
+async def _events(call: Call, job_id: uuid.UUID | None, after: int,
                   ) -> AsyncIterator[ServerSentEvent]:
     """The stream: what was missed (from the table), then what happens (from the hub)."""
     ctx = call.ctx
     hub = ctx.events
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ctx.settings.events_max_stream_s
-    with hub.subscribe(call.user, job_id) as sub:
-        if after is None:
-            # No Last-Event-ID: a job's stream starts with the job's first event still kept;
-            # the user's stream with what happens from now on.
-            after = 0 if job_id is not None else await ctx.pool.fetchval(queries["events_head"])
-        catch_up = True
-        while True:
-            if catch_up:
-                # From the table: everything after `after`. The subscription is already open,
-                # so an event committed after this read reaches the queue.
-                rows = await ctx.pool.fetch(queries["list_user_events"], call.user, after,
-                                            job_id, BATCH)
-                catch_up = len(rows) == BATCH
-            else:
-                if sub.overflowed:
+    sent = 0
+    try:
+        with hub.subscribe(call.user, job_id) as sub:
+            catch_up = True
+            while loop.time() < deadline:
+                if catch_up:
+                    # From the table: everything after `after`. The subscription is already
+                    # open, so an event committed after this read reaches the queue.
+                    rows = await ctx.pool.fetch(queries["list_user_events"], call.user, after,
+                                                job_id, BATCH)
+                    catch_up = len(rows) == BATCH
+                elif sub.overflowed:
                     # The client fell behind and the hub dropped events: read them again.
                     sub.reset()
                     catch_up = True
                     continue
-                try:
-                    async with asyncio.timeout(max(0.0, deadline - loop.time())):
-                        rows = [await sub.queue.get()]
-                except TimeoutError:
-                    return
-            for row in rows:
-                if row["event_id"] <= after:
-                    continue
-                yield await _render(call, row)
-                after = row["event_id"]
-                if job_id is not None and row["event_type"] in TERMINAL:
-                    return
-            if loop.time() >= deadline:
-                return
+                else:
+                    try:
+                        async with asyncio.timeout(deadline - loop.time()):
+                            rows = [await sub.queue.get()]
+                    except TimeoutError:
+                        return
+                for row in rows:
+                    if row["event_id"] <= after:
+                        continue
+                    yield await _render(call, row)
+                    sent += 1
+                    after = row["event_id"]
+                    if job_id is not None and row["event_type"] in TERMINAL:
+                        return
+    finally:
+        log.info("event_stream_closed", job_id=job_id and str(job_id), events=sent,
+                 open_streams=hub.subscriptions)
 
 
-def _stream(call: Call, job_id: uuid.UUID | None) -> Response:
+async def _stream(call: Call, job_id: uuid.UUID | None) -> Response:
     after = last_event_id(call)
+    if after is None:
+        # No Last-Event-ID: a job's stream starts with the job's first event still kept; the
+        # user's stream with what is committed after this request arrived (read before the
+        # answer starts, so a job submitted once the client has it is in the stream).
+        after = 0 if job_id is not None else await call.ctx.pool.fetchval(
+            queries["events_head"])
     return EventSourceResponse(_events(call, job_id, after),
                                ping=call.ctx.settings.events_heartbeat_s)
 
@@ -107,7 +116,7 @@ def _stream(call: Call, job_id: uuid.UUID | None) -> Response:
 async def get_events(call: Call) -> Response:
     """GET /v1/events: every job of the caller."""
     QueryParams(call.request, ())
-    return _stream(call, None)
+    return await _stream(call, None)
 
 
 async def get_job_events(call: Call) -> Response:
@@ -116,7 +125,7 @@ async def get_job_events(call: Call) -> Response:
     job_id = path_job_id(call)
     async with call.ctx.pool.acquire() as conn:
         await load_job(conn, call.user, job_id, sign=call.ctx.content_url)
-    return _stream(call, job_id)
+    return await _stream(call, job_id)
 
 
 _SSE = {"text/event-stream": {"schema": {"type": "string"}}}
