@@ -125,7 +125,8 @@ class Demo:
                 if "data" in fields:
                     types.append(fields["event"])
                     self.say(f"  event {fields['id']:>4}  {fields['event']:<14} "
-                             f"{_event_detail(fields['event'], json.loads(fields['data']))}")
+                             f"{_event_detail(fields['event'], json.loads(fields['data']))}"
+                             .rstrip())
                 fields = {}
         return types
 
@@ -289,7 +290,9 @@ def _bar(done: int, total: int, width: int = 24) -> str:
 
 
 def _row(job: dict[str, Any]) -> str:
-    outputs = len(job.get("outputs", []))
+    # A running job counts the outputs made so far; a finished one those it kept.
+    outputs = (job["outputs_staged"] if job["status"] == JobStatus.RUNNING
+               else len(job.get("outputs", [])))
     return (f"  {job['id']}  {job['model']:<13} {job['status']:<10} "
             f"outputs {outputs}/{job['num_outputs']}")
 

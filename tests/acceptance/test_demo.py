@@ -30,7 +30,7 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
 
     assert "demo finished: everything adds up" in out
     # The first job's events, printed as they arrived: queued, started, its 2 outputs, done.
-    events = re.findall(r"^  event +(\d+)  (job\.\w+) +(.*)$", out, re.MULTILINE)
+    events = re.findall(r"^  event +(\d+)  (job\.\w+) *(.*)$", out, re.MULTILINE)
     assert [e[1] for e in events] == ["job.queued", "job.started", "job.output",
                                       "job.output", "job.succeeded"], out
     assert [int(e[0]) for e in events] == sorted(int(e[0]) for e in events)
