@@ -128,7 +128,20 @@ async def get_job_events(call: Call) -> Response:
     return await _stream(call, job_id)
 
 
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+#: Each event of the stream (OpenAPI 3.1 describes a text/event-stream by one event).
+_SSE = {"text/event-stream": {"schema": {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$",
+               "description": "Increases for each user; send it back as Last-Event-ID."},
+        "event": {"enum": ["job.queued", "job.started", "job.output", "job.succeeded",
+                           "job.failed", "job.canceled"]},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": "#/components/schemas/Job"},
+                 "description": "The job as GET /v1/jobs/{job_id} showed it at that change."},
+    },
+}}}
 _LAST_EVENT_ID = {
     "name": LAST_EVENT_ID, "in": "header", "required": False,
     "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},

@@ -56,7 +56,9 @@ def test_schemathesis_finds_nothing_against_genq_up(tmp_path: Path, clean_data_d
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         [sys.executable, "-m", "genq", "up", "--port", str(port)],
-        cwd=ROOT, env=clean_env(GENQ_DATA_DIR=str(clean_data_dir), GENQ_ADMIN_TOKEN=ADMIN_TOKEN),
+        # Event streams end after half a second, so each answer to them is complete.
+        cwd=ROOT, env=clean_env(GENQ_DATA_DIR=str(clean_data_dir), GENQ_ADMIN_TOKEN=ADMIN_TOKEN,
+                                GENQ_EVENTS_MAX_STREAM_S="0.5"),
         stdout=log, stderr=subprocess.STDOUT,
     )
     report = tmp_path / "report.json"
