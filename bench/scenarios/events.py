@@ -11,7 +11,8 @@ that its job is done, what the event triggers add to a job, and what a queue pos
   walkthrough loop), one job at a time, alternating.
 - **event cost per job**: the database side of a job as the intake and the worker write it
   (submit in batches, claim in batches, each output counted, final write) with the event
-  triggers on, against the same with them off (``ALTER TABLE ... DISABLE TRIGGER``), jobs/s.
+  triggers on, against the same with them off (``ALTER TABLE ... DISABLE TRIGGER``), jobs/s;
+  and the pipeline scenario's run (jobs due at one moment, one ``genq worker``) the same way.
 - **job read with a deep queue**: ``GET /v1/jobs/{id}`` of a queued job (its queue place
   included) with 100,000 jobs queued, p50, against the same read with one job queued (the
   mean of the p50 before the backlog and after it is gone).
@@ -145,6 +146,21 @@ async def _job_cycle(pool: Pool, user_ids: list[uuid.UUID], n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+async def _through_worker(env: BenchEnv, owners: list[uuid.UUID], n: int) -> float:
+    """The pipeline scenario's run: n jobs written as the intake writes them, enqueued due at
+    one moment, one worker; jobs / (last finish - due)."""
+    pool = env.db()
+    ids = await seed.queued_jobs(pool, owners, n, seed.TINY_PARAMS)
+    queue = env.queue(f"events-pipeline-{uuid.uuid4().hex[:6]}")
+    worker = await env.genq_worker(queue)
+    due = await seed.enqueue_at(env.r(), queue, seed.generation_calls(ids), 1.0 + n * 0.002)
+    done = await seed.wait_jobs(pool, ids, 30 + n * 0.1)
+    env.stop(worker)
+    if done["statuses"] != {"succeeded": n}:
+        raise RuntimeError(f"events: not every job succeeded: {done['statuses']}")
+    return n / float(done["last_finished"] - due)
+
+
 async def _set_triggers(pool: Pool, enabled: bool) -> None:
     verb = "ENABLE" if enabled else "DISABLE"
     for name in EVENT_TRIGGERS:
@@ -174,6 +190,7 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     queue = env.queue("events")
     n_latency = 15 if quick else 60
     n_cycle = 640 if quick else 3200
+    n_worker = 300 if quick else 1000
     deep = 10_000 if quick else 100_000
 
     # Memory per open stream: genq, then the bare stream.
@@ -195,14 +212,19 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     await _close(bare_writers)
     env.stop(bare)
 
-    # What the triggers add to a job's database writes: off, on, off, on (the better of each).
+    # What the triggers add to a job's database writes, and to a job through a worker: off,
+    # on, off, on (the better of each).
     owners = [u.id for u in await seed.users(pool, 8, 10**9)]
     on: list[float] = []
     off: list[float] = []
+    worker_on: list[float] = []
+    worker_off: list[float] = []
     for enabled in (False, True, False, True):
         await _set_triggers(pool, enabled)
         try:
             (on if enabled else off).append(await _job_cycle(pool, owners, n_cycle))
+            (worker_on if enabled else worker_off).append(
+                await _through_worker(env, owners, n_worker))
         finally:
             await _set_triggers(pool, True)
 
@@ -240,6 +262,9 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
         Row("events", "events: job database writes/s, event triggers on vs off", max(on),
             max(off), "jobs/s", limit=0.8, target=">= 0.8x off",
             notes={"jobs": n_cycle, "on": on, "off": off}),
+        Row("events", "events: jobs/s through one worker, event triggers on vs off",
+            max(worker_on), max(worker_off), "jobs/s", limit=0.8, target=">= 0.8x off",
+            notes={"jobs": n_worker, "on": worker_on, "off": worker_off}),
         Row("events", f"events: GET /v1/jobs/{{id}} p50, {deep:,} queued vs 1", loaded,
             sum(idle) / len(idle), "ms", better="lower", limit=2.0, target="<= 2x idle",
             notes={"queued": deep, "idle_before_and_after": idle}),
