@@ -20,15 +20,15 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
 from api.assets.reads import signed_urls
+from api.errors import JobNotFound
 from api.events.hub import BATCH
 from api.jobs.models import Job
-from api.jobs.reads import load_job
 from api.jobs.routes import path_job_id
 from api.query import QueryParams, invalid
 from api.routing import Call, Endpoint, Reply
 from api.spec import QUERY_RULES, path_id
 from shared.logging import get_logger
-from shared.types import JobStatus
+from shared.types import TERMINAL_STATUSES, JobStatus
 from sql import queries
 
 log = get_logger(__name__)
@@ -59,9 +59,11 @@ async def _render(call: Call, row: asyncpg.Record) -> ServerSentEvent:
                            id=str(row["event_id"]))
 
 
-async def _events(call: Call, job_id: uuid.UUID | None, after: int,
+async def _events(call: Call, job_id: uuid.UUID | None, after: int, *, ended: bool = False,
                   ) -> AsyncIterator[ServerSentEvent]:
-    """The stream: what was missed (from the table), then what happens (from the hub)."""
+    """The stream: what was missed (from the table), then what happens (from the hub).
+    ``ended``: the job of a job's stream had already ended when the request came, so the
+    stream ends once it has sent what is kept after ``after``."""
     ctx = call.ctx
     hub = ctx.events
     loop = asyncio.get_running_loop()
@@ -70,6 +72,7 @@ async def _events(call: Call, job_id: uuid.UUID | None, after: int,
     try:
         with hub.subscribe(call.user, job_id) as sub:
             catch_up = True
+            caught_up = False
             while loop.time() < deadline:
                 if catch_up:
                     # From the table: everything after `after`. The subscription is already
@@ -77,6 +80,9 @@ async def _events(call: Call, job_id: uuid.UUID | None, after: int,
                     rows = await ctx.pool.fetch(queries["list_user_events"], call.user, after,
                                                 job_id, BATCH)
                     catch_up = len(rows) == BATCH
+                    # A job that had ended: its final event is in these rows (the stream ends
+                    # there), the client had it already, or it is no longer kept.
+                    caught_up = ended and not catch_up
                 elif sub.overflowed:
                     # The client fell behind and the hub dropped events: read them again.
                     sub.reset()
@@ -96,12 +102,14 @@ async def _events(call: Call, job_id: uuid.UUID | None, after: int,
                     after = row["event_id"]
                     if job_id is not None and row["event_type"] in TERMINAL:
                         return
+                if caught_up:
+                    return
     finally:
         log.info("event_stream_closed", job_id=job_id and str(job_id), events=sent,
                  open_streams=hub.subscriptions)
 
 
-async def _stream(call: Call, job_id: uuid.UUID | None) -> Response:
+async def _stream(call: Call, job_id: uuid.UUID | None, *, ended: bool = False) -> Response:
     after = last_event_id(call)
     if after is None:
         # No Last-Event-ID: a job's stream starts with the job's first event still kept; the
@@ -109,7 +117,7 @@ async def _stream(call: Call, job_id: uuid.UUID | None) -> Response:
         # answer starts, so a job submitted once the client has it is in the stream).
         after = 0 if job_id is not None else await call.ctx.pool.fetchval(
             queries["events_head"])
-    return EventSourceResponse(_events(call, job_id, after),
+    return EventSourceResponse(_events(call, job_id, after, ended=ended),
                                ping=call.ctx.settings.events_heartbeat_s)
 
 
@@ -124,8 +132,10 @@ async def get_job_events(call: Call) -> Response:
     QueryParams(call.request, ())
     job_id = path_job_id(call)
     async with call.ctx.pool.acquire() as conn:
-        await load_job(conn, call.user, job_id, sign=call.ctx.content_url)
-    return await _stream(call, job_id)
+        status = await conn.fetchval(queries["get_job_status"], job_id, call.user)
+    if status is None:
+        raise JobNotFound(f"no job {job_id}")
+    return await _stream(call, job_id, ended=status in TERMINAL_STATUSES)
 
 
 #: Each event of the stream (OpenAPI 3.1 describes a text/event-stream by one event).

@@ -267,3 +267,23 @@ async def test_old_events_are_purged_and_young_ones_kept(
     assert report.counts["deleted"] == 1
     left = await pool.fetch("SELECT job_id FROM job_events WHERE user_id = $1", user.id)
     assert [r["job_id"] for r in left] == [uuid.UUID(young["id"])]
+
+
+async def test_the_stream_of_a_finished_job_sends_what_is_kept_and_ends(
+    client: httpx.AsyncClient, pool: Pool
+) -> None:
+    user = await _user(client)
+    job = await _submit(client, user)
+    await _run(pool, job["id"], "failed")
+    path = f"/v1/jobs/{job['id']}/events"
+    async with open_stream(client, path, user.headers) as stream:
+        events = await stream.take(5)
+        assert await stream.next() is None
+    assert _types(events)[-1] == "job.failed"
+    # Resumed after its final event: nothing more, and the stream ends at once.
+    async with open_stream(client, path, user.headers, last_event_id=events[-1].id) as stream:
+        assert await stream.next(timeout=5) is None
+    # Its events past the retention: an empty stream that ends.
+    await pool.execute("DELETE FROM job_events WHERE job_id = $1", uuid.UUID(job["id"]))
+    async with open_stream(client, path, user.headers) as stream:
+        assert await stream.next(timeout=5) is None
