@@ -28,13 +28,11 @@ from api.query import QueryParams, invalid
 from api.routing import Call, Endpoint, Reply
 from api.spec import QUERY_RULES, path_id
 from shared.logging import get_logger
-from shared.types import TERMINAL_STATUSES, JobStatus
+from shared.types import TERMINAL_EVENTS, TERMINAL_STATUSES, JobEventType, JobStatus
 from sql import queries
 
 log = get_logger(__name__)
 
-#: The event that ends a job's stream.
-TERMINAL = frozenset({"job.succeeded", "job.failed", "job.canceled"})
 LAST_EVENT_ID = "Last-Event-ID"
 _MAX_ID_DIGITS = 18
 
@@ -100,7 +98,7 @@ async def _events(call: Call, job_id: uuid.UUID | None, after: int, *, ended: bo
                     yield await _render(call, row)
                     sent += 1
                     after = row["event_id"]
-                    if job_id is not None and row["event_type"] in TERMINAL:
+                    if job_id is not None and row["event_type"] in TERMINAL_EVENTS:
                         return
                 if caught_up:
                     return
@@ -145,8 +143,7 @@ _SSE = {"text/event-stream": {"schema": {
     "properties": {
         "id": {"type": "string", "pattern": "^[0-9]+$",
                "description": "Increases for each user; send it back as Last-Event-ID."},
-        "event": {"enum": ["job.queued", "job.started", "job.output", "job.succeeded",
-                           "job.failed", "job.canceled"]},
+        "event": {"enum": [t.value for t in JobEventType]},
         "data": {"type": "string", "contentMediaType": "application/json",
                  "contentSchema": {"$ref": "#/components/schemas/Job"},
                  "description": "The job as GET /v1/jobs/{job_id} showed it at that change."},
