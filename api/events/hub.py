@@ -161,9 +161,12 @@ class EventHub:
         conn = self._conn
         assert conn is not None
         if not self._subs:
-            # Nobody listens here: skip to the end (a stream that opens reads the table).
-            self._cursor = max(self._cursor, await conn.fetchval(queries["events_head"]))
-            return
+            # Nobody listens here: skip to the end. Checked again after the read: a stream that
+            # subscribes later reads the table after it, so it has every event up to that end.
+            head = await conn.fetchval(queries["events_head"])
+            if not self._subs:
+                self._cursor = max(self._cursor, head)
+                return
         while True:
             rows = await conn.fetch(queries["events_after"], self._cursor, BATCH)
             if not rows:
