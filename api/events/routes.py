@@ -83,6 +83,7 @@ async def _events(call: Call, job_id: uuid.UUID | None, after: int, *, ended: bo
                     caught_up = ended and not catch_up
                 elif sub.overflowed:
                     # The client fell behind and the hub dropped events: read them again.
+                    log.info("event_stream_behind", after=after)
                     sub.reset()
                     catch_up = True
                     continue

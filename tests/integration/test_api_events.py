@@ -287,3 +287,23 @@ async def test_the_stream_of_a_finished_job_sends_what_is_kept_and_ends(
     await pool.execute("DELETE FROM job_events WHERE job_id = $1", uuid.UUID(job["id"]))
     async with open_stream(client, path, user.headers) as stream:
         assert await stream.next(timeout=5) is None
+
+
+async def test_a_burst_of_events_arrives_whole_and_in_order(
+    client: httpx.AsyncClient, pool: Pool
+) -> None:
+    """2,500 jobs queued in one transaction (as an operator's SQL could): every event reaches
+    the open stream, in order, each with its queue position."""
+    user = await _user(client)
+    async with open_stream(client, "/v1/events", user.headers) as stream:
+        await pool.execute(
+            "INSERT INTO generation_jobs (user_id, model, provider, prompt, num_outputs, "
+            "price_per_output) SELECT $1, 'local/sketch', 'local', 'burst ' || i, 1, 0 "
+            "FROM generate_series(1, 2500) AS i", user.id)
+        events = await stream.take(2500, timeout=120)
+    stored = await pool.fetch("SELECT id, job_id FROM job_events WHERE user_id = $1 ORDER BY id",
+                              user.id)
+    assert [(e.id, e.data["id"]) for e in events] == [
+        (r["id"], str(r["job_id"])) for r in stored]
+    assert {e.type for e in events} == {"job.queued"}
+    assert [e.data["queue"]["position"] for e in events] == list(range(2500))
