@@ -169,26 +169,54 @@ async def test_last_event_id_resumes_with_exactly_the_missed_events(
     assert (live.data["id"], live.type) == (third["id"], "job.queued")
 
 
+_WAITING = """
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND NOT granted AND classid = $1 AND objid = $2 AND objsubid = $3
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+async def _until_waiting(pool: Pool, key: tuple[int, int, int],
+                         task: asyncio.Task[Any] | None = None) -> None:
+    """Until a transaction waits for the advisory lock ``key`` (or ``task`` is done)."""
+    async with asyncio.timeout(10):
+        while not await pool.fetchval(_WAITING, *key):
+            if task is not None and task.done():
+                return
+            await asyncio.sleep(0.02)
+
+
 async def test_event_ids_follow_commit_order_so_a_reader_never_skips_one(
     client: httpx.AsyncClient, pool: Pool
 ) -> None:
-    """The outbox trap: a transaction that changed a job first but commits last must not hold
-    a lower id than one a reader has already seen."""
+    """The outbox trap: a transaction that took a lower event id must not commit after one
+    holding a higher id became visible, or a reader that saw the higher one skips it. One
+    transaction is held in its commit right after taking its event id (a trigger that fires
+    after genq's waits for a lock the test holds); another commits meanwhile."""
     user = await _user(client)
     early, late = await _submit(client, user), await _submit(client, user)
-    async with pool.acquire() as a, pool.acquire() as b:
-        ta, tb = a.transaction(), b.transaction()
-        await ta.start()
-        await tb.start()
-        await a.execute("UPDATE generation_jobs SET status = 'running', started_at = now() "
-                        "WHERE id = $1", uuid.UUID(early["id"]))
-        await b.execute("UPDATE generation_jobs SET status = 'running', started_at = now() "
-                        "WHERE id = $1", uuid.UUID(late["id"]))
-        await tb.commit()
-        seen = await pool.fetchval("SELECT max(id) FROM job_events")
-        await ta.commit()
-    after = await pool.fetch("SELECT job_id FROM job_events WHERE id > $1", seen)
-    assert [r["job_id"] for r in after] == [uuid.UUID(early["id"])]
+    await pool.execute("""
+        CREATE FUNCTION test_hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$""")
+    await pool.execute(f"""
+        CREATE CONSTRAINT TRIGGER zz_hold_commit AFTER UPDATE ON generation_jobs
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+        WHEN (NEW.id = '{uuid.UUID(early["id"])}') EXECUTE FUNCTION test_hold_commit()""")
+    head = await pool.fetchval("SELECT max(id) FROM job_events")
+    start = ("UPDATE generation_jobs SET status = 'running', started_at = now() "
+             "WHERE id = $1")
+    async with pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock(4242)")
+        first = asyncio.create_task(pool.execute(start, uuid.UUID(early["id"])))
+        await _until_waiting(pool, (0, 4242, 1))  # holding its event id, not committed
+        second = asyncio.create_task(pool.execute(start, uuid.UUID(late["id"])))
+        await _until_waiting(pool, (24, 0, 2), second)  # waits for the first to commit
+        # Neither event is visible while the first is held: none to skip.
+        assert await pool.fetchval("SELECT count(*) FROM job_events WHERE id > $1", head) == 0
+        await holder.execute("SELECT pg_advisory_unlock(4242)")
+        await asyncio.gather(first, second)
+    after = await pool.fetch("SELECT job_id FROM job_events WHERE id > $1 ORDER BY id", head)
+    assert [r["job_id"] for r in after] == [uuid.UUID(early["id"]), uuid.UUID(late["id"])]
 
 
 async def test_a_heartbeat_comment_keeps_an_idle_stream_open(
