@@ -25,6 +25,8 @@ from api.collections import routes as collections
 from api.context import ApiContext
 from api.credits import routes as credits
 from api.errors import exception_handlers
+from api.events import routes as events
+from api.events.hub import EventHub
 from api.files import routes as files
 from api.health import routes as health
 from api.jobs import routes as jobs
@@ -54,7 +56,8 @@ def endpoints(plan_names: list[str] | None = None) -> list[Endpoint]:
     ``plan_names``: the plans an admin may assign (the document lists them)."""
     table = [*jobs.ENDPOINTS, *credits.ENDPOINTS, *catalog.ENDPOINTS, *assets.ENDPOINTS,
              *files.ENDPOINTS, *me.ENDPOINTS, *admin.ENDPOINTS, *plans.endpoints(plan_names),
-             *health.ENDPOINTS, *library.ENDPOINTS, *collections.ENDPOINTS, *sharing.ENDPOINTS]
+             *health.ENDPOINTS, *library.ENDPOINTS, *collections.ENDPOINTS, *sharing.ENDPOINTS,
+             *events.ENDPOINTS]
     return [*table, openapi_endpoint(build_openapi(table))]
 
 
@@ -73,7 +76,7 @@ def middleware(settings: Settings) -> list[Middleware]:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range",
-                           "If-None-Match", "If-Range"],
+                           "If-None-Match", "If-Range", "Last-Event-ID"],
             expose_headers=["Content-Length", "Content-Range", "Accept-Ranges", "ETag",
                             "Last-Modified", "Content-Disposition", "Retry-After"],
             max_age=600,
@@ -116,12 +119,15 @@ def create_app(settings: Settings) -> Starlette:
             await catalog_cache.load()
             redis = await create_arq_pool(redis_url)
             batches = IntakeBatches(pool, redis, settings)
+            hub = EventHub(database_url)
             try:
-                ctx.attach(pool, redis, batches, catalog_cache)
+                await hub.start()
+                ctx.attach(pool, redis, batches, catalog_cache, hub)
                 log.info("api_started", queue=settings.queue_name)
                 yield
             finally:
                 ctx.detach()
+                await hub.close()
                 await batches.drain()
                 await redis.aclose()
         finally:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
     from api.catalog.cache import CatalogCache
+    from api.events.hub import EventHub
     from api.jobs.intake import IntakeBatches
     from shared.db import Pool
     from shared.settings import Settings
@@ -39,16 +40,17 @@ class ApiContext:
     _redis: ArqRedis | None = field(default=None, repr=False)
     _batches: IntakeBatches | None = field(default=None, repr=False)
     _catalog: CatalogCache | None = field(default=None, repr=False)
+    _events: EventHub | None = field(default=None, repr=False)
     # User id -> (their plan's submissions per minute, None for the setting; when to look
     # again), kept as long as a verified API key.
     plan_rates: dict[uuid.UUID, tuple[int | None, float]] = field(default_factory=dict,
                                                                 repr=False)
 
     def attach(self, pool: Pool, redis: ArqRedis, batches: IntakeBatches,
-               catalog: CatalogCache) -> None:
+               catalog: CatalogCache, events: EventHub) -> None:
         """Use these connections (called by the lifespan once both are open)."""
         self._pool, self._redis, self._batches = pool, redis, batches
-        self._catalog = catalog
+        self._catalog, self._events = catalog, events
 
     async def content_url(self, key: str) -> str:
         """The signed URL a browser loads ``key`` from, without an Authorization header."""
@@ -56,7 +58,7 @@ class ApiContext:
 
     def detach(self) -> None:
         """Forget the connections (the lifespan closes them)."""
-        self._pool = self._redis = self._batches = self._catalog = None
+        self._pool = self._redis = self._batches = self._catalog = self._events = None
 
     @property
     def pool(self) -> Pool:
@@ -85,6 +87,14 @@ class ApiContext:
         if self._catalog is None:
             raise RuntimeError("the catalog is not loaded: is the lifespan running?")
         return self._catalog
+
+    @property
+    def events(self) -> EventHub:
+        """This process's live job events (following the table between lifespan startup and
+        shutdown)."""
+        if self._events is None:
+            raise RuntimeError("the event hub is not running: is the lifespan running?")
+        return self._events
 
     @property
     def intake(self) -> Intake:

@@ -3,7 +3,9 @@ loop, same HTTP parser (httptools), lifespan on, no access log, no server header
 connection limits (``api/protocol.py``) are left out, so their cost counts against genq.
 
 - without ``--database-url``: one JSON handler, the cost of Starlette + uvicorn alone;
-- with it: the intake floor (see ``bench/floor.py``), one autocommit INSERT per request.
+- with it: the intake floor (see ``bench/floor.py``), one autocommit INSERT per request;
+- ``GET /v1/events``: a bare sse-starlette stream that only sends its heartbeat (the baseline
+  of an open ``genq api`` event stream).
 
 ``python -m bench.bare_app --host H --port P [--database-url URL --pool-size N]``
 """
@@ -11,11 +13,13 @@ connection limits (``api/protocol.py``) are left out, so their cost counts again
 from __future__ import annotations
 
 import argparse
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
+from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,6 +31,17 @@ from bench import floor
 async def create(request: Request) -> Response:
     """Accept anything: the cost of Starlette + uvicorn alone."""
     return JSONResponse({"id": "bare", "status": "queued"}, status_code=202)
+
+
+async def events(request: Request) -> Response:
+    """An event stream that sends nothing but sse-starlette's heartbeat, until the client
+    leaves."""
+
+    async def nothing() -> AsyncIterator[str]:
+        await asyncio.Event().wait()
+        yield ""
+
+    return EventSourceResponse(nothing(), ping=15)
 
 
 def floor_app(database_url: str, pool_size: int, group_commit: bool = False) -> Starlette:
@@ -55,7 +70,8 @@ def floor_app(database_url: str, pool_size: int, group_commit: bool = False) -> 
     return Starlette(routes=[Route("/v1/jobs", insert, methods=["POST"])], lifespan=lifespan)
 
 
-app = Starlette(routes=[Route("/v1/jobs", create, methods=["POST"])])
+app = Starlette(routes=[Route("/v1/jobs", create, methods=["POST"]),
+                       Route("/v1/events", events)])
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """``genq demo``: the whole system on the embedded default, driven over HTTP like a client.
 
 Starts services, API, worker and scheduler; creates a user with credits; submits a handful of
-jobs to the built-in provider; shows live progress; cancels one to show the refund; prints each
+jobs to the built-in provider; prints one job's live events as they arrive (Server-Sent Events);
+shows live progress; cancels one to show the refund; prints each
 job's outputs; saves two to the library in a collection, publishes one and shows its share link
 and the public feed; sets the user's storage quota to what the library takes and shows a third
 save refused; signs a user in with a token it makes as an identity provider would (HS256,
@@ -11,6 +12,7 @@ started.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
@@ -104,6 +106,32 @@ class Demo:
         resp = self._user().post(f"/v1/jobs/{canceled}/cancel")
         self.say(f"cancel {canceled}: HTTP {resp.status_code} -> {resp.json().get('status')}")
         return ids, canceled
+
+    def follow(self, job_id: str, timeout_s: float = 60.0) -> list[str]:
+        """Print one job's live events (GET /v1/jobs/{id}/events) as they arrive, until its
+        final one ends the stream; returns their types."""
+        self.say(f"live events of {job_id} (GET /v1/jobs/{{id}}/events):")
+        types: list[str] = []
+        fields: dict[str, str] = {}
+        with self._user().stream("GET", f"/v1/jobs/{job_id}/events",
+                                 timeout=timeout_s) as resp:
+            if resp.status_code != 200:
+                raise RuntimeError(f"GET /v1/jobs/{job_id}/events answered "
+                                   f"{resp.status_code}")
+            for line in resp.iter_lines():
+                if line.startswith(":"):  # the heartbeat
+                    continue
+                if line:
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+                    continue
+                if "data" in fields:
+                    types.append(fields["event"])
+                    self.say(f"  event {fields['id']:>4}  {fields['event']:<14} "
+                             f"{_event_detail(fields['event'], json.loads(fields['data']))}"
+                             .rstrip())
+                fields = {}
+        return types
 
     def watch(self, ids: list[str], timeout_s: float = 180.0) -> dict[str, dict[str, Any]]:
         """Poll until every job is terminal, drawing a live table."""
@@ -262,13 +290,28 @@ def _ok(resp: httpx.Response) -> dict[str, Any]:
     return body
 
 
+def _event_detail(event: str, job: dict[str, Any]) -> str:
+    """What an event says beyond its type."""
+    if event == "job.queued" and job["queue"] is not None:
+        return f"queue position {job['queue']['position']}"
+    if event == "job.output":
+        return f"output {job['outputs_staged']} of {job['num_outputs']}"
+    if event == "job.succeeded":
+        return f"{len(job['outputs'])} outputs, {job['cost']['captured']} credits captured"
+    if job["error"] is not None:
+        return f"{job['error']['code']}: {job['error']['message']}"
+    return ""
+
+
 def _bar(done: int, total: int, width: int = 24) -> str:
     filled = width * done // total
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done"
 
 
 def _row(job: dict[str, Any]) -> str:
-    outputs = len(job.get("outputs", []))
+    # A running job counts the outputs made so far; a finished one those it kept.
+    outputs = (job["outputs_staged"] if job["status"] == JobStatus.RUNNING
+               else len(job.get("outputs", [])))
     return (f"  {job['id']}  {job['model']:<13} {job['status']:<10} "
             f"outputs {outputs}/{job['num_outputs']}")
 
@@ -321,6 +364,7 @@ def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
         demo.setup_user()
         before = demo.credits()
         ids, canceled = demo.submit()
+        followed = demo.follow(ids[0])
         jobs = demo.watch(ids)
         demo.report(jobs)
         library_ok = demo.library(jobs)
@@ -347,6 +391,8 @@ def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
             and after["balance"] == before["balance"] - captured
             and after["reserved"] == 0
             and library_ok
+            and followed == ["job.queued", "job.started",
+                             *["job.output"] * DEMO_JOBS[0][2], "job.succeeded"]
         )
         demo.say("demo finished: " + ("everything adds up" if ok else "UNEXPECTED STATE"))
         return 0 if ok else 1

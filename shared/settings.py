@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     library_quota_bytes: int = Field(default=10 * ONE_GIB, ge=0)
     trash_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
 
+    # Live events (GET /v1/events, GET /v1/jobs/{id}/events).
+    events_heartbeat_s: float = Field(default=15.0, gt=0, le=3600)
+    events_retention_s: int = Field(default=24 * 3600, ge=60)
+    events_max_stream_s: float = Field(default=3600.0, gt=0)
+
     # Maintenance.
     cleanup_batch_size: int = Field(default=500, ge=1, le=100_000)
     requeue_after_s: float = Field(default=60.0, ge=0)

@@ -2,7 +2,8 @@
 
 Every value set here is also a CHECK constraint in the database (sql/migrations/0001_schema.sql):
 ``generation_jobs.status``, ``workspace_assets.asset_type`` and ``models.media_type``,
-``credit_ledger.kind``, ``credit_reservations.status``. tests/integration/test_types.py reads the
+``credit_ledger.kind``, ``credit_reservations.status`` (and ``job_events.type``, in
+0024_job_events.sql). tests/integration/test_types.py reads the
 constraints of a freshly migrated database and fails unless both sides list the same values, so
 a value added on one side only is caught by the tests.
 
@@ -62,3 +63,21 @@ class ReservationStatus(enum.StrEnum):
     OPEN = "open"
     CAPTURED = "captured"
     REFUNDED = "refunded"
+
+
+class JobEventType(enum.StrEnum):
+    """A change of a job a live client is told of (``job_events.type``): queued, started, one
+    more output made, or the terminal status it reached."""
+
+    QUEUED = "job.queued"
+    STARTED = "job.started"
+    OUTPUT = "job.output"
+    SUCCEEDED = "job.succeeded"
+    FAILED = "job.failed"
+    CANCELED = "job.canceled"
+
+
+# The events after which a job never changes again: its terminal statuses.
+TERMINAL_EVENTS: frozenset[JobEventType] = frozenset(
+    JobEventType(f"job.{status}") for status in TERMINAL_STATUSES
+)

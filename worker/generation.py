@@ -318,9 +318,8 @@ class _Run:
 
     async def _stage(self, outputs: list[Output]) -> tuple[Outcome, list[StagedAsset]]:
         """Copy the outputs into storage; fail only if none of them could be kept."""
-        job = self.job
         results = await asyncio.gather(
-            *(self.wc.stager.stage(job.user_id, job.id, i, out) for i, out in enumerate(outputs)),
+            *(self._stage_one(i, out) for i, out in enumerate(outputs)),
             return_exceptions=True,
         )
         rejected: list[OutputRejected] = []
@@ -340,6 +339,18 @@ class _Run:
             *(self.wc.stager.add_variants(asset) for asset in self.staged)
         ))
         return Outcome(JobStatus.SUCCEEDED), list(self.staged)
+
+    async def _stage_one(self, index: int, output: Output) -> StagedAsset:
+        """Stage one output and count it on the job (a job.output event for live clients); a
+        count that cannot be written only leaves that event out."""
+        staged = await self.wc.stager.stage(self.job.user_id, self.job.id, index, output)
+        try:
+            await jobs.count_output_staged(self.wc.pool, self.job)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("output_count_not_saved", error=repr(exc))
+        return staged
 
     async def _on_created(self, prediction_id: str) -> None:
         self.prediction_id = prediction_id

@@ -157,6 +157,14 @@ async def set_provider_queue_position(pool: Pool, job: ClaimedJob, position: int
     await pool.execute(queries["set_provider_queue_position"], job.id, job.attempt, position)
 
 
+async def count_output_staged(pool: Pool, job: ClaimedJob) -> int | None:
+    """One more output of this attempt is in storage; how many now (None: the attempt no
+    longer holds the job)."""
+    staged: int | None = await pool.fetchval(queries["count_output_staged"], job.id,
+                                             job.attempt)
+    return staged
+
+
 async def set_prediction_id(pool: Pool, job: ClaimedJob, prediction_id: str) -> bool:
     """Store the provider's id; False if this attempt no longer holds the job."""
     return await pool.fetchval(queries["set_prediction_id"], job.id, job.attempt,

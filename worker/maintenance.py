@@ -223,6 +223,43 @@ async def _dispatch_waiting(
         report.add("dispatched", len(done))
 
 
+# The weight of a new sample in the queue's smoothed speed (the rest is the previous speed).
+QUEUE_SPEED_WEIGHT = 0.3
+
+
+@_timed("measure_queue")
+async def measure_queue(report: TaskReport, pool: Pool) -> None:
+    """Sample how fast the head of the queue moves (queue numbers per second, smoothed), which
+    a queued job's ``queue.eta_s`` divides its position by. A queue with nothing queued at
+    either sample tells nothing about its speed: the previous one is kept."""
+    head = await pool.fetchrow(queries["queue_head"])
+    assert head is not None  # one row, always
+    prev = await pool.fetchrow(queries["get_queue_stats"])
+    speed = None if prev is None else prev["head_per_s"]
+    if prev is not None and head["sampled_at"] > prev["sampled_at"]:
+        moved = head["head_seq"] - prev["head_seq"]
+        if moved > 0 or head["queued"]:
+            sample = moved / (head["sampled_at"] - prev["sampled_at"]).total_seconds()
+            speed = sample if speed is None else (
+                speed * (1 - QUEUE_SPEED_WEIGHT) + sample * QUEUE_SPEED_WEIGHT)
+            report.add("sampled")
+    await pool.execute(queries["set_queue_stats"], head["head_seq"], head["sampled_at"], speed)
+
+
+@_timed("purge_job_events")
+async def purge_job_events(report: TaskReport, pool: Pool, retention_s: int,
+                           batch_size: int) -> None:
+    """Delete live events older than ``GENQ_EVENTS_RETENTION_S`` (a stream resumes from the
+    ones kept), oldest first, in batches."""
+    while True:
+        status = await pool.execute(queries["purge_job_events"], float(retention_s),
+                                    batch_size)
+        deleted = int(status.split()[-1])
+        report.add("deleted", deleted)
+        if deleted < batch_size:
+            return
+
+
 @_timed("grant_plan_credits")
 async def grant_plan_credits(
     report: TaskReport, pool: Pool, settings: Settings, now: datetime | None = None

@@ -74,6 +74,15 @@ def _grant_plans(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[T
     return maintenance.grant_plan_credits(pool, settings)
 
 
+def _measure_queue(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
+    return maintenance.measure_queue(pool)
+
+
+def _purge_events(pool: Pool, redis: ArqRedis, settings: Settings) -> Awaitable[TaskReport]:
+    return maintenance.purge_job_events(pool, settings.events_retention_s,
+                                        settings.cleanup_batch_size)
+
+
 # Name -> task, in the order `genq cleanup` runs them.
 TASKS: dict[str, TaskFn] = {
     "enqueue-new-jobs": _enqueue_new,
@@ -85,6 +94,8 @@ TASKS: dict[str, TaskFn] = {
     "retire-old-jobs": _retire_jobs,
     "sweep-orphan-files": _sweep_orphans,
     "grant-plan-credits": _grant_plans,
+    "measure-queue": _measure_queue,
+    "purge-job-events": _purge_events,
 }
 
 
@@ -168,15 +179,16 @@ def _cron_for(queue_name: str, name: str, schedule: dict[str, Any]) -> CronJob:
 
 
 # Tasks not on the sweep interval, with their own schedule.
-_OWN_SCHEDULE = ("enqueue-new-jobs", "sweep-orphan-files")
+_OWN_SCHEDULE = ("enqueue-new-jobs", "measure-queue", "sweep-orphan-files")
 
 
 def cron_jobs(settings: Settings) -> list[CronJob]:
-    """Every task on its schedule: never-enqueued jobs every few seconds, recovery on the sweep
-    interval, the orphan scan hourly."""
+    """Every task on its schedule: never-enqueued jobs and the queue's speed every few seconds,
+    recovery on the sweep interval, the orphan scan hourly."""
     every = _every(settings.sweep_interval_s)
     q = settings.queue_name
-    jobs = [_cron_for(q, "enqueue-new-jobs", _every(settings.enqueue_sweep_interval_s))]
+    jobs = [_cron_for(q, name, _every(settings.enqueue_sweep_interval_s))
+            for name in ("enqueue-new-jobs", "measure-queue")]
     jobs += [_cron_for(q, name, every) for name in TASKS if name not in _OWN_SCHEDULE]
     jobs.append(_cron_for(q, "sweep-orphan-files", {"minute": {17}, "second": {0}}))
     return jobs

@@ -71,6 +71,18 @@ class ProviderState(ResponseModel):
                     "0 first; null otherwise.")
 
 
+class QueuePlace(ResponseModel):
+    """Where a queued job stands in genq's queue."""
+
+    position: int = Field(
+        description="Jobs submitted before this one, counted from the oldest job still queued "
+                    "(0: the next to start in submission order). An estimate: fair sharing "
+                    "and priority tiers can start a job before older ones.")
+    eta_s: int | None = Field(
+        description="Estimated seconds until the job starts, from how fast the queue has been "
+                    "moving; null until that is known.")
+
+
 class Job(ResponseModel):
     """A generation job with its cost and unexpired outputs.
 
@@ -93,6 +105,11 @@ class Job(ResponseModel):
     error: JobError | None
     cancel_requested: bool
     provider: ProviderState
+    outputs_staged: int = Field(
+        description="Outputs the running attempt has made so far, of num_outputs (job.output "
+                    "events count them).")
+    queue: QueuePlace | None = Field(description="While the job is queued: its place in the "
+                                                 "queue; null otherwise.")
     created_at: Time
     enqueued_at: Time | None
     started_at: Time | None
@@ -121,6 +138,8 @@ class Job(ResponseModel):
             cancel_requested=row["cancel_requested_at"] is not None,
             provider=ProviderState(queue_position=_while_running(
                 row["status"], row["provider_queue_position"])),
+            outputs_staged=row["outputs_staged"],
+            queue=_queue_place(row["queue_position"], row["queue_eta_s"]),
             created_at=row["created_at"], enqueued_at=row["enqueued_at"],
             started_at=row["started_at"], finished_at=row["finished_at"],
         )
@@ -129,6 +148,11 @@ class Job(ResponseModel):
 def _while_running(status: str, queue_position: int | None) -> int | None:
     """The provider's queue position matters only while the job runs (a stale one is hidden)."""
     return queue_position if status == JobStatus.RUNNING else None
+
+
+def _queue_place(position: int | None, eta_s: int | None) -> QueuePlace | None:
+    """The queue place of a queued job (the view gives a position only to queued jobs)."""
+    return None if position is None else QueuePlace(position=position, eta_s=eta_s)
 
 
 class JobPage(Page[Job]):

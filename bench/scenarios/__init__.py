@@ -8,6 +8,7 @@ from bench.env import BenchEnv
 from bench.report import Row
 from bench.scenarios import (
     cleanup,
+    events,
     fair,
     hot_account,
     inflight,
@@ -30,6 +31,7 @@ SCENARIOS: dict[str, Scenario] = {
     "media": media.run,
     "fair": fair.run,
     "library": library.run,
+    "events": events.run,
 }
 
 

@@ -17,6 +17,7 @@ WITH claimed AS (
         lease_owner = $2,
         lease_expires_at = now() + make_interval(secs => $3),
         started_at = coalesce(j.started_at, now()),
+        outputs_staged = 0,
         updated_at = now()
     WHERE j.id = ANY($1::uuid[])
       AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()))
@@ -70,6 +71,14 @@ SET provider_queue_position = $3, updated_at = now()
 WHERE id = $1 AND status = 'running' AND attempt = $2
   AND provider_queue_position IS DISTINCT FROM $3
 RETURNING id
+
+-- count_output_staged --
+-- One more output of the running attempt is in storage (a job.output event, 0024_job_events.sql).
+-- $1 job_id, $2 attempt. No row: the lease was lost.
+UPDATE generation_jobs
+SET outputs_staged = outputs_staged + 1, updated_at = now()
+WHERE id = $1 AND status = 'running' AND attempt = $2
+RETURNING outputs_staged
 
 -- get_fallback_model --
 -- What a job needs to move to its model's fallback. $1 model key.

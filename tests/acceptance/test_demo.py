@@ -29,6 +29,14 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
     assert not [line for line in out.splitlines() if line.startswith("{")], out
 
     assert "demo finished: everything adds up" in out
+    # The first job's events, printed as they arrived: queued, started, its 2 outputs, done.
+    events = re.findall(r"^  event +(\d+)  (job\.\w+) *(.*)$", out, re.MULTILINE)
+    assert [e[1] for e in events] == ["job.queued", "job.started", "job.output",
+                                      "job.output", "job.succeeded"], out
+    assert [int(e[0]) for e in events] == sorted(int(e[0]) for e in events)
+    assert events[0][2] == "queue position 0"
+    assert [e[2] for e in events[2:4]] == ["output 1 of 2", "output 2 of 2"]
+    assert events[4][2] == "2 outputs, 2 credits captured"
     assert out.count("saved to library ") == 2
     assert re.search(r"collection 'Demo favourites \w+': 2 items", out), out
     shared = re.search(r"published (\S{11}); share link http://127\.0\.0\.1:\d+/v1/shared/\1",

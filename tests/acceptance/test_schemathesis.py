@@ -19,7 +19,7 @@ from tests.acceptance.stack_support import ROOT, clean_env
 
 ADMIN_TOKEN = "schemathesis-admin-token-0123456789abcdef"
 CONFIG = ROOT / "tests" / "acceptance" / "schemathesis.toml"
-OPERATIONS = 35
+OPERATIONS = 37
 # Seeded and bounded: about 25 generated cases per operation and phase, a few hundred requests.
 SEED = 20261130
 MAX_EXAMPLES = 25
@@ -56,7 +56,9 @@ def test_schemathesis_finds_nothing_against_genq_up(tmp_path: Path, clean_data_d
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         [sys.executable, "-m", "genq", "up", "--port", str(port)],
-        cwd=ROOT, env=clean_env(GENQ_DATA_DIR=str(clean_data_dir), GENQ_ADMIN_TOKEN=ADMIN_TOKEN),
+        # Event streams end after half a second, so each answer to them is complete.
+        cwd=ROOT, env=clean_env(GENQ_DATA_DIR=str(clean_data_dir), GENQ_ADMIN_TOKEN=ADMIN_TOKEN,
+                                GENQ_EVENTS_MAX_STREAM_S="0.5"),
         stdout=log, stderr=subprocess.STDOUT,
     )
     report = tmp_path / "report.json"

@@ -103,20 +103,23 @@ def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(
         shared = json.loads(lines[start + 7])
         assert shared == {"title": "Lighthouse at dusk",
                           "content_url": f"/v1/shared/{short_id}/content"}
-        feed = [json.loads(line) for line in lines[start + 8:-3]]
+        feed = [json.loads(line) for line in lines[start + 8:-7]]
         assert feed == [{"short_id": short_id, "title": "Lighthouse at dusk",
                          "prompt": "a lighthouse at dusk"}]
         # Step 8: the signed-in user, created from the token's claims.
-        assert json.loads(lines[-3]) == {"email": "grace@example.com",
+        assert json.loads(lines[-7]) == {"email": "grace@example.com",
                                          "identities": [{"subject": "user-42"}]}
         # Step 9: Ada's own storage quota, and what her two saved outputs take.
-        assert json.loads(lines[-2]) == {"quota_bytes": 1_000_000, "quota_source": "user"}
+        assert json.loads(lines[-6]) == {"quota_bytes": 1_000_000, "quota_source": "user"}
         copies = [f for s in saved
                   for f in (data_dir / "storage" / "library").glob(f"*/{s['short_id']}.png")]
         assert len(copies) == 2
         used = sum(f.stat().st_size for f in copies)
-        assert json.loads(lines[-1]) == {"used_bytes": used, "quota_bytes": 1_000_000,
+        assert json.loads(lines[-5]) == {"used_bytes": used, "quota_bytes": 1_000_000,
                                          "quota_source": "user"}
+        # Step 10: the second job's events as they happened, then the stream ended.
+        assert lines[-4:] == ["event: job.queued", "event: job.started", "event: job.output",
+                              "event: job.succeeded"]
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(timeout=90)

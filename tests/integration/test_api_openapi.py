@@ -101,6 +101,12 @@ async def _drive(api: Api) -> list[Answer]:
     await get(f"/v1/jobs/{uuid.uuid4()}", headers=auth)
     await post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
     await post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    # Its events, queued then canceled (the stream ends there); another's job; a bad resume.
+    events = await get(f"/v1/jobs/{job['id']}/events", headers=auth)
+    assert events.text.count("event: job.") == 2, events.text
+    await get(f"/v1/jobs/{job['id']}/events", headers=other.headers)
+    await get("/v1/events", headers={**auth, "Last-Event-ID": "x"})
+    await get("/v1/events?job_id=1", headers=auth)
     running = (await post("/v1/jobs", json=JOB, headers=auth)).json()
     await api.pool.execute(
         "UPDATE generation_jobs SET status = 'running', started_at = now(), attempt = 1, "

@@ -14,6 +14,7 @@ from shared.db import connect, migrate
 from shared.types import (
     TERMINAL_STATUSES,
     AssetType,
+    JobEventType,
     JobStatus,
     LedgerKind,
     ReservationStatus,
@@ -56,6 +57,7 @@ def _values(enum_type: type[enum.StrEnum]) -> set[str]:
     ("models", "media_type", AssetType),
     ("credit_ledger", "kind", LedgerKind),
     ("credit_reservations", "status", ReservationStatus),
+    ("job_events", "type", JobEventType),
 ])
 async def test_check_constraint_lists_exactly_the_enum(
     migrated: asyncpg.Connection, table: str, column: str, enum_type: type[enum.StrEnum]

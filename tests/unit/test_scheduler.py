@@ -17,8 +17,8 @@ def test_ticks_are_evenly_spaced(interval: int, field: str, ticks: set[int]) -> 
     jobs = cron_jobs(load_settings(sweep_interval_s=interval, _env_file=None))
     assert len(jobs) == len(TASKS)
     sweep = [j for j in jobs
-             if not j.name.endswith(("sweep-orphan-files", "enqueue-new-jobs"))]
-    assert len(sweep) == len(TASKS) - 2
+             if not j.name.endswith(("sweep-orphan-files", "enqueue-new-jobs", "measure-queue"))]
+    assert len(sweep) == len(TASKS) - 3
     assert all(getattr(j, field) == ticks for j in sweep)
 
 
@@ -28,6 +28,8 @@ def test_never_enqueued_jobs_are_swept_every_few_seconds(interval: int, ticks: s
     settings = load_settings(enqueue_sweep_interval_s=interval, _env_file=None)
     [job] = [j for j in cron_jobs(settings) if j.name.endswith(":enqueue-new-jobs")]
     assert job.second == ticks
+    [speed] = [j for j in cron_jobs(settings) if j.name.endswith(":measure-queue")]
+    assert speed.second == ticks
     assert load_settings(_env_file=None).enqueue_sweep_interval_s == 2
 
 
