@@ -45,7 +45,14 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
                    "thumbnails/s, 1024x1024 PNG (genq variants vs Pillow bare loop)",
                    "pipeline: 1024x1024 jobs/s, variants on vs off"):
         row = rows[figure]
-        assert row["genq"] > 0 and row["baseline"] > 0, row
+        if "CPU per" in figure:
+            # /proc counts CPU in clock ticks (10 ms): a quick run's floor can spend less than
+            # one in PostgreSQL, so its baseline may read 0; genq's own never does.
+            assert row["genq"] > 0 and row["baseline"] >= 0, row
+            if row["baseline"] == 0:
+                continue
+        else:
+            assert row["genq"] > 0 and row["baseline"] > 0, row
         assert row["ratio"] == row["genq"] / row["baseline"]
     assert rows["pipeline: genq vs worker floor (1 PG UPDATE + 1 fsync)"]["target"] == (
         ">= 0.8x floor")
