@@ -7,6 +7,7 @@ closes them on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
@@ -16,8 +17,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
+from api import revocations
 from api.admin import routes as admin
 from api.assets import routes as assets
+from api.audit import routes as audit
 from api.auth import ApiKeyCache
 from api.catalog import routes as catalog
 from api.catalog.cache import CatalogCache
@@ -29,6 +32,7 @@ from api.files import routes as files
 from api.health import routes as health
 from api.jobs import routes as jobs
 from api.jobs.intake import IntakeBatches
+from api.keys import routes as keys
 from api.library import routes as library
 from api.library import sharing
 from api.me import routes as me
@@ -53,7 +57,8 @@ def endpoints(plan_names: list[str] | None = None) -> list[Endpoint]:
     """Every endpoint of the API: each resource's table, then the document describing them;
     ``plan_names``: the plans an admin may assign (the document lists them)."""
     table = [*jobs.ENDPOINTS, *credits.ENDPOINTS, *catalog.ENDPOINTS, *assets.ENDPOINTS,
-             *files.ENDPOINTS, *me.ENDPOINTS, *admin.ENDPOINTS, *plans.endpoints(plan_names),
+             *files.ENDPOINTS, *me.ENDPOINTS, *keys.ENDPOINTS, *admin.ENDPOINTS,
+             *audit.ENDPOINTS, *plans.endpoints(plan_names),
              *health.ENDPOINTS, *library.ENDPOINTS, *collections.ENDPOINTS, *sharing.ENDPOINTS]
     return [*table, openapi_endpoint(build_openapi(table))]
 
@@ -96,7 +101,8 @@ def create_app(settings: Settings) -> Starlette:
         settings=settings,
         storage=storage,
         signer=UrlSigner(key, settings.url_ttl_s, settings.public_base_url),
-        keys=ApiKeyCache(settings.api_key_cache_ttl_s),
+        # Not live until it is subscribed to invalidations (api.revocations).
+        keys=ApiKeyCache(settings.api_key_cache_ttl_s, live=False),
         tokens=TokenVerifier(settings) if settings.jwt_enabled else None,
     )
 
@@ -116,11 +122,16 @@ def create_app(settings: Settings) -> Starlette:
             await catalog_cache.load()
             redis = await create_arq_pool(redis_url)
             batches = IntakeBatches(pool, redis, settings)
+            invalidations = asyncio.create_task(
+                revocations.listen(redis, settings.queue_name, ctx.keys))
             try:
                 ctx.attach(pool, redis, batches, catalog_cache)
                 log.info("api_started", queue=settings.queue_name)
                 yield
             finally:
+                invalidations.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await invalidations
                 ctx.detach()
                 await batches.drain()
                 await redis.aclose()

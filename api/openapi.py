@@ -30,7 +30,8 @@ _WWW_AUTHENTICATE = {"description": "`Bearer`", "schema": {"type": "string"}}
 # The errors every endpoint of a kind can answer, by status.
 _AUTH_ERRORS: dict[str, dict[int, str]] = {
     "user": {401: "unauthorized: missing or invalid credentials; invalid_token: a user JWT "
-                  "that does not verify (details.reason says why)"},
+                  "that does not verify (details.reason says why)",
+             403: "account_disabled: an admin disabled this user"},
     "admin": {401: "unauthorized: missing or wrong admin token; invalid_token: a user JWT "
                    "(admin endpoints never accept one)",
               403: "Admin endpoints disabled (no GENQ_ADMIN_TOKEN)"},
@@ -96,7 +97,9 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     errors: dict[int, str] = dict(_AUTH_ERRORS[endpoint.auth])
     if endpoint.body is not None:
         errors |= _BODY_ERRORS
-    errors |= endpoint.errors
+    for status, description in endpoint.errors.items():
+        errors[status] = (f"{errors[status]}; {description}" if status in errors
+                          else description)
     if endpoint.auth == "user":
         errors.setdefault(503, _SERVICE_ERROR + "; or, for a user JWT, the identity provider's "
                                                "JWKS could never be fetched")
