@@ -36,6 +36,7 @@ from api.keys import routes as keys
 from api.library import routes as library
 from api.library import sharing
 from api.me import routes as me
+from api.metrics import routes as metrics
 from api.middleware import RequestContextMiddleware
 from api.openapi import build_openapi, openapi_endpoint
 from api.plans import routes as plans
@@ -44,6 +45,7 @@ from api.tokens import TokenVerifier
 from shared.db import create_pool
 from shared.errors import ConfigError
 from shared.logging import get_logger
+from shared.metrics import Metrics
 from shared.plans import load_plans
 from shared.queue import create_arq_pool
 from shared.settings import Settings
@@ -58,7 +60,7 @@ def endpoints(plan_names: list[str] | None = None) -> list[Endpoint]:
     ``plan_names``: the plans an admin may assign (the document lists them)."""
     table = [*jobs.ENDPOINTS, *credits.ENDPOINTS, *catalog.ENDPOINTS, *assets.ENDPOINTS,
              *files.ENDPOINTS, *me.ENDPOINTS, *keys.ENDPOINTS, *admin.ENDPOINTS,
-             *audit.ENDPOINTS, *plans.endpoints(plan_names),
+             *audit.ENDPOINTS, *plans.endpoints(plan_names), *metrics.ENDPOINTS,
              *health.ENDPOINTS, *library.ENDPOINTS, *collections.ENDPOINTS, *sharing.ENDPOINTS]
     return [*table, openapi_endpoint(build_openapi(table))]
 
@@ -68,10 +70,11 @@ def routes(plan_names: list[str] | None = None) -> list[Route]:
     return starlette_routes(endpoints(plan_names))
 
 
-def middleware(settings: Settings) -> list[Middleware]:
-    """Request context, and CORS for the origins in ``GENQ_CORS_ORIGINS`` (none: no CORS
-    headers at all, so browsers keep the same-origin rule)."""
-    stack = [Middleware(RequestContextMiddleware)]
+def middleware(settings: Settings, metrics: Metrics | None = None) -> list[Middleware]:
+    """Request context (and, with ``metrics``, the request counters), and CORS for the origins
+    in ``GENQ_CORS_ORIGINS`` (none: no CORS headers at all, so browsers keep the same-origin
+    rule)."""
+    stack = [Middleware(RequestContextMiddleware, metrics=metrics)]
     if settings.cors_origins:
         stack.insert(0, Middleware(
             CORSMiddleware,
@@ -142,7 +145,7 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=routes([p.name for p in load_plans(settings.plans_file)]),
-        middleware=middleware(settings),
+        middleware=middleware(settings, ctx.metrics),
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

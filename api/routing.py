@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from api.auth import authenticate, require_admin
 from api.context import ApiContext, context
+from api.middleware import ROUTE_STATE
 
 #: The header that marks an idempotent replay's answer.
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -138,7 +139,10 @@ def starlette_routes(endpoints: Iterable[Endpoint]) -> list[Route]:
     for path, methods in by_path.items():
         table = dict(methods)
 
-        async def dispatch(request: Request, table: Mapping[str, Any] = table) -> Response:
+        async def dispatch(request: Request, table: Mapping[str, Any] = table,
+                           path: str = path) -> Response:
+            # The template, not the path: what the request metrics are labelled with.
+            request.scope.setdefault("state", {})[ROUTE_STATE] = path
             method = "GET" if request.method == "HEAD" else request.method
             handler: Callable[[Request], Awaitable[Response]] = table[method]
             return await handler(request)

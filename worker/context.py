@@ -7,7 +7,7 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
@@ -17,6 +17,7 @@ from shared.db import Pool, create_pool
 from shared.dispatch import dispatch
 from shared.limits import ModelLimits
 from shared.logging import get_logger
+from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.storage import open_storage
 from sql import queries
@@ -32,6 +33,10 @@ log = get_logger(__name__)
 # Users whose jobs finished together share one dispatch (group commit, as the finalize).
 DISPATCH_BATCH = 64
 DISPATCH_FLUSHES = 2
+# Holds settled by final writes at the same moment are read back together for the credit
+# counters, off the job's path (the job has already finished).
+SETTLED_BATCH = 256
+SETTLED_FLUSHES = 1
 
 
 def new_worker_id() -> str:
@@ -59,10 +64,36 @@ class WorkerContext:
     limits: ModelLimits | None = None
     # The queue, for dispatching a user's waiting jobs when one of theirs finishes.
     redis: ArqRedis | None = None
+    #: This process's Prometheus series (served on GENQ_METRICS_PORT).
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self._dispatcher: Batcher[uuid.UUID, int] = Batcher(
             self._dispatch, max_batch=DISPATCH_BATCH, max_flushes=DISPATCH_FLUSHES)
+        self._settled: Batcher[uuid.UUID, None] = Batcher(
+            self._count_settled, max_batch=SETTLED_BATCH, max_flushes=SETTLED_FLUSHES)
+        self._counting: set[asyncio.Task[None]] = set()
+
+    async def _count_settled(self, reservation_ids: list[uuid.UUID]) -> Sequence[None]:
+        rows = await self.pool.fetch(queries["reservations_settled"],
+                                     list(dict.fromkeys(reservation_ids)))
+        for row in rows:
+            self.metrics.settled(row["captured"], row["refunded"])
+        return [None] * len(reservation_ids)
+
+    async def _count(self, reservation_id: uuid.UUID) -> None:
+        try:
+            await self._settled(reservation_id)
+        except Exception as exc:
+            log.warning("credit_metrics_failed", error=repr(exc))
+
+    def count_settlement(self, reservation_id: uuid.UUID) -> None:
+        """Add what a final write settled to the credit counters, soon and off the job's path
+        (the database says what was captured and refunded: a per-second price follows the
+        outputs' real durations)."""
+        task = asyncio.create_task(self._count(reservation_id))
+        self._counting.add(task)
+        task.add_done_callback(self._counting.discard)
 
     async def _dispatch(self, users: list[uuid.UUID]) -> Sequence[int]:
         assert self.redis is not None
@@ -112,6 +143,9 @@ class WorkerContext:
         """Close providers, the HTTP client and the pools."""
         await self.batches.drain()
         await self._dispatcher.drain()
+        if self._counting:
+            await asyncio.gather(*self._counting, return_exceptions=True)
+        await self._settled.drain()
         for provider in self.providers.values():
             await provider.aclose()
         await self.http.aclose()

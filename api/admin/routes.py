@@ -175,6 +175,8 @@ async def _set_disabled(call: Call, disabled: bool) -> Response:
     if disabled:
         await revocations.publish(ctx.redis, ctx.settings.queue_name, ctx.keys,
                                   revocations.user_message(user_id))
+        for job in canceled:
+            ctx.metrics.job_finished(job.model, JobStatus.CANCELED, job.refunded)
     log.info("user_disabled" if disabled else "user_enabled", target_user_id=str(user_id),
              canceled_jobs=len(canceled))
     return reply(UserDisabled(user=user, canceled_jobs=[job.id for job in canceled],
@@ -221,6 +223,8 @@ async def post_job_refund(call: Call) -> Response:
             details={"user_id": str(user_id), "amount": job["captured"],
                      "replayed": adjusted.replayed}))
     assert row is not None
+    if not adjusted.replayed:
+        ctx.metrics.credits_job_refunds.inc(job["captured"])
     log.info("job_refunded", job_id=str(job_id), target_user_id=str(user_id),
              amount=job["captured"], replayed=adjusted.replayed)
     return reply(JobRefunded(job_id=job_id, refunded=job["captured"], balance=after,

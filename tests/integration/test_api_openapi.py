@@ -231,6 +231,8 @@ async def _drive(api: Api) -> list[Answer]:
     await post(f"/v1/admin/users/{uuid.uuid4()}/disable", headers=ADMIN)
     await post(f"/v1/admin/users/{uuid.uuid4()}/enable", headers=ADMIN)
     await get("/v1/admin/audit?limit=2", headers=ADMIN)
+    await get("/metrics", headers=ADMIN)
+    await get("/metrics")
     await get("/v1/admin/audit?cursor=x", headers=ADMIN)
     return answers
 
