@@ -103,12 +103,21 @@ def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(
         shared = json.loads(lines[start + 7])
         assert shared == {"title": "Lighthouse at dusk",
                           "content_url": f"/v1/shared/{short_id}/content"}
-        feed = [json.loads(line) for line in lines[start + 8:-1]]
+        signed_in = next(i for i, line in enumerate(lines) if line.startswith('{"email"'))
+        feed = [json.loads(line) for line in lines[start + 8:signed_in]]
         assert feed == [{"short_id": short_id, "title": "Lighthouse at dusk",
                          "prompt": "a lighthouse at dusk"}]
         # Step 8: the signed-in user, created from the token's claims.
-        assert json.loads(lines[-1]) == {"email": "grace@example.com",
-                                         "identities": [{"subject": "user-42"}]}
+        assert json.loads(lines[signed_in]) == {"email": "grace@example.com",
+                                                "identities": [{"subject": "user-42"}]}
+        # Step 9: the old key revoked (204) and refused (401); the audit log; the metrics.
+        rotated = lines[signed_in + 1:]
+        assert rotated[:2] == ["204", "401"]
+        assert [json.loads(line) for line in rotated[2:4]] == [
+            {"actor": "admin", "action": "credits.grant"},
+            {"actor": "admin", "action": "user.create"}]
+        assert rotated[4:] == ['genq_jobs_submitted_total{model="local/sketch"} 1.0',
+                               "genq_credits_reserved_total 2.0"]
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(timeout=90)
