@@ -158,10 +158,9 @@ async def _set_disabled(call: Call, disabled: bool) -> Response:
     ctx = call.ctx
     user_id = _user_id(call)
     async with ctx.pool.acquire() as conn, conn.transaction():
-        before = (await ledger.get_account(conn, user_id)).balance if await conn.fetchval(
-            queries["user_disabled"], user_id) is not None else None
+        before = await _balance(conn, user_id)
         done = await set_disabled(conn, user_id, disabled)
-        if done is None or before is None:
+        if done is None:
             raise UserNotFound(f"no user {user_id}")
         was_disabled, canceled = done
         refunded = sum(job.refunded for job in canceled)

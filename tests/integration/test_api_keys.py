@@ -10,8 +10,16 @@ import asyncpg
 import pytest
 
 from shared.db import Pool
+from shared.settings import Settings
 from tests.factories import assert_invariants
-from tests.integration.api_support import ADMIN, Api, User, api_fixture  # noqa: F401
+from tests.integration.api_support import (  # noqa: F401
+    ADMIN,
+    Api,
+    User,
+    api_fixture,
+    proxy_to,
+    running_app,
+)
 
 JOB = {"model": "local/sketch", "prompt": "a lighthouse", "num_outputs": 1, "params": {}}
 
@@ -180,3 +188,34 @@ async def test_submissions_racing_a_disable_leave_no_queued_job(api: Api) -> Non
         user.id) == 0
     account = await assert_invariants(api.pool, user.id)
     assert (account.balance, account.reserved) == (1000, 0)
+
+
+async def test_without_its_redis_subscription_a_process_uses_no_cached_key(
+    settings: Settings, pool: Pool,
+) -> None:
+    assert settings.redis_url is not None
+    async with proxy_to(settings.redis_url) as proxy:
+        via_proxy = settings.model_copy(update={"redis_url": proxy.url_for(settings.redis_url)})
+        async with running_app(via_proxy) as (app, client):
+            api = Api(app, client, via_proxy, pool)
+            await _cache_live(api)
+            user = await api.user()
+            assert (await client.get("/v1/credits", headers=user.headers)).status_code == 200
+            keys = app.state.genq.keys
+            assert len(keys) == 1
+            await proxy.cut()
+            for _ in range(100):
+                if not keys.live:
+                    break
+                await asyncio.sleep(0.05)
+            assert not keys.live and len(keys) == 0
+            # Revoked by a process whose message cannot arrive: refused here all the same.
+            await pool.execute("UPDATE api_keys SET revoked_at = now() WHERE user_id = $1",
+                               user.id)
+            refused = await client.get("/v1/credits", headers=user.headers)
+            assert refused.status_code == 401
+            # Subscribed again: it starts from an empty cache.
+            await proxy.start()
+            await _cache_live(api)
+            assert len(keys) == 0
+            assert (await client.get("/v1/credits", headers=user.headers)).status_code == 401
