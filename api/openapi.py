@@ -123,9 +123,26 @@ def _schemas(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
         for reply in endpoint.replies.values():
             if reply.model is not None:
                 wanted[(reply.model, "serialization")] = None
-    _, top = models_json_schema(list(wanted), ref_template=_REF)
+    refs, top = models_json_schema(list(wanted), ref_template=_REF)
     schemas: dict[str, Any] = top.get("$defs", {})
+    for (_model, mode), ref in refs.items():
+        if mode == "validation":
+            _no_nul(schemas[ref["$ref"].rsplit("/", 1)[1]])
     return dict(sorted(schemas.items()))
+
+
+# What parse_body refuses in any text field of a body (api.validation.text_problem), said in
+# the document too.
+_NO_NUL = "^[^\\u0000]*$"
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    """Mark a body's free-text fields as refusing NUL characters, as the server does."""
+    for field in schema.get("properties", {}).values():
+        for option in [field, *field.get("anyOf", [])]:
+            if option.get("type") == "string" and not {"pattern", "enum", "const",
+                                                       "format"} & option.keys():
+                option["pattern"] = _NO_NUL
 
 
 def build_openapi(endpoints: Iterable[Endpoint]) -> dict[str, Any]:

@@ -14,7 +14,9 @@ from shared.types import AssetType
 
 Visibility = Literal["private", "unlisted", "public"]
 #: A tag: 1 to 50 characters, stored lower-case.
-Tag = Annotated[str, Field(min_length=1, max_length=50)]
+# No NUL: PostgreSQL text cannot hold one (the body's top-level text fields are checked by
+# api.validation; a tag is inside a list).
+Tag = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[^\x00]*$")]
 MAX_TAGS = 20
 
 
