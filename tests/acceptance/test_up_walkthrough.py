@@ -124,5 +124,8 @@ def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(
         log.close()
     assert code == 0, (tmp_path / "up.log").read_text()
     assert "genq stopped" in (tmp_path / "up.log").read_text()
+    # Where the API serves its metrics (GENQ_METRICS_PORT unset: the API's alone).
+    assert f"metrics: api {url}/metrics (the API's to the admin token)" in (
+        tmp_path / "up.log").read_text()
     left = [p for p in processes if alive(p)]
     assert left == [], f"processes still running after SIGINT: {left}"
