@@ -10,9 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -110,8 +112,19 @@ async def test_a_revoked_key_and_a_disabled_user_are_refused_by_both_processes_w
             for client in (a, b):
                 assert (await client.get("/v1/credits", headers=user)).status_code == 200
 
+            # Two jobs wait in the queue (no worker runs here) when the user is disabled.
+            await a.post(f"/v1/admin/users/{made['id']}/credits", json={"amount": 10},
+                         headers=ADMIN)
+            for _ in range(2):
+                job = await b.post("/v1/jobs", headers=user, json={
+                    "model": "local/sketch", "prompt": "p", "num_outputs": 2, "params": {}})
+                assert job.status_code == 202, job.text
+            assert (await a.get("/v1/credits", headers=user)).json() == {
+                "balance": 6, "reserved": 4}
             disabled = await b.post(f"/v1/admin/users/{made['id']}/disable", headers=ADMIN)
             assert disabled.status_code == 200, disabled.text
+            assert (len(disabled.json()["canceled_jobs"]), disabled.json()["refunded"]) == (2, 4)
+            assert disabled.json()["user"]["credits"] == {"balance": 10, "reserved": 0}
             waited = await asyncio.gather(_refused_within(a, user, 403),
                                           _refused_within(b, user, 403))
             assert max(waited) < WITHIN_S
@@ -120,3 +133,16 @@ async def test_a_revoked_key_and_a_disabled_user_are_refused_by_both_processes_w
             for client in (a, b):
                 assert (await client.get("/v1/credits", headers=user)).status_code == 200
     assert b'"event": "auth_invalidations_subscribed"' in log_b.read_bytes()
+    conn = await asyncpg.connect(str(settings.database_url))
+    try:
+        sums = await conn.fetchrow(
+            "SELECT a.balance, a.reserved, sum(l.amount) AS amount, "
+            "sum(l.reserved_delta) AS held FROM credit_accounts a "
+            "JOIN credit_ledger l USING (user_id) WHERE a.user_id = $1 "
+            "GROUP BY a.balance, a.reserved", uuid.UUID(made["id"]))
+        statuses = await conn.fetch("SELECT status FROM generation_jobs")
+    finally:
+        await conn.close()
+    assert sums is not None
+    assert (sums["balance"], sums["reserved"]) == (sums["amount"], sums["held"]) == (10, 0)
+    assert [r["status"] for r in statuses] == ["canceled", "canceled"]
