@@ -7,6 +7,7 @@ closes them on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
@@ -16,8 +17,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
+from api import revocations
 from api.admin import routes as admin
 from api.assets import routes as assets
+from api.audit import routes as audit
 from api.auth import ApiKeyCache
 from api.catalog import routes as catalog
 from api.catalog.cache import CatalogCache
@@ -31,9 +34,11 @@ from api.files import routes as files
 from api.health import routes as health
 from api.jobs import routes as jobs
 from api.jobs.intake import IntakeBatches
+from api.keys import routes as keys
 from api.library import routes as library
 from api.library import sharing
 from api.me import routes as me
+from api.metrics import routes as metrics
 from api.middleware import RequestContextMiddleware
 from api.openapi import build_openapi, openapi_endpoint
 from api.plans import routes as plans
@@ -42,6 +47,7 @@ from api.tokens import TokenVerifier
 from shared.db import create_pool
 from shared.errors import ConfigError
 from shared.logging import get_logger
+from shared.metrics import Metrics
 from shared.plans import load_plans
 from shared.queue import create_arq_pool
 from shared.settings import Settings
@@ -55,7 +61,8 @@ def endpoints(plan_names: list[str] | None = None) -> list[Endpoint]:
     """Every endpoint of the API: each resource's table, then the document describing them;
     ``plan_names``: the plans an admin may assign (the document lists them)."""
     table = [*jobs.ENDPOINTS, *credits.ENDPOINTS, *catalog.ENDPOINTS, *assets.ENDPOINTS,
-             *files.ENDPOINTS, *me.ENDPOINTS, *admin.ENDPOINTS, *plans.endpoints(plan_names),
+             *files.ENDPOINTS, *me.ENDPOINTS, *keys.ENDPOINTS, *admin.ENDPOINTS,
+             *audit.ENDPOINTS, *plans.endpoints(plan_names), *metrics.ENDPOINTS,
              *health.ENDPOINTS, *library.ENDPOINTS, *collections.ENDPOINTS, *sharing.ENDPOINTS,
              *events.ENDPOINTS]
     return [*table, openapi_endpoint(build_openapi(table))]
@@ -66,10 +73,11 @@ def routes(plan_names: list[str] | None = None) -> list[Route]:
     return starlette_routes(endpoints(plan_names))
 
 
-def middleware(settings: Settings) -> list[Middleware]:
-    """Request context, and CORS for the origins in ``GENQ_CORS_ORIGINS`` (none: no CORS
-    headers at all, so browsers keep the same-origin rule)."""
-    stack = [Middleware(RequestContextMiddleware)]
+def middleware(settings: Settings, metrics: Metrics | None = None) -> list[Middleware]:
+    """Request context (and, with ``metrics``, the request counters), and CORS for the origins
+    in ``GENQ_CORS_ORIGINS`` (none: no CORS headers at all, so browsers keep the same-origin
+    rule)."""
+    stack = [Middleware(RequestContextMiddleware, metrics=metrics)]
     if settings.cors_origins:
         stack.insert(0, Middleware(
             CORSMiddleware,
@@ -99,7 +107,8 @@ def create_app(settings: Settings) -> Starlette:
         settings=settings,
         storage=storage,
         signer=UrlSigner(key, settings.url_ttl_s, settings.public_base_url),
-        keys=ApiKeyCache(settings.api_key_cache_ttl_s),
+        # Not live until it is subscribed to invalidations (api.revocations).
+        keys=ApiKeyCache(settings.api_key_cache_ttl_s, live=False),
         tokens=TokenVerifier(settings) if settings.jwt_enabled else None,
     )
 
@@ -120,12 +129,17 @@ def create_app(settings: Settings) -> Starlette:
             redis = await create_arq_pool(redis_url)
             batches = IntakeBatches(pool, redis, settings)
             hub = EventHub(database_url)
+            invalidations = asyncio.create_task(
+                revocations.listen(redis, settings.queue_name, ctx.keys))
             try:
                 await hub.start()
                 ctx.attach(pool, redis, batches, catalog_cache, hub)
                 log.info("api_started", queue=settings.queue_name)
                 yield
             finally:
+                invalidations.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await invalidations
                 ctx.detach()
                 await hub.close()
                 await batches.drain()
@@ -137,7 +151,7 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=routes([p.name for p in load_plans(settings.plans_file)]),
-        middleware=middleware(settings),
+        middleware=middleware(settings, ctx.metrics),
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from api.auth import ApiKeyCache
 from api.jobs.intake import Intake
 from api.tokens import TokenVerifier
+from shared.metrics import Metrics
 from shared.storage import Storage
 from shared.storage.signing import UrlSigner
 
@@ -36,6 +37,8 @@ class ApiContext:
     keys: ApiKeyCache
     #: Verifies user JWTs (None: sign-in with the identity provider's tokens is off).
     tokens: TokenVerifier | None = None
+    #: This process's Prometheus series (GET /metrics).
+    metrics: Metrics = field(default_factory=Metrics)
     _pool: Pool | None = field(default=None, repr=False)
     _redis: ArqRedis | None = field(default=None, repr=False)
     _batches: IntakeBatches | None = field(default=None, repr=False)

@@ -13,12 +13,14 @@ one table. The errors only HTTP has are defined here:
     ├── PayloadTooLarge            payload_too_large        413
     ├── ValidationFailed           validation_error         422
     ├── JobNotCancelable           job_not_cancelable       409
+    ├── JobNotRefundable           job_not_refundable       409
     ├── RangeNotSatisfiable        range_not_satisfiable    416
     └── NotFound (shared.errors)
         ├── JobNotFound            job_not_found            404
         ├── AssetNotFound          asset_not_found          404
         ├── FileNotFound           file_not_found           404
         ├── UserNotFound           user_not_found           404
+        ├── ApiKeyNotFound         api_key_not_found        404
         ├── LibraryItemNotFound    library_item_not_found   404
         └── CollectionNotFound     collection_not_found     404
 
@@ -40,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shared.errors import (
+    AccountDisabled,
     BalanceLimitExceeded,
     ConfigError,
     Conflict,
@@ -128,6 +131,12 @@ class JobNotCancelable(GenqError):
     code = "job_not_cancelable"
 
 
+class JobNotRefundable(GenqError):
+    """The job has no captured credits to give back (not finished, or nothing was spent)."""
+
+    code = "job_not_refundable"
+
+
 class JobNotFound(NotFound):
     """No such job."""
 
@@ -150,6 +159,12 @@ class UserNotFound(NotFound):
     """No such user."""
 
     code = "user_not_found"
+
+
+class ApiKeyNotFound(NotFound):
+    """No such API key (or it is another user's)."""
+
+    code = "api_key_not_found"
 
 
 class LibraryItemNotFound(NotFound):
@@ -193,6 +208,8 @@ HTTP_STATUS: dict[type[GenqError], int] = {
     PayloadTooLarge: 413,
     ValidationFailed: 422,
     JobNotCancelable: 409,
+    JobNotRefundable: 409,
+    AccountDisabled: 403,
     RangeNotSatisfiable: 416,
     StorageQuotaExceeded: 403,
     LibraryItemNotFound: 404,

@@ -14,10 +14,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import internal_error_response
 from shared.logging import get_logger
+from shared.metrics import Metrics
 
 log = get_logger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# The route label of a request no route matched, and the methods counted by name.
+UNMATCHED = "unmatched"
+#: Where the router keeps a request's route template in its scope's state.
+ROUTE_STATE = "route"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # A client's id is kept if it is short and plain; anything else is replaced, so logs stay clean.
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -30,10 +36,13 @@ def request_id_from(value: str | None) -> str:
 
 
 class RequestContextMiddleware:
-    """Pure ASGI, so it adds no task or body buffering to streamed responses."""
+    """Pure ASGI, so it adds no task or body buffering to streamed responses. With
+    ``metrics``, each answer is counted by method, route template and status (a path no route
+    matches is ``unmatched``, so the labels stay bounded)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,9 +83,11 @@ class RequestContextMiddleware:
             log.exception("unhandled_exception")
             await internal_error_response()(scope, receive, send_with_id)
         finally:
-            log.info(
-                "request",
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            )
+            elapsed = time.perf_counter() - started
+            log.info("request", status=status, duration_ms=round(elapsed * 1000, 2))
+            if self.metrics is not None:
+                route = scope["state"].get(ROUTE_STATE, UNMATCHED)
+                method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+                self.metrics.http_requests.labels(method, route, str(status)).inc()
+                self.metrics.http_latency.labels(method, route).observe(elapsed)
             structlog.contextvars.reset_contextvars(**tokens)

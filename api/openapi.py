@@ -30,7 +30,8 @@ _WWW_AUTHENTICATE = {"description": "`Bearer`", "schema": {"type": "string"}}
 # The errors every endpoint of a kind can answer, by status.
 _AUTH_ERRORS: dict[str, dict[int, str]] = {
     "user": {401: "unauthorized: missing or invalid credentials; invalid_token: a user JWT "
-                  "that does not verify (details.reason says why)"},
+                  "that does not verify (details.reason says why)",
+             403: "account_disabled: an admin disabled this user"},
     "admin": {401: "unauthorized: missing or wrong admin token; invalid_token: a user JWT "
                    "(admin endpoints never accept one)",
               403: "Admin endpoints disabled (no GENQ_ADMIN_TOKEN)"},
@@ -96,7 +97,9 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     errors: dict[int, str] = dict(_AUTH_ERRORS[endpoint.auth])
     if endpoint.body is not None:
         errors |= _BODY_ERRORS
-    errors |= endpoint.errors
+    for status, description in endpoint.errors.items():
+        errors[status] = (f"{errors[status]}; {description}" if status in errors
+                          else description)
     if endpoint.auth == "user":
         errors.setdefault(503, _SERVICE_ERROR + "; or, for a user JWT, the identity provider's "
                                                "JWKS could never be fetched")
@@ -120,9 +123,26 @@ def _schemas(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
         for reply in endpoint.replies.values():
             if reply.model is not None:
                 wanted[(reply.model, "serialization")] = None
-    _, top = models_json_schema(list(wanted), ref_template=_REF)
+    refs, top = models_json_schema(list(wanted), ref_template=_REF)
     schemas: dict[str, Any] = top.get("$defs", {})
+    for (_model, mode), ref in refs.items():
+        if mode == "validation":
+            _no_nul(schemas[ref["$ref"].rsplit("/", 1)[1]])
     return dict(sorted(schemas.items()))
+
+
+# What parse_body refuses in any text field of a body (api.validation.text_problem), said in
+# the document too.
+_NO_NUL = "^[^\\u0000]*$"
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    """Mark a body's free-text fields as refusing NUL characters, as the server does."""
+    for field in schema.get("properties", {}).values():
+        for option in [field, *field.get("anyOf", [])]:
+            if option.get("type") == "string" and not {"pattern", "enum", "const",
+                                                       "format"} & option.keys():
+                option["pattern"] = _NO_NUL
 
 
 def build_openapi(endpoints: Iterable[Endpoint]) -> dict[str, Any]:

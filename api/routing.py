@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from api.auth import authenticate, require_admin
 from api.context import ApiContext, context
+from api.middleware import ROUTE_STATE
 
 #: The header that marks an idempotent replay's answer.
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -35,6 +36,8 @@ class Call:
     request: Request
     ctx: ApiContext
     user_id: uuid.UUID | None = None
+    #: The name of the calling admin (on an endpoint with ``auth="admin"``).
+    admin_name: str | None = None
 
     @property
     def user(self) -> uuid.UUID:
@@ -42,6 +45,19 @@ class Call:
         if self.user_id is None:
             raise RuntimeError("this endpoint does not authenticate a user")
         return self.user_id
+
+    @property
+    def admin(self) -> str:
+        """The calling admin's name (on an endpoint with ``auth="admin"``)."""
+        if self.admin_name is None:
+            raise RuntimeError("this endpoint does not authenticate an admin")
+        return self.admin_name
+
+    @property
+    def request_id(self) -> str | None:
+        """The request's id (X-Request-ID), as the request log line shows it."""
+        value = self.request.scope.get("state", {}).get("request_id")
+        return value if isinstance(value, str) else None
 
     @property
     def path(self) -> Mapping[str, Any]:
@@ -99,13 +115,13 @@ def _serve(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
 
     async def serve(request: Request) -> Response:
         ctx = context(request)
-        user_id = None
+        user_id = admin = None
         if endpoint.auth == "user":
             user_id = await authenticate(ctx.keys, ctx.pool, request, ctx.tokens,
                                          ctx.settings.new_user_credits)
         elif endpoint.auth == "admin":
-            require_admin(ctx.settings.admin_token, request)
-        return await endpoint.handler(Call(request, ctx, user_id))
+            admin = require_admin(ctx.settings.admins, request)
+        return await endpoint.handler(Call(request, ctx, user_id, admin))
 
     return serve
 
@@ -123,7 +139,10 @@ def starlette_routes(endpoints: Iterable[Endpoint]) -> list[Route]:
     for path, methods in by_path.items():
         table = dict(methods)
 
-        async def dispatch(request: Request, table: Mapping[str, Any] = table) -> Response:
+        async def dispatch(request: Request, table: Mapping[str, Any] = table,
+                           path: str = path) -> Response:
+            # The template, not the path: what the request metrics are labelled with.
+            request.scope.setdefault("state", {})[ROUTE_STATE] = path
             method = "GET" if request.method == "HEAD" else request.method
             handler: Callable[[Request], Awaitable[Response]] = table[method]
             return await handler(request)

@@ -6,8 +6,9 @@ shows live progress; cancels one to show the refund; prints each
 job's outputs; saves two to the library in a collection, publishes one and shows its share link
 and the public feed; sets the user's storage quota to what the library takes and shows a third
 save refused; signs a user in with a token it makes as an identity provider would (HS256,
-its own secret); prints the balance before and after and the ledger; then stops everything it
-started.
+its own secret); prints the balance before and after and the ledger; rotates the user's API
+key, shows the audit log and the Prometheus metrics of the API and the worker; then stops
+everything it started.
 """
 
 from __future__ import annotations
@@ -276,6 +277,57 @@ class Demo:
         return (refused.status_code == 403 and code == "storage_quota_exceeded"
                 and after == used == storage["used_bytes"])
 
+    def rotate_key(self) -> bool:
+        """Make a new API key, revoke the old one (refused at once), go on with the new one.
+        True if the old key is refused and the new one works."""
+        user = self._user()
+        old_key = user.headers["Authorization"]
+        keys = _ok(user.get("/v1/me/keys"))["data"]
+        new = _ok(user.post("/v1/me/keys"))
+        revoked = user.delete(f"/v1/me/keys/{keys[0]['id']}",
+                              headers={"Authorization": f"Bearer {new['api_key']}"})
+        refused = user.get("/v1/credits", headers={"Authorization": old_key})
+        user.headers["Authorization"] = f"Bearer {new['api_key']}"
+        works = user.get("/v1/credits")
+        self.say(f"key rotation: new key {new['prefix']}... made; old key {keys[0]['prefix']}... "
+                 f"revoked (HTTP {revoked.status_code}), now HTTP {refused.status_code}; the "
+                 f"new one HTTP {works.status_code}")
+        audit = _ok(self.admin.get("/v1/admin/audit", params={"limit": 3}))["data"]
+        self.say("audit log (newest first):")
+        for entry in audit:
+            amounts = ("" if entry["amount_before"] is None
+                       else f"  {entry['amount_before']} -> {entry['amount_after']}")
+            self.say(f"  {entry['actor']:<6} {entry['action']:<14} {entry['target_type'] or '-'}"
+                     f"{amounts}")
+        return (revoked.status_code == 204 and refused.status_code == 401
+                and works.status_code == 200)
+
+    def metrics(self, worker_url: str | None, jobs: dict[str, dict[str, Any]]) -> bool:
+        """A few lines of the API's and the worker's /metrics; True if the worker's counters
+        match the jobs (its credit counters catch up moments after the last job)."""
+        finished = sum(1 for j in jobs.values() if j["status"] == JobStatus.SUCCEEDED)
+        captured = sum(j["cost"]["captured"] for j in jobs.values())
+        api_text = self.admin.get("/metrics").text
+        shown = [line for line in api_text.splitlines()
+                 if line.startswith(("genq_jobs_submitted_total", "genq_credits_reserved_total"))]
+        worker_text = ""
+        deadline = time.monotonic() + 10
+        while worker_url is not None:
+            worker_text = httpx.get(worker_url, timeout=10).text
+            if (_metric(worker_text, "genq_credits_captured_total") == captured
+                    or time.monotonic() > deadline):
+                break
+            time.sleep(0.2)
+        shown += [line for line in worker_text.splitlines()
+                  if line.startswith(("genq_jobs_finished_total", "genq_credits_captured_total"))]
+        self.say("metrics (API, then worker):")
+        for line in shown:
+            self.say(f"  {line}")
+        return (worker_url is not None
+                and _metric(worker_text, "genq_credits_captured_total") == captured
+                and _metric(worker_text, "genq_jobs_finished_total", 'status="succeeded"')
+                == finished)
+
     def ledger(self) -> list[dict[str, Any]]:
         """The user's ledger, oldest first."""
         body = _ok(self._user().get("/v1/credits/ledger", params={"limit": 100}))
@@ -301,6 +353,14 @@ def _event_detail(event: str, job: dict[str, Any]) -> str:
     if job["error"] is not None:
         return f"{job['error']['code']}: {job['error']['message']}"
     return ""
+def _metric(text: str, name: str, label: str = "") -> float:
+    """The sum of a series' samples in a /metrics text (those whose labels include ``label``)."""
+    total = 0.0
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if (series == name or series.startswith(name + "{")) and label in series:
+            total += float(value)
+    return total
 
 
 def _bar(done: int, total: int, width: int = 24) -> str:
@@ -352,6 +412,9 @@ def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
     if settings.local_latency_s == 0:
         # Slow enough to watch, fast enough to wait for.
         extra_env["GENQ_LOCAL_LATENCY_S"] = "1.0"
+    if settings.metrics_port is None:
+        # The worker and the scheduler serve /metrics too, each on a free port.
+        settings = settings.model_copy(update={"metrics_port": 0})
     stack = Stack(settings, host="127.0.0.1", port=pick_port(0), extra_env=extra_env,
                   log_dir=log_dir)
     print(f"starting genq (data in {settings.data_dir.resolve()}, logs in "
@@ -382,6 +445,9 @@ def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
         demo.say("  (amount: change to the spendable balance; held: change to the credits "
                  "reserved for running jobs; a capture spends held credits)")
         demo.say()
+        rotated = demo.rotate_key()
+        metrics_ok = demo.metrics(stack.metrics_urls().get("worker"), jobs)
+        demo.say()
         signed_in = demo.sign_in(jwt_secret)
         ok = (
             signed_in
@@ -393,6 +459,8 @@ def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
             and library_ok
             and followed == ["job.queued", "job.started",
                              *["job.output"] * DEMO_JOBS[0][2], "job.succeeded"]
+            and rotated
+            and metrics_ok
         )
         demo.say("demo finished: " + ("everything adds up" if ok else "UNEXPECTED STATE"))
         return 0 if ok else 1

@@ -133,6 +133,9 @@ def up_command(settings: Settings, host: str, port: int) -> int:
         stack.start()
         stack.wait_ready()
         print(f"genq is up: API at {stack.base_url} (Ctrl-C to stop)", flush=True)
+        urls = stack.metrics_urls()
+        print("metrics: " + ", ".join(f"{name} {url}" for name, url in urls.items())
+              + " (the API's to the admin token)", flush=True)
         while not stack.stop_requested:
             stack.supervise()
             time.sleep(0.2)

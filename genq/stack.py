@@ -82,11 +82,24 @@ class Stack:
     # StartCancelled; the caller then calls stop().
     stop_requested: bool = False
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: The port each child serves /metrics on (with GENQ_METRICS_PORT set): the worker that
+    #: port, the scheduler the next (0: a free one each).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     _child_env: dict[str, str] = field(default_factory=dict, repr=False)
     _commands: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _deaths: dict[str, deque[float]] = field(default_factory=dict, repr=False)
     _restarts: dict[str, int] = field(default_factory=dict, repr=False)
     _restart_at: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Where each process serves /metrics: the API on its own port (admin token), the
+        worker and the scheduler on theirs (only with GENQ_METRICS_PORT set)."""
+        host = self.settings.metrics_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        urls = {"api": f"{self.base_url}/metrics"}
+        urls |= {name: f"http://{host}:{port}/metrics"
+                 for name, port in self.metrics_ports.items()}
+        return urls
 
     @property
     def base_url(self) -> str:
@@ -119,6 +132,10 @@ class Stack:
             "worker": ["worker"],
             "scheduler": ["scheduler"],
         }
+        port = self.settings.metrics_port
+        if port is not None:
+            self.metrics_ports = {"worker": port or free_port(),
+                                  "scheduler": port + 1 if port else free_port()}
         try:
             self._check_stop()
             self._migrate()
@@ -184,8 +201,11 @@ class Stack:
     def _spawn(self, name: str) -> None:
         log_file = self._log_file(name)
         try:
+            env = dict(self._child_env)
+            if name in self.metrics_ports:
+                env["GENQ_METRICS_PORT"] = str(self.metrics_ports[name])
             self.children[name] = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", "genq", *self._commands[name]], env=self._child_env,
+                [sys.executable, "-m", "genq", *self._commands[name]], env=env,
                 stdout=log_file, stderr=None if log_file is None else subprocess.STDOUT,
                 start_new_session=True,
             )

@@ -17,6 +17,7 @@ to a status in one table (:data:`api.errors.HTTP_STATUS`), and holds the errors 
     │   ├── EmailTaken             email_taken
     │   └── CollectionNameTaken    collection_name_taken
     ├── RateLimited                rate_limited
+    ├── AccountDisabled            account_disabled
     ├── NotFound                   not_found
     │   ├── AccountNotFound        account_not_found
     │   └── ReservationNotFound    reservation_not_found
@@ -110,6 +111,12 @@ class RateLimited(GenqError):
                  details: Any = None) -> None:
         super().__init__(message, details=details)
         self.retry_after_s = retry_after_s
+
+
+class AccountDisabled(GenqError):
+    """An admin disabled this user: their credentials are refused and nothing new is held."""
+
+    code = "account_disabled"
 
 
 class EmailTaken(Conflict):

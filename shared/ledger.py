@@ -16,6 +16,8 @@ transaction. Each is idempotent: grants and reserves by key, settlements by rese
   ``genq_finalize_batch`` (sql/migrations/0011_finalize_cancel_wins.sql, run by worker/jobs.py
   through :func:`fetchrow`), writes the job's terminal status and calls ``genq_settle`` with
   what the job made, refunding the rest, in one transaction.
+- **adjust**: :func:`adjust` here (``genq_adjust``, sql/migrations/0026_operations.sql), an
+  admin's correction either way: a negative grant, or a finished job's capture given back.
 - **refund**: :func:`refund` here (``genq_settle`` capturing nothing), for a queued job canceled
   at the API, a stale hold and a job whose worker was lost (worker/maintenance.py).
 
@@ -62,6 +64,16 @@ class Grant:
     """The result of a grant."""
 
     entry_id: int
+    balance_after: int
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """The result of an admin correction: the balance before and after (equal on a replay)."""
+
+    entry_id: int
+    balance_before: int
     balance_after: int
     replayed: bool
 
@@ -139,6 +151,28 @@ async def grant(
     _check_positive(amount)
     row = await fetchrow(db, queries["ledger_grant"], user_id, amount, idempotency_key, reason)
     return Grant(row["entry_id"], row["balance_after"], row["replayed"])
+
+
+async def adjust(
+    db: Executor,
+    user_id: uuid.UUID,
+    amount: int,
+    *,
+    idempotency_key: str | None = None,
+    reason: str | None = None,
+    job_id: uuid.UUID | None = None,
+) -> Adjustment:
+    """Add ``amount`` (either sign, not 0) to the spendable balance as ledger kind ``adjust``
+    (``genq_adjust``): :class:`InsufficientCredits` if it would go below zero. Replaying the
+    key returns the first entry."""
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0:
+        raise InvalidAmount(f"amount must be a non-zero integer, got {amount!r}")
+    if abs(amount) > 2**62:
+        raise InvalidAmount("amount is too large")
+    row = await fetchrow(db, queries["ledger_adjust"], user_id, amount, idempotency_key, reason,
+                         job_id)
+    return Adjustment(row["entry_id"], row["balance_before"], row["balance_after"],
+                      row["replayed"])
 
 
 async def settle(db: Executor, reservation_id: uuid.UUID, captured: int) -> Settlement:

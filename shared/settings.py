@@ -6,6 +6,7 @@ environment after that.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,6 +19,9 @@ ENV_PREFIX = "GENQ_"
 SEVEN_DAYS_S = 7 * 24 * 3600
 ONE_GIB = 1024**3
 MIN_ADMIN_TOKEN_CHARS = 32
+# GENQ_ADMIN_TOKEN's name in the audit log, and what an admin's name may be made of.
+DEFAULT_ADMIN_NAME = "admin"
+ADMIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 RANDOM_STRING_COMMAND = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
 # Output types genq can measure and make variants of (Pillow reads the images, PyAV the
 # videos): the only ones GENQ_OUTPUT_ALLOWED_TYPES may list. HEIC/HEIF are recognised and
@@ -58,7 +62,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     admin_token: SecretStr | None = None
-    api_key_cache_ttl_s: float = Field(default=30.0, ge=0)
+    # More admins, each named (the audit log says who acted): "name:token,name2:token2".
+    admin_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    # A revoked key or disabled user is dropped from every API process's cache at once (Redis
+    # pub/sub); the TTL bounds how long an entry lives when a message is lost.
+    api_key_cache_ttl_s: float = Field(default=30.0, ge=0, le=300)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_prompt_chars: int = Field(default=4000, ge=1)
     max_params_bytes: int = Field(default=8 * 1024, ge=2)
@@ -168,6 +176,11 @@ class Settings(BaseSettings):
     plan_clock_offset_s: int = Field(default=0, ge=-10 * 366 * 24 * 3600,
                                      le=10 * 366 * 24 * 3600)
 
+    # Prometheus metrics of `genq worker` and `genq scheduler` (unset: not served); the API
+    # serves GET /metrics on its own port, to the admin token.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
     # Logging.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -270,6 +283,53 @@ class Settings(BaseSettings):
                 f"{RANDOM_STRING_COMMAND}"
             )
         return value
+
+    @field_validator("admin_tokens", mode="before")
+    @classmethod
+    def _split_admin_tokens(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        tokens: dict[str, str] = {}
+        for entry in (e.strip() for e in value.split(",")):
+            if not entry:
+                continue
+            name, sep, token = entry.partition(":")
+            name = name.strip()
+            if not sep or not ADMIN_NAME.fullmatch(name):
+                raise ValueError("each entry is name:token, the name 1-64 of A-Z a-z 0-9 . _ -")
+            if name in tokens:
+                raise ValueError(f"the name {name!r} is given twice")
+            tokens[name] = token.strip()
+        return tokens
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _check_admin_tokens(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, token in value.items():
+            if len(token.get_secret_value()) < MIN_ADMIN_TOKEN_CHARS:
+                raise ValueError(
+                    f"the token of {name!r} must be at least {MIN_ADMIN_TOKEN_CHARS} "
+                    f"characters; make one with {RANDOM_STRING_COMMAND}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_admins(self) -> Settings:
+        secrets_seen = [token.get_secret_value() for _, token in self.admins]
+        if len(set(secrets_seen)) != len(secrets_seen):
+            raise ValueError("two admins have the same token (GENQ_ADMIN_TOKEN, "
+                             "GENQ_ADMIN_TOKENS): give each its own")
+        names = [name for name, _ in self.admins]
+        if len(set(names)) != len(names):
+            raise ValueError(f"GENQ_ADMIN_TOKENS names {DEFAULT_ADMIN_NAME!r}, the name of "
+                             "GENQ_ADMIN_TOKEN: choose another")
+        return self
+
+    @property
+    def admins(self) -> list[tuple[str, SecretStr]]:
+        """Every admin token with its name: GENQ_ADMIN_TOKEN is ``admin``, then each of
+        GENQ_ADMIN_TOKENS."""
+        named = [(DEFAULT_ADMIN_NAME, self.admin_token)] if self.admin_token is not None else []
+        return named + list(self.admin_tokens.items())
 
     @field_validator("jwt_jwks_url", "jwt_secret", "jwt_issuer", "jwt_audience", mode="before")
     @classmethod

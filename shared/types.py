@@ -55,6 +55,8 @@ class LedgerKind(enum.StrEnum):
     RESERVE = "reserve"
     CAPTURE = "capture"
     REFUND = "refund"
+    #: An admin's correction of the spendable balance, either sign (sql/migrations/0026).
+    ADJUST = "adjust"
 
 
 class ReservationStatus(enum.StrEnum):

@@ -7,7 +7,7 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
@@ -18,6 +18,7 @@ from shared.dispatch import dispatch_after_finish
 from shared.limits import ModelLimits
 from shared.logging import get_logger
 from shared.plans import dispatch_on
+from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.storage import open_storage
 from sql import queries
@@ -33,6 +34,10 @@ log = get_logger(__name__)
 # Users whose jobs finished together share one dispatch (group commit, as the finalize).
 DISPATCH_BATCH = 64
 DISPATCH_FLUSHES = 2
+# Holds settled by final writes at the same moment are read back together for the credit
+# counters, off the job's path (the job has already finished).
+SETTLED_BATCH = 256
+SETTLED_FLUSHES = 1
 
 
 def new_worker_id() -> str:
@@ -62,10 +67,36 @@ class WorkerContext:
     redis: ArqRedis | None = None
     # Whether jobs go through the dispatch (running caps or tiers: shared.plans.dispatch_on).
     dispatch_on: bool = False
+    #: This process's Prometheus series (served on GENQ_METRICS_PORT).
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self._dispatcher: Batcher[uuid.UUID, int] = Batcher(
             self._dispatch, max_batch=DISPATCH_BATCH, max_flushes=DISPATCH_FLUSHES)
+        self._settled: Batcher[uuid.UUID, None] = Batcher(
+            self._count_settled, max_batch=SETTLED_BATCH, max_flushes=SETTLED_FLUSHES)
+        self._counting: set[asyncio.Task[None]] = set()
+
+    async def _count_settled(self, reservation_ids: list[uuid.UUID]) -> Sequence[None]:
+        rows = await self.pool.fetch(queries["reservations_settled"],
+                                     list(dict.fromkeys(reservation_ids)))
+        for row in rows:
+            self.metrics.settled(row["captured"], row["refunded"])
+        return [None] * len(reservation_ids)
+
+    async def _count(self, reservation_id: uuid.UUID) -> None:
+        try:
+            await self._settled(reservation_id)
+        except Exception as exc:
+            log.warning("credit_metrics_failed", error=repr(exc))
+
+    def count_settlement(self, reservation_id: uuid.UUID) -> None:
+        """Add what a final write settled to the credit counters, soon and off the job's path
+        (the database says what was captured and refunded: a per-second price follows the
+        outputs' real durations)."""
+        task = asyncio.create_task(self._count(reservation_id))
+        self._counting.add(task)
+        task.add_done_callback(self._counting.discard)
 
     async def _dispatch(self, users: list[uuid.UUID]) -> Sequence[int]:
         assert self.redis is not None
@@ -118,6 +149,9 @@ class WorkerContext:
         """Close providers, the HTTP client and the pools."""
         await self.batches.drain()
         await self._dispatcher.drain()
+        if self._counting:
+            await asyncio.gather(*self._counting, return_exceptions=True)
+        await self._settled.drain()
         if self.limits is not None:
             await self.limits.drain()
         for provider in self.providers.values():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
@@ -131,10 +132,13 @@ class _Run:
         self.lease_lost = False
         # The place this attempt holds under its model's provider limits, while it holds one.
         self.slot: ModelSlot | None = None
+        self.claimed_at = time.monotonic()
 
     async def run(self) -> str:
         job = self.job
         log.info("job_claimed", resume_prediction=self.prediction_id)
+        if job.attempt == 1 and job.queued_s is not None:
+            self.wc.metrics.queue_wait.labels(job.model).observe(job.queued_s)
         if job.attempt > job.max_attempts:
             await self._cancel_prediction()
             return await self._finish_or_retry(Outcome(
@@ -194,6 +198,7 @@ class _Run:
                 # Waiting for the model's limits is not part of its timeout: that starts once
                 # the provider may be called.
                 await self._take_slot()
+                started = time.monotonic()
                 try:
                     async with asyncio.timeout(timeout_s):
                         result = await provider.generate(
@@ -201,10 +206,14 @@ class _Run:
                             on_created=self._on_created,
                             on_queue_position=self._on_queue_position,
                         )
+                except BaseException as exc:
+                    self._provider_answered(job.provider, provider_outcome(exc), started)
+                    raise
                 finally:
                     # The provider is done with this call (or it was cut short): the place
                     # goes back, before a fallback takes one of its own model.
                     await asyncio.shield(self._release_slot())
+                self._provider_answered(job.provider, "succeeded", started)
             except TimeoutError:
                 await self._cancel_prediction()
                 return Outcome(JobStatus.FAILED, "timeout",
@@ -230,6 +239,11 @@ class _Run:
         if not outputs:
             return Outcome(JobStatus.FAILED, "no_outputs", "The model returned no outputs."), []
         return await self._stage(outputs)
+
+    def _provider_answered(self, provider: str, outcome: str, started: float) -> None:
+        metrics = self.wc.metrics
+        metrics.provider_requests.labels(provider, outcome).inc()
+        metrics.provider_latency.labels(provider, outcome).observe(time.monotonic() - started)
 
     async def _take_slot(self) -> None:
         """Wait for a place under the model's ``max_concurrency`` and, when this attempt will
@@ -417,6 +431,12 @@ class _Run:
             # claims is removed by the orphan sweep.
             log.warning("lease_lost_at_finalize")
             return "lease_lost"
+        metrics = self.wc.metrics
+        metrics.jobs_finished.labels(self.job.model, status).inc()
+        metrics.run_time.labels(self.job.model, status).observe(
+            time.monotonic() - self.claimed_at)
+        if self.job.reservation_id is not None:
+            self.wc.count_settlement(self.job.reservation_id)
         # The user's place under the running cap is free: their next waiting job can go.
         await self.wc.job_finished(self.job.user_id)
         if status != JobStatus.SUCCEEDED:
@@ -471,6 +491,21 @@ class _Run:
             log.error("finalize_failed", error=repr(again), error_type=type(again).__name__,
                       exc_info=again)
             await self._retry_later(again)
+
+
+def provider_outcome(exc: BaseException) -> str:
+    """The outcome label of a provider call that raised ``exc`` (a few fixed words)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ProviderCanceled):
+        return "canceled"
+    if isinstance(exc, ProviderUnavailable):
+        return "unavailable"
+    if isinstance(exc, ProviderFailed):
+        return "failed"
+    if isinstance(exc, asyncio.CancelledError):
+        return "interrupted"
+    return "error"
 
 
 def _brief(exc: BaseException, limit: int = 200) -> str:

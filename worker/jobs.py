@@ -62,6 +62,8 @@ class ClaimedJob:
     # and the job's model's fallback.
     ran_model: str | None = None
     model_fallback: str | None = None
+    # Seconds from submit to this claim (the queue wait, on the first attempt).
+    queued_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from arq.worker import Worker, func
 
 from shared.catalog import load_catalog
 from shared.logging import get_logger
+from shared.metrics import MetricsServer, serve_metrics
 from shared.queue import GENERATION_FUNCTION, redis_settings
 from shared.services import running_services
 from shared.settings import Settings
@@ -68,6 +69,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     wc = await WorkerContext.open(settings, redis=ctx["redis"])
     ctx[CTX_KEY] = wc
+    ctx["genq_metrics"] = serve_metrics(wc.metrics, settings, "worker")
     ctx["genq_recovery"] = asyncio.create_task(recovery_loop(
         wc.recovery_pool, ctx["redis"], settings
     ))
@@ -82,6 +84,9 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    server: MetricsServer | None = ctx.get("genq_metrics")
+    if server is not None:
+        server.close()
     wc: WorkerContext | None = ctx.get(CTX_KEY)
     if wc is not None:
         await wc.close()

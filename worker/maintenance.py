@@ -40,6 +40,9 @@ ORPHAN_GRACE_S = 3600.0
 NEW_JOB_GRACE_S = 1.0
 # Users per dispatch statement of the sweep (one transaction, one advisory lock per user).
 DISPATCH_USERS = 50
+# The count of a report that is credits given back, not things done (the scheduler's metrics
+# add it to the refunded credits).
+CREDITS_REFUNDED = "credits_refunded"
 
 
 @dataclass
@@ -315,11 +318,14 @@ async def requeue_lost_jobs(
             return
 
 
-async def _fail_and_refund(conn: Connection, job_id: uuid.UUID, code: str, message: str) -> bool:
+async def _fail_and_refund(report: TaskReport, conn: Connection, job_id: uuid.UUID, code: str,
+                           message: str) -> bool:
     reservation_id = await conn.fetchval(queries["fail_job"], job_id, code, message)
     if reservation_id is None:
         return False
-    await ledger.refund(conn, reservation_id)
+    settlement = await ledger.refund(conn, reservation_id)
+    if not settlement.replayed and settlement.refunded:
+        report.add(CREDITS_REFUNDED, settlement.refunded)
     return True
 
 
@@ -340,7 +346,7 @@ async def recover_expired_leases(
                     to_enqueue.append(row["id"])
                     report.add("retried")
                 elif await _fail_and_refund(
-                    conn, row["id"], "worker_lost",
+                    report, conn, row["id"], "worker_lost",
                     f"the worker stopped responding {row['attempt']} times; credits refunded",
                 ):
                     report.add("failed_refunded")
@@ -375,6 +381,8 @@ async def settle_stale_reservations(report: TaskReport, pool: Pool, batch_size: 
                     report.add("jobs_failed")
             settlement = await ledger.refund(conn, row["id"])
             report.add("already_settled" if settlement.replayed else "refunded")
+            if not settlement.replayed and settlement.refunded:
+                report.add(CREDITS_REFUNDED, settlement.refunded)
 
 
 @_timed("retire_old_jobs")

@@ -23,6 +23,7 @@ from arq.worker import Worker
 
 from shared.db import Pool, create_pool
 from shared.logging import get_logger
+from shared.metrics import Metrics, serve_metrics
 from shared.queue import create_arq_pool
 from shared.settings import Settings
 from shared.storage import open_storage
@@ -122,6 +123,16 @@ async def exclusive(pool: Pool, name: str) -> AsyncIterator[bool]:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _lock_id(name))
 
 
+def count_report(metrics: Metrics, report: TaskReport) -> None:
+    """Add a task run's report to the scheduler's metrics."""
+    metrics.maintenance_runs.labels(report.task).inc()
+    for what, n in report.counts.items():
+        if what == maintenance.CREDITS_REFUNDED:
+            metrics.credits_refunded.inc(n)
+        else:
+            metrics.maintenance_items.labels(report.task, what).inc(n)
+
+
 async def run_task(
     name: str, pool: Pool, redis: ArqRedis, settings: Settings, *, quiet: bool = False
 ) -> TaskReport:
@@ -170,6 +181,7 @@ def _every(interval_s: int) -> dict[str, Any]:
 def _cron_for(queue_name: str, name: str, schedule: dict[str, Any]) -> CronJob:
     async def job(ctx: dict[str, Any]) -> dict[str, int]:
         report = await run_task(name, ctx["pool"], ctx["redis"], ctx["settings"])
+        count_report(ctx["metrics"], report)
         return report.counts
 
     job.__qualname__ = f"genq_{name.replace('-', '_')}"
@@ -198,9 +210,11 @@ async def run_scheduler(settings: Settings, database_url: str, redis_url: str) -
     """Run the cron worker until cancelled (SIGINT/SIGTERM)."""
     pool = await create_pool(database_url, min_size=1, max_size=POOL_MAX_SIZE)
     redis = await create_arq_pool(redis_url)
+    metrics = Metrics()
+    server = serve_metrics(metrics, settings, "scheduler")
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        ctx.update(pool=pool, settings=settings)
+        ctx.update(pool=pool, settings=settings, metrics=metrics)
 
     worker = Worker(
         functions=[],
@@ -228,4 +242,6 @@ async def run_scheduler(settings: Settings, database_url: str, redis_url: str) -
                 await worker.close()
         finally:
             await pool.close()
+            if server is not None:
+                server.close()
         log.info("scheduler_stopped")

@@ -26,6 +26,7 @@ from shared.batch import Batcher
 from shared.catalog import ModelRules
 from shared.dispatch import dispatch
 from shared.errors import (
+    AccountDisabled,
     AccountNotFound,
     Conflict,
     GenqError,
@@ -163,6 +164,9 @@ def _submit_error(refused: SubmitRefused, job: JobCreate) -> GenqError | None:
             "not enough credits for this job",
             details={"price": short.get("price"), "balance": short.get("balance")},
         )
+    if constraint == "users_account_disabled":
+        # Authenticated just before an admin disabled the user (0026_operations.sql).
+        return AccountDisabled("this account is disabled")
     if refused.state == NO_DATA_FOUND:
         return AccountNotFound(str(refused))
     return None

@@ -42,6 +42,9 @@ async def create_job(call: Call) -> Response:
     headers = {"Location": f"/v1/jobs/{result.job.id}"}
     if result.replayed:
         headers[REPLAYED_HEADER] = "true"
+    else:
+        ctx.metrics.jobs_submitted.labels(result.job.model).inc()
+        ctx.metrics.credits_reserved.inc(result.job.cost.reserved)
     return reply(result.job, 202, headers)
 
 
@@ -69,6 +72,9 @@ async def get_job(call: Call) -> Response:
 async def post_cancel(call: Call) -> Response:
     """POST /v1/jobs/{job_id}/cancel: 200 canceled now, 202 cancel requested, 409 finished."""
     status_code, job = await call.ctx.intake.cancel(call.user, path_job_id(call))
+    if status_code == 200:
+        # This call canceled it (a second one finds it finished: 409).
+        call.ctx.metrics.job_finished(job.model, job.status, job.cost.refunded)
     return reply(job, status_code)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from starlette.responses import Response
 
 from api.assets.reads import signed_urls
+from api.audit.models import entry
 from api.body import read_json
 from api.content import EXTENSIONS, serve_object
 from api.errors import LibraryItemNotFound, echo
@@ -34,6 +35,7 @@ from api.spec import (
     path_id,
 )
 from api.validation import parse_body, parse_id
+from shared import audit
 from shared.library import feed_read
 from shared.logging import get_logger
 from shared.storage import ObjectNotFound, StorageKeyError
@@ -115,12 +117,14 @@ async def post_takedown(call: Call) -> Response:
     if item_id is None:
         raise LibraryItemNotFound(f"no library item {echo(raw)}")
     body = parse_body(Takedown, await read_json(call.request, call.ctx.settings.max_body_bytes))
-    async with call.ctx.pool.acquire() as conn:
+    async with call.ctx.pool.acquire() as conn, conn.transaction():
         owner: uuid.UUID | None = await conn.fetchval(
             queries["take_down_library_item"], item_id, body.reason)
         if owner is None:
             raise LibraryItemNotFound(f"no library item {item_id}")
         row = await load_item(conn, owner, item_id, deleted=True)
+        await audit.record(conn, entry(call, "library.takedown", "library_item", item_id,
+                                       details={"user_id": str(owner), "reason": body.reason}))
     log.info("library_item_taken_down", item_id=str(item_id))
     return reply(LibraryItem.from_row(row, await signed_urls(call.ctx.content_url, [row])))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
+from api.audit.models import entry
 from api.body import read_json
 from api.errors import UserNotFound, ValidationFailed, echo
 from api.me.models import Me
@@ -13,6 +14,7 @@ from api.plans.models import PlanAssign, StorageQuotaSet, plan_assign_schema
 from api.routing import Call, Endpoint, Reply, reply
 from api.spec import path_id
 from api.validation import field_error, parse_body, parse_id
+from shared import audit
 from shared.logging import get_logger
 from sql import queries
 
@@ -36,6 +38,9 @@ async def put_user_plan(call: Call) -> Response:
         if "max_running" in body.model_fields_set:
             await conn.execute(queries["set_user_max_running"], user_id, body.max_running)
         me = await load_me(conn, user_id, default_quota_bytes=ctx.settings.library_quota_bytes)
+        await audit.record(conn, entry(call, "user.plan", "user", user_id, details={
+            "plan": body.plan, **({"max_running": body.max_running}
+                                  if "max_running" in body.model_fields_set else {})}))
     assert me is not None
     log.info("user_plan_set", target_user_id=str(user_id), plan=body.plan)
     return reply(me)
@@ -55,6 +60,8 @@ async def put_storage_quota(call: Call) -> Response:
         if await conn.fetchval(queries["set_storage_quota"], user_id, body.quota_bytes) is None:
             raise UserNotFound(f"no user {user_id}")
         me = await load_me(conn, user_id, default_quota_bytes=ctx.settings.library_quota_bytes)
+        await audit.record(conn, entry(call, "user.storage_quota", "user", user_id,
+                                       details={"quota_bytes": body.quota_bytes}))
     assert me is not None
     log.info("user_storage_quota_set", target_user_id=str(user_id), quota_bytes=body.quota_bytes)
     return reply(me)

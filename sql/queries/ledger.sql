@@ -35,3 +35,25 @@ LIMIT $3
 -- For invariant checks. $1 user_id.
 SELECT coalesce(sum(amount), 0)::bigint AS amount, coalesce(sum(reserved_delta), 0)::bigint AS reserved
 FROM credit_ledger WHERE user_id = $1
+
+-- ledger_adjust --
+-- An admin's correction (genq_adjust in 0026_operations.sql): add $2 (either sign, never 0)
+-- to the spendable balance as kind `adjust`. $1 user_id, $3 idempotency_key (nullable),
+-- $4 reason, $5 job_id (nullable).
+SELECT entry_id, balance_before, balance_after, replayed FROM genq_adjust($1, $2, $3, $4, $5)
+
+-- lock_account --
+-- $1 user_id. The account, locked until the transaction ends.
+SELECT user_id, balance, reserved FROM credit_accounts WHERE user_id = $1 FOR UPDATE
+
+-- job_captured --
+-- What a job of the user spent: its status and the credits captured by its reservation.
+-- $1 job_id, $2 user_id (NULL: any user's). No row: no such job.
+SELECT j.id, j.user_id, j.model, j.status, coalesce(r.captured, 0)::bigint AS captured
+FROM generation_jobs j LEFT JOIN credit_reservations r ON r.id = j.reservation_id
+WHERE j.id = $1 AND ($2::uuid IS NULL OR j.user_id = $2)
+
+-- reservations_settled --
+-- How reservations were settled (the worker's credit counters). $1 reservation ids (uuid[]).
+SELECT id, status, captured, refunded FROM credit_reservations
+WHERE id = ANY($1::uuid[]) AND status <> 'open'

@@ -129,3 +129,10 @@ WITH old AS (
     FOR UPDATE SKIP LOCKED
 )
 DELETE FROM generation_jobs j USING old WHERE j.id = old.id
+
+-- queue_depth --
+-- For /metrics: jobs queued and not yet claimed, and the age of the oldest (0 when none), from
+-- the partial index on queued jobs. No parameters.
+SELECT count(*)::bigint AS queued,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_s
+FROM generation_jobs WHERE status = 'queued'

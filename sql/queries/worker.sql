@@ -8,7 +8,8 @@
 -- result was not claimable. Also returns the model's provider ref, timeout, params schema,
 -- revision, base URL, key variable and limits (NULL if the model is unknown; the fallback's
 -- once the job moved to it, ran_model) and the model's fallback, which the attempt needs next, so it does not need a
--- second round trip.
+-- second round trip. queued_s: seconds since the job was submitted (its queue wait, on a
+-- first attempt).
 -- $1 job ids (uuid[], no duplicates), $2 lease_owner (worker id), $3 lease seconds (float).
 WITH claimed AS (
     UPDATE generation_jobs j
@@ -23,7 +24,8 @@ WITH claimed AS (
       AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()))
     RETURNING j.id, j.user_id, j.model, j.provider, j.prompt, j.num_outputs, j.params, j.seed,
               j.price_per_output, j.reservation_id, j.provider_prediction_id, j.attempt,
-              j.max_attempts, j.cancel_requested_at, j.ran_model
+              j.max_attempts, j.cancel_requested_at, j.ran_model,
+              extract(epoch FROM now() - j.created_at)::float8 AS queued_s
 )
 SELECT c.*, m.ref AS model_ref, m.timeout_s AS model_timeout_s,
        m.params_schema AS model_params_schema, m.revision AS model_revision,

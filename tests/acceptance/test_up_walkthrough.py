@@ -103,28 +103,41 @@ def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(
         shared = json.loads(lines[start + 7])
         assert shared == {"title": "Lighthouse at dusk",
                           "content_url": f"/v1/shared/{short_id}/content"}
-        feed = [json.loads(line) for line in lines[start + 8:-7]]
+        signed_in = next(i for i, line in enumerate(lines) if line.startswith('{"email"'))
+        feed = [json.loads(line) for line in lines[start + 8:signed_in]]
         assert feed == [{"short_id": short_id, "title": "Lighthouse at dusk",
                          "prompt": "a lighthouse at dusk"}]
         # Step 8: the signed-in user, created from the token's claims.
-        assert json.loads(lines[-7]) == {"email": "grace@example.com",
-                                         "identities": [{"subject": "user-42"}]}
+        assert json.loads(lines[signed_in]) == {"email": "grace@example.com",
+                                                "identities": [{"subject": "user-42"}]}
         # Step 9: Ada's own storage quota, and what her two saved outputs take.
-        assert json.loads(lines[-6]) == {"quota_bytes": 1_000_000, "quota_source": "user"}
+        assert json.loads(lines[signed_in + 1]) == {"quota_bytes": 1_000_000,
+                                                    "quota_source": "user"}
         copies = [f for s in saved
                   for f in (data_dir / "storage" / "library").glob(f"*/{s['short_id']}.png")]
         assert len(copies) == 2
         used = sum(f.stat().st_size for f in copies)
-        assert json.loads(lines[-5]) == {"used_bytes": used, "quota_bytes": 1_000_000,
-                                         "quota_source": "user"}
+        assert json.loads(lines[signed_in + 2]) == {"used_bytes": used, "quota_bytes": 1_000_000,
+                                                    "quota_source": "user"}
         # Step 10: the second job's events as they happened, then the stream ended.
-        assert lines[-4:] == ["event: job.queued", "event: job.started", "event: job.output",
-                              "event: job.succeeded"]
+        assert lines[signed_in + 3:signed_in + 7] == [
+            "event: job.queued", "event: job.started", "event: job.output", "event: job.succeeded"]
+        # Step 11: the old key revoked (204) and refused (401); the audit log; the metrics.
+        rotated = lines[signed_in + 7:]
+        assert rotated[:2] == ["204", "401"]
+        assert [json.loads(line) for line in rotated[2:4]] == [
+            {"actor": "admin", "action": "user.storage_quota"},
+            {"actor": "admin", "action": "credits.grant"}]
+        assert rotated[4:] == ['genq_jobs_submitted_total{model="local/sketch"} 2.0',
+                               "genq_credits_reserved_total 3.0"]
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(timeout=90)
         log.close()
     assert code == 0, (tmp_path / "up.log").read_text()
     assert "genq stopped" in (tmp_path / "up.log").read_text()
+    # Where the API serves its metrics (GENQ_METRICS_PORT unset: the API's alone).
+    assert f"metrics: api {url}/metrics (the API's to the admin token)" in (
+        tmp_path / "up.log").read_text()
     left = [p for p in processes if alive(p)]
     assert left == [], f"processes still running after SIGINT: {left}"

@@ -463,3 +463,21 @@ async def test_an_api_key_of_a_signed_in_user_is_the_same_user(
     assert seen.status_code == 200
     credits = (await api.client.get("/v1/credits", headers=token)).json()
     assert credits == {"balance": STARTING_CREDITS - 6, "reserved": 6}
+
+
+async def test_a_disabled_signed_in_user_is_refused_and_enabled_again(
+    api: Api, idp: FakeIdentityProvider
+) -> None:
+    token = bearer(idp.token(claims(email="paused@example.com")))
+    me = (await api.client.get("/v1/me", headers=token)).json()
+    # The identity is cached now; disabling drops it.
+    disabled = await api.client.post(f"/v1/admin/users/{me['id']}/disable", headers=ADMIN)
+    assert disabled.status_code == 200, disabled.text
+    refused = await api.client.get("/v1/me", headers=token)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "account_disabled")
+    # A new session of the same subject is the same (disabled) user, not a new one.
+    fresh = bearer(idp.token(claims(me["identities"][0]["subject"])))
+    assert (await api.client.get("/v1/me", headers=fresh)).status_code == 403
+    assert await _count(api.pool, "users") == 1
+    await api.client.post(f"/v1/admin/users/{me['id']}/enable", headers=ADMIN)
+    assert (await api.client.get("/v1/me", headers=token)).json()["id"] == me["id"]

@@ -227,6 +227,7 @@ async def test_another_users_items_and_assets_are_not_found(api: Api) -> None:
     {"asset_id": str(uuid.UUID(int=1)), "tags": ["sea\x00"]},
     {"asset_id": str(uuid.UUID(int=1)), "tags": ["\ud800"]},
     {"asset_id": str(uuid.UUID(int=1)), "title": "a\x00b"},
+    {"asset_id": str(uuid.UUID(int=1)), "tags": ["sea\u0000side"]},
 ])
 async def test_bad_save_bodies_are_422_and_write_nothing(api: Api, body: dict[str, Any]) -> None:
     user = await api.user(credits=10)

@@ -209,6 +209,43 @@ async def _drive(api: Api) -> list[Answer]:
     await post(f"{lib}/restore", headers=auth)
     await api.pool.execute("DELETE FROM user_library WHERE id = $1", uuid.UUID(item["id"]))
     await post("/v1/library", json={"asset_id": str(asset_id)}, headers=auth)
+
+    # Keys, admin users, credit corrections, job refunds and the audit log.
+    made = (await post("/v1/me/keys", headers=auth)).json()
+    await get("/v1/me/keys?limit=1", headers=auth)
+    await get("/v1/me/keys?x=1", headers=auth)
+    await api.client.delete(f"/v1/me/keys/{made['id']}", headers=auth)
+    await api.client.delete(f"/v1/me/keys/{uuid.uuid4()}", headers=auth)
+    theirs = (await post(f"/v1/admin/users/{other.id}/keys", headers=ADMIN)).json()
+    await post(f"/v1/admin/users/{uuid.uuid4()}/keys", headers=ADMIN)
+    await api.client.delete(f"/v1/admin/keys/{theirs['id']}", headers=ADMIN)
+    await api.client.delete(f"/v1/admin/keys/{uuid.uuid4()}", headers=ADMIN)
+    await get(f"/v1/admin/users?email={other.id}@example.com", headers=ADMIN)
+    await get("/v1/admin/users?limit=1", headers=ADMIN)
+    await get("/v1/admin/users?cursor=x", headers=ADMIN)
+    await get(f"/v1/admin/users/{user.id}", headers=ADMIN)
+    await get(f"/v1/admin/users/{uuid.uuid4()}", headers=ADMIN)
+    await post(f"/v1/admin/users/{other.id}/credits", json={"amount": -1}, headers=ADMIN)
+    await post(f"/v1/admin/users/{other.id}/credits", json={"amount": -10**6}, headers=ADMIN)
+    spent = (await post("/v1/jobs", json=JOB, headers=auth)).json()
+    await post(f"/v1/admin/jobs/{spent['id']}/refund", json={}, headers=ADMIN)
+    await api.pool.execute(
+        "UPDATE generation_jobs SET status = 'running', attempt = 1 WHERE id = $1",
+        uuid.UUID(spent["id"]))
+    await api.pool.execute("SELECT genq_finalize($1, 1, 'succeeded', 1, NULL, NULL, "
+                           "'[]'::jsonb, 60)", uuid.UUID(spent["id"]))
+    await post(f"/v1/admin/jobs/{spent['id']}/refund", json={"reason": "bad"}, headers=ADMIN)
+    await post(f"/v1/admin/jobs/{spent['id']}/refund", json={"reason": "bad"}, headers=ADMIN)
+    await post(f"/v1/admin/jobs/{uuid.uuid4()}/refund", json={}, headers=ADMIN)
+    await post(f"/v1/admin/users/{other.id}/disable", headers=ADMIN)
+    await get("/v1/me", headers=other.headers)
+    await post(f"/v1/admin/users/{other.id}/enable", headers=ADMIN)
+    await post(f"/v1/admin/users/{uuid.uuid4()}/disable", headers=ADMIN)
+    await post(f"/v1/admin/users/{uuid.uuid4()}/enable", headers=ADMIN)
+    await get("/v1/admin/audit?limit=2", headers=ADMIN)
+    await get("/metrics", headers=ADMIN)
+    await get("/metrics")
+    await get("/v1/admin/audit?cursor=x", headers=ADMIN)
     return answers
 
 
@@ -252,6 +289,9 @@ async def test_every_route_is_documented_and_every_answer_matches_its_schema(api
     assert set(seen) == documented
     assert seen[("/v1/jobs", "post")] >= {202, 400, 401, 402, 409, 415, 422}
     assert seen[("/v1/jobs/{job_id}/cancel", "post")] == {200, 202, 409}
+    assert seen[("/v1/admin/users/{user_id}/credits", "post")] == {200, 402, 404}
+    assert seen[("/v1/admin/jobs/{job_id}/refund", "post")] == {200, 404, 409}
+    assert seen[("/v1/me", "get")] == {200, 401, 403}
     assert seen[("/v1/assets/{asset_id}/content", "get")] == {200, 206, 304, 416}
     assert seen[("/v1/files/{key}", "get")] == {200, 403}
     assert seen[("/v1/library", "post")] == {200, 201, 403, 404, 422}

@@ -166,7 +166,8 @@ async def test_expired_leases_are_retried_or_failed_and_refunded(
 
     report = await maintenance.recover_expired_leases(pool, arq_redis, settings)
 
-    assert report.counts == {"retried": 1, "failed_refunded": 1}
+    # credits_refunded: what the scheduler's metrics add to genq_credits_refunded_total.
+    assert report.counts == {"retried": 1, "failed_refunded": 1, "credits_refunded": 3}
     rows = {r["id"]: r for r in await pool.fetch(
         "SELECT id, status, error_code, lease_owner FROM generation_jobs")}
     assert rows[retry]["status"] == "queued"
@@ -193,7 +194,7 @@ async def test_stale_reservations_fail_the_job_and_refund(pool: Pool) -> None:
 
     report = await maintenance.settle_stale_reservations(pool, 100)
 
-    assert report.counts == {"jobs_failed": 1, "refunded": 2}
+    assert report.counts == {"jobs_failed": 1, "refunded": 2, "credits_refunded": 4 + 5}
     status = await pool.fetchrow(
         "SELECT status, error_code FROM generation_jobs WHERE id = $1", stale)
     assert status is not None

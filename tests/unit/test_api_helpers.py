@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from api import revocations
 from api.auth import ApiKeyCache, bearer_token
 from api.body import is_json_media_type, parse_json
 from api.errors import InvalidJson, ValidationFailed
@@ -155,3 +156,37 @@ def test_check_job_lists_every_problem() -> None:
     with pytest.raises(ValidationFailed) as info:
         check_job(job, max_prompt_chars=10, max_params_bytes=20)
     assert [d["field"] for d in info.value.details] == ["prompt", "params"]
+
+
+def test_key_cache_invalidations_drop_entries_and_stale_lookups() -> None:
+    cache = ApiKeyCache(ttl_s=60)
+    ada, bob = uuid.uuid4(), uuid.uuid4()
+    cache.put(b"ada-1", ada)
+    cache.put(b"ada-2", ada)
+    cache.put(b"bob-1", bob)
+    revocations.apply(cache, revocations.key_message(b"ada-1"))
+    assert (cache.get(b"ada-1"), cache.get(b"ada-2")) == (None, ada)
+    revocations.apply(cache, revocations.user_message(ada))
+    assert (cache.get(b"ada-2"), cache.get(b"bob-1")) == (None, bob)
+    # A lookup that began before an invalidation does not put what it read.
+    epoch = cache.epoch
+    revocations.apply(cache, revocations.key_message(b"bob-2"))
+    cache.put(b"bob-2", bob, epoch)
+    assert cache.get(b"bob-2") is None
+    cache.put(b"bob-2", bob, cache.epoch)
+    assert cache.get(b"bob-2") == bob
+    # Anything it cannot read clears everything.
+    revocations.apply(cache, "key:not-hex")
+    assert len(cache) == 0
+
+
+def test_a_key_cache_not_live_serves_and_keeps_nothing() -> None:
+    cache = ApiKeyCache(ttl_s=60, live=False)
+    user = uuid.uuid4()
+    cache.put(b"a", user)
+    assert cache.get(b"a") is None and len(cache) == 0
+    cache.clear(live=True)
+    cache.put(b"a", user)
+    assert cache.get(b"a") == user
+    cache.clear(live=False)
+    assert cache.get(b"a") is None and len(cache) == 0

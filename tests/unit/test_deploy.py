@@ -35,7 +35,7 @@ def compose() -> dict[str, Any]:
 def test_services_and_volumes(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(services) == {"postgres", "redis", "minio", "minio-init", "migrate", "api",
-                             "worker", "scheduler"}
+                             "worker", "scheduler", "prometheus"}
     declared = set(compose["volumes"])
     for name, svc in services.items():
         for dep in svc.get("depends_on", {}):
@@ -43,7 +43,7 @@ def test_services_and_volumes(compose: dict[str, Any]) -> None:
         for mount in svc.get("volumes", []):
             source = mount.split(":", 1)[0]
             assert source in declared, f"{name} mounts undeclared volume {source}"
-    assert {"pgdata", "redisdata", "miniodata"} <= declared
+    assert {"pgdata", "redisdata", "miniodata", "promdata"} <= declared
 
 
 def test_every_command_is_a_real_genq_command(compose: dict[str, Any]) -> None:
@@ -121,3 +121,59 @@ def test_dockerfile_copies_what_exists() -> None:
         assert pkg in packages
         assert f'"{pkg}"' in pyproject
     assert 'ENTRYPOINT ["genq"]' in text
+
+
+def test_prometheus_scrapes_every_genq_process(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    prometheus = services["prometheus"]
+    config_file = compose["configs"][prometheus["configs"][0]["source"]]["file"]
+    assert prometheus["configs"][0]["target"] == "/etc/prometheus/prometheus.yml"
+    config = yaml.safe_load((ROOT / config_file).read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = {}
+    for job in jobs.values():
+        (sd,) = job["dns_sd_configs"]
+        (name,) = sd["names"]
+        targets[name] = (sd["port"], job)
+    assert set(targets) == {"api", "worker", "scheduler"}
+    # Every replica is found by its service name (so --scale works), at the port it serves.
+    assert targets["api"][0] == int(services["api"]["command"][-1])
+    for name in ("worker", "scheduler"):
+        env = services[name]["environment"]
+        assert env["GENQ_METRICS_HOST"] == "0.0.0.0"
+        assert targets[name][0] == int(env["GENQ_METRICS_PORT"])
+        assert "authorization" not in targets[name][1]
+    # The API's /metrics takes the admin token, handed to Prometheus as a Compose secret.
+    api_auth = targets["api"][1]["authorization"]
+    (secret,) = prometheus["secrets"]
+    assert api_auth["credentials_file"] == f"/run/secrets/{secret}"
+    assert compose["secrets"][secret] == {"environment": "GENQ_ADMIN_TOKEN"}
+    for mount in prometheus["volumes"]:
+        assert mount.split(":")[0] in compose["volumes"]
+
+
+def test_the_grafana_dashboard_shows_only_series_genq_exports() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from shared.metrics import Metrics
+
+    metrics = Metrics()
+    # Every family, with a sample per label set so histograms show their _bucket/_count/_sum.
+    for metric in metrics.registry.collect():
+        assert metric.name.startswith("genq_")
+    exported: set[str] = set()
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        exported.add(family.name)
+        exported |= {f"{family.name}{suffix}" for suffix in
+                     ("_total", "_bucket", "_count", "_sum", "_created")}
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    assert dashboard["title"] and dashboard["uid"]
+    queries = [target["expr"] for panel in dashboard["panels"]
+               for target in panel.get("targets", [])]
+    assert len(queries) >= 10
+    used = {name for expr in queries for name in re.findall(r"\b(genq_[a-z_]+)", expr)}
+    assert used and used <= exported, used - exported
+    # Every series genq exports is on the dashboard.
+    families = {m.name for m in metrics.registry.collect()}
+    assert {name for name in families
+            if not any(u.startswith(name) for u in used)} == set()

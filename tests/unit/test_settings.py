@@ -135,3 +135,29 @@ def test_jwt_settings() -> None:
             load_settings(**bad, jwt_issuer="i", jwt_audience="a", _env_file=None)
         assert var in caught.value.message
         assert "short" not in caught.value.message
+
+
+def test_named_admin_tokens_are_read_beside_the_single_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENQ_ADMIN_TOKENS", f" ops:{'o' * 32}, billing.bot:{'b' * 40} ,")
+    s = load_settings(admin_token="a" * 32, _env_file=None)
+    assert [(name, token.get_secret_value()) for name, token in s.admins] == [
+        ("admin", "a" * 32), ("ops", "o" * 32), ("billing.bot", "b" * 40)]
+    alone = load_settings(admin_token=None, _env_file=None)
+    assert [name for name, _ in alone.admins] == ["ops", "billing.bot"]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (f"ops:{'o' * 31}", "at least 32 characters"),
+    (f"ops{'o' * 32}", "name:token"),
+    (f"o p:{'o' * 32}", "name:token"),
+    (f"ops:{'o' * 32},ops:{'p' * 32}", "given twice"),
+    (f"ops:{'o' * 32},bob:{'o' * 32}", "the same token"),
+    (f"admin:{'o' * 32}", "choose another"),
+])
+def test_bad_named_admin_tokens_are_refused(monkeypatch: pytest.MonkeyPatch, value: str,
+                                            message: str) -> None:
+    monkeypatch.setenv("GENQ_ADMIN_TOKENS", value)
+    with pytest.raises(ConfigError, match=r"GENQ_ADMIN_TOKENS|admins") as caught:
+        load_settings(admin_token="a" * 32, _env_file=None)
+    assert message in str(caught.value)
+    assert "o" * 31 not in str(caught.value)

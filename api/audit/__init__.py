@@ -1,0 +1,1 @@
+"""``/v1/admin/audit``: every admin action, newest first."""

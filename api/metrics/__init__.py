@@ -1,0 +1,1 @@
+"""``GET /metrics``: this API process's Prometheus series, to the admin token."""
