@@ -17,8 +17,8 @@ from shared.db import Pool, create_pool
 from shared.dispatch import dispatch_after_finish
 from shared.limits import ModelLimits
 from shared.logging import get_logger
-from shared.plans import dispatch_on
 from shared.metrics import Metrics
+from shared.plans import dispatch_on
 from shared.settings import Settings
 from shared.storage import open_storage
 from sql import queries

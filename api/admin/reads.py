@@ -12,10 +12,11 @@ from shared.users import ApiKeyRow
 from sql import queries
 
 
-async def load_admin_user(conn: Connection, user_id: uuid.UUID) -> AdminUser | None:
+async def load_admin_user(conn: Connection, user_id: uuid.UUID, *,
+                          default_quota_bytes: int | None) -> AdminUser | None:
     """What ``GET /v1/me`` shows of the user, with their disable, usage and keys; None: no such
-    user."""
-    me = await load_me(conn, user_id)
+    user. ``default_quota_bytes``: the server's storage quota (GENQ_LIBRARY_QUOTA_BYTES)."""
+    me = await load_me(conn, user_id, default_quota_bytes=default_quota_bytes)
     if me is None:
         return None
     usage = await conn.fetchrow(queries["user_usage"], user_id)

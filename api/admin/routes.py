@@ -147,7 +147,8 @@ async def get_user(call: Call) -> Response:
     """GET /v1/admin/users/{user_id}: the user, usage and keys."""
     user_id = _user_id(call)
     async with call.ctx.pool.acquire() as conn, conn.transaction():
-        user = await load_admin_user(conn, user_id)
+        user = await load_admin_user(
+            conn, user_id, default_quota_bytes=call.ctx.settings.library_quota_bytes)
         if user is None:
             raise UserNotFound(f"no user {user_id}")
         await audit.record(conn, entry(call, "user.view", "user", user_id))
@@ -169,7 +170,8 @@ async def _set_disabled(call: Call, disabled: bool) -> Response:
             before=before, after=before + refunded,
             details={"was_disabled": was_disabled, "canceled_jobs": len(canceled),
                      "refunded": refunded}))
-        user = await load_admin_user(conn, user_id)
+        user = await load_admin_user(
+            conn, user_id, default_quota_bytes=ctx.settings.library_quota_bytes)
     assert user is not None
     if disabled:
         await revocations.publish(ctx.redis, ctx.settings.queue_name, ctx.keys,
