@@ -13,7 +13,7 @@ from sql import queries
 
 
 async def load_admin_user(conn: Connection, user_id: uuid.UUID, *,
-                          default_quota_bytes: int | None) -> AdminUser | None:
+                          default_quota_bytes: int) -> AdminUser | None:
     """What ``GET /v1/me`` shows of the user, with their disable, usage and keys; None: no such
     user. ``default_quota_bytes``: the server's storage quota (GENQ_LIBRARY_QUOTA_BYTES)."""
     me = await load_me(conn, user_id, default_quota_bytes=default_quota_bytes)
