@@ -18,7 +18,7 @@ import redis.exceptions
 
 from api.assets.reads import Sign
 from api.errors import JobNotCancelable, JobNotFound, ValidationFailed
-from api.jobs.models import Job, JobCreate
+from api.jobs.models import LATER_FIELDS, Job, JobCreate
 from api.jobs.reads import load_job, load_new_job
 from api.validation import field_error, request_hash
 from shared import ledger
@@ -203,12 +203,11 @@ class IntakeBatches:
     ) -> list[asyncpg.Record | BaseException]:
         """One genq_submit_batch call: a row per accepted or replayed item, a
         :class:`SubmitRefused` per refused one, in the order of ``items``."""
-        s = self.settings
         try:
-            rows = await self.pool.fetch(
-                queries["submit_jobs"], [it.payload(i) for i, it in enumerate(items)],
-                s.max_attempts, float(s.idempotency_ttl_s), float(s.reservation_ttl_s),
-            )
+            if any(it.job.webhook is not None for it in items):
+                rows = await self._submit_with_webhooks(items)
+            else:
+                rows = await self.pool.fetch(queries["submit_jobs"], *self._submit_args(items))
         except asyncpg.DeadlockDetectedError:
             # The whole batch rolled back. Its items go again one by one, each in its own
             # transaction, as concurrently as the pool allows.
@@ -225,6 +224,27 @@ class IntakeBatches:
                 results.append(SubmitRefused(row["error_state"], row["error_constraint"],
                                              row["error_detail"], row["error_message"]))
         return results
+
+    def _submit_args(self, items: list[SubmitItem]) -> tuple[Any, ...]:
+        s = self.settings
+        return ([it.payload(i) for i, it in enumerate(items)], s.max_attempts,
+                float(s.idempotency_ttl_s), float(s.reservation_ttl_s))
+
+    async def _submit_with_webhooks(self, items: list[SubmitItem]) -> list[asyncpg.Record]:
+        """The batch's submit and, in the same transaction, the webhooks of the jobs it
+        accepted (a replayed or refused item writes none)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(queries["submit_jobs"], *self._submit_args(items))
+            hooks = []
+            for row in rows:
+                item = items[row["item"]]
+                webhook = item.job.webhook
+                if webhook is not None and row["error_state"] is None and not row["replayed"]:
+                    hooks.append({"job": str(item.job_id), "url": webhook[0],
+                                  "events": webhook[1]})
+            if hooks:
+                await conn.execute(queries["add_job_webhooks"], hooks)
+        return rows
 
     async def _submit_alone(self, item: SubmitItem) -> asyncpg.Record | BaseException:
         async def once() -> asyncpg.Record | BaseException:
@@ -333,7 +353,7 @@ class Intake:
         job_id = uuid.uuid4()
         # The Idempotency-Key is bound to the body as the client sent it; a seed chosen here comes
         # after, so a replay of a seedless body finds the original job (and its seed).
-        digest = request_hash(job) if key is not None else None
+        digest = request_hash(job, LATER_FIELDS) if key is not None else None
         if job.seed is None:
             job = job.model_copy(update={"seed": secrets.randbelow(CHOSEN_SEED_BOUND)})
         for _ in range(_CATALOG_TRIES):
