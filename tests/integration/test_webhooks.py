@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -71,17 +72,17 @@ async def secret_of(api: Api, user: User) -> str:
     return secret
 
 
-async def submit(api: Api, user: User, **fields: object) -> dict[str, object]:
+async def submit(api: Api, user: User, **fields: object) -> dict[str, Any]:
     r = await api.client.post("/v1/jobs", json={**JOB, **fields}, headers=user.headers)
     assert r.status_code == 202, r.text
-    body: dict[str, object] = r.json()
+    body: dict[str, Any] = r.json()
     return body
 
 
-async def deliveries(api: Api, user: User, job_id: object) -> list[dict[str, object]]:
+async def deliveries(api: Api, user: User, job_id: object) -> list[dict[str, Any]]:
     r = await api.client.get(f"/v1/jobs/{job_id}/webhooks", headers=user.headers)
     assert r.status_code == 200, r.text
-    data: list[dict[str, object]] = r.json()["data"]
+    data: list[dict[str, Any]] = r.json()["data"]
     return data
 
 
@@ -121,13 +122,14 @@ async def test_submit_refuses_a_webhook_url_genq_must_not_call(api: Api, url: st
 
 async def test_webhook_events_are_checked(api: Api) -> None:
     user = await api.user(credits=10)
-    for body, field in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"webhook_events": ["completed"]}, "webhook_events"),  # no URL
         ({"webhook_url": "https://1.1.1.1/h", "webhook_events": []}, "webhook_events"),
         ({"webhook_url": "https://1.1.1.1/h", "webhook_events": ["done"]}, "webhook_events"),
         ({"webhook_url": "https://1.1.1.1/h", "webhook_events": ["output", "output"]},
          "webhook_events"),
-    ]:
+    ]
+    for body, field in cases:
         r = await api.client.post("/v1/jobs", json={**JOB, **body}, headers=user.headers)
         assert r.status_code == 422, (body, r.text)
         assert field in {d["field"].split(".")[0] for d in r.json()["error"]["details"]}, r.text
