@@ -47,6 +47,8 @@ LEASE_MARGIN_S = 30.0
 # What of a receiver's error answer or of an exception is kept on the attempt.
 MAX_ERROR_CHARS = 300
 USER_AGENT = "genq-webhooks"
+# How long a stopping loop lets its POSTs in flight finish.
+SHUTDOWN_GRACE_S = 3.0
 
 
 class Deliverer:
@@ -74,7 +76,7 @@ class Deliverer:
 
     async def run(self) -> None:
         """Claim and send due deliveries until cancelled; then let the POSTs in flight end
-        (each within its timeout) and close."""
+        (for ``SHUTDOWN_GRACE_S`` at most) and close."""
         s = self.settings
         log.info("webhook_deliveries_started", concurrency=s.webhook_concurrency,
                  per_receiver=s.webhook_per_receiver)
@@ -87,9 +89,13 @@ class Deliverer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._done.wait(), s.webhook_poll_s)
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True),
-                                       s.webhook_timeout_s + 5)
+            # POSTs still in flight after a short grace are dropped: their rows stay claimed
+            # and are sent again once their lease runs out (at least once).
+            if self.tasks:
+                _, pending = await asyncio.wait(set(self.tasks), timeout=SHUTDOWN_GRACE_S)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
             await self.http.aclose()
 
     async def _claim_once(self) -> tuple[int, int]:
