@@ -30,6 +30,12 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
 
     assert "demo finished: everything adds up" in out
     assert out.count("saved to library ") == 2
+    # One signed job.completed per job, each verified by the demo's receiver.
+    hooks = re.findall(r"^webhook job\.completed (\S+)\s+(\w+)\s+signature verified", out,
+                       re.MULTILINE)
+    assert sorted(status for _, status in hooks) == ["canceled"] + ["succeeded"] * 6, out
+    assert len({job for job, _ in hooks}) == 7
+    assert "NOT VERIFIED" not in out
     assert re.search(r"collection 'Demo favourites \w+': 2 items", out), out
     shared = re.search(r"published (\S{11}); share link http://127\.0\.0\.1:\d+/v1/shared/\1",
                        out)

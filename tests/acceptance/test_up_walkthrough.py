@@ -103,12 +103,15 @@ def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(
         shared = json.loads(lines[start + 7])
         assert shared == {"title": "Lighthouse at dusk",
                           "content_url": f"/v1/shared/{short_id}/content"}
-        feed = [json.loads(line) for line in lines[start + 8:-1]]
+        feed = [json.loads(line) for line in lines[start + 8:-3]]
         assert feed == [{"short_id": short_id, "title": "Lighthouse at dusk",
                          "prompt": "a lighthouse at dusk"}]
         # Step 8: the signed-in user, created from the token's claims.
-        assert json.loads(lines[-1]) == {"email": "grace@example.com",
+        assert json.loads(lines[-3]) == {"email": "grace@example.com",
                                          "identities": [{"subject": "user-42"}]}
+        # Step 9: the webhook secret, and a link-local webhook URL refused.
+        assert json.loads(lines[-2]) == {"secret_prefix": "whsec_"}
+        assert json.loads(lines[-1]) == {"code": "validation_error", "field": "webhook_url"}
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(timeout=90)
