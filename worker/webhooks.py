@@ -24,13 +24,15 @@ import contextlib
 import functools
 import json
 import time
+import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 from api.assets.reads import signed_urls
 from api.jobs.models import Job
+from shared.batch import Batcher
 from shared.db import Pool
 from shared.logging import get_logger
 from shared.netguard import AddressBlocked, default_port, pinned_request, resolve_checked
@@ -47,8 +49,25 @@ LEASE_MARGIN_S = 30.0
 # What of a receiver's error answer or of an exception is kept on the attempt.
 MAX_ERROR_CHARS = 300
 USER_AGENT = "genq-webhooks"
+# Group commit of the attempts' records: at most this many per statement, this many at once.
+RECORD_BATCH = 64
+RECORD_FLUSHES = 2
+# How much of a receiver's answer is read (and dropped) to keep its connection open.
+MAX_ANSWER_BYTES = 64 * 1024
 # How long a stopping loop lets its POSTs in flight finish.
 SHUTDOWN_GRACE_S = 3.0
+
+
+class Finished(NamedTuple):
+    """One attempt as it is recorded (the columns of ``finish_webhook_attempts``)."""
+
+    delivery_id: uuid.UUID
+    attempted_at: datetime
+    state: str
+    delay_s: float
+    status_code: int | None
+    error: str | None
+    duration_ms: float
 
 
 class Deliverer:
@@ -70,6 +89,9 @@ class Deliverer:
                                 max_keepalive_connections=settings.webhook_concurrency),
             headers={"User-Agent": USER_AGENT},
         )
+        # Attempts that end together are recorded by one statement (group commit).
+        self.finish: Batcher[Finished, None] = Batcher(
+            self._finish_many, max_batch=RECORD_BATCH, max_flushes=RECORD_FLUSHES)
         self.in_flight: dict[str, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self._done = asyncio.Event()
@@ -177,7 +199,16 @@ class Deliverer:
         request = pinned_request(self.http, "POST", url, target, headers=headers,
                                  content=body.encode())
         response = await self.http.send(request, stream=True)
-        await response.aclose()  # the receiver's body is not read
+        try:
+            # Read a short answer to its end, so the connection is kept for the next POST;
+            # a longer one is not kept (nor its connection).
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read > MAX_ANSWER_BYTES:
+                    break
+        finally:
+            await response.aclose()
         return response.status_code
 
     async def _deliver(self, row: Any) -> None:
@@ -214,15 +245,20 @@ class Deliverer:
             delay = retry_delay(row["attempts"])
             state = "pending" if delay is not None else "failed"
         error = error[:MAX_ERROR_CHARS] if error is not None else None
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(queries["finish_webhook_attempt"], row["id"], attempted_at, state,
-                               delay or 0.0, status, error, duration_ms)
-            if state == "gone":
-                await conn.execute(queries["disable_job_webhook"], row["job_id"])
+        await self.finish(Finished(row["id"], attempted_at, state, delay or 0.0, status, error,
+                                   duration_ms))
+        if state == "gone":
+            await self.pool.execute(queries["disable_job_webhook"], row["job_id"])
         level = "debug" if state == "delivered" else "info"
         getattr(log, level)("webhook_attempt", delivery=str(row["id"]), job_id=str(row["job_id"]),
-                 type=row["event_type"], attempt=row["attempts"], status=status, state=state,
-                 error=error, duration_ms=round(duration_ms, 1))
+                            type=row["event_type"], attempt=row["attempts"], status=status,
+                            state=state, error=error, duration_ms=round(duration_ms, 1))
+
+    async def _finish_many(self, done: list[Finished]) -> list[None]:
+        """One statement records the attempts that ended together."""
+        await self.pool.execute(queries["finish_webhook_attempts"],
+                                *(list(column) for column in zip(*done, strict=True)))
+        return [None] * len(done)
 
 
 async def run_deliveries(pool: Pool, settings: Settings) -> None:

@@ -16,6 +16,7 @@ from bench.scenarios import (
     library,
     media,
     pipeline,
+    webhooks,
 )
 
 Scenario = Callable[[BenchEnv, bool], Awaitable[list[Row]]]
@@ -30,4 +31,5 @@ SCENARIOS: dict[str, Scenario] = {
     "media": media.run,
     "fair": fair.run,
     "library": library.run,
+    "webhooks": webhooks.run,
 }

@@ -80,20 +80,27 @@ RETURNING d.id, d.job_id, d.user_id, d.event_type, d.url, d.snapshot, d.output_i
                 WHERE s.user_id = d.user_id AND (s.expires_at IS NULL OR s.expires_at > now())
                 ORDER BY s.id DESC) AS secrets
 
--- finish_webhook_attempt --
--- Record one attempt and what follows: $3 state (pending: try again in $4 seconds).
--- $1 delivery id, $2 attempt start, $3 state, $4 retry delay seconds, $5 status code,
--- $6 error, $7 duration ms.
-WITH attempt AS (
+-- finish_webhook_attempts --
+-- Record attempts and what follows each (group commit: the attempts that end together, one
+-- statement): its state (pending: tried again after its delay). Arrays, one entry per attempt:
+-- $1 delivery ids, $2 attempt starts, $3 states, $4 retry delays (seconds), $5 status codes,
+-- $6 errors, $7 durations (ms).
+WITH a AS (
+    SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::float8[], $5::int[],
+                         $6::text[], $7::float8[])
+        AS t(id, attempted_at, state, delay_s, status_code, error, duration_ms)
+), attempts AS (
     INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, error, duration_ms)
-    VALUES ($1, $2, $5, $6, $7)
+    SELECT id, attempted_at, status_code, error, duration_ms FROM a
 )
-UPDATE webhook_deliveries
-SET state = $3,
-    next_attempt_at = CASE WHEN $3 = 'pending' THEN now() + make_interval(secs => $4)
-                           ELSE next_attempt_at END,
-    finished_at = CASE WHEN $3 = 'pending' THEN NULL ELSE now() END
-WHERE id = $1
+UPDATE webhook_deliveries d
+SET state = a.state,
+    next_attempt_at = CASE WHEN a.state = 'pending'
+                           THEN now() + make_interval(secs => a.delay_s)
+                           ELSE d.next_attempt_at END,
+    finished_at = CASE WHEN a.state = 'pending' THEN NULL ELSE now() END
+FROM a
+WHERE d.id = a.id
 
 -- disable_job_webhook --
 -- The receiver answered 410 Gone: nothing more for this job, its other pending deliveries
