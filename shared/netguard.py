@@ -59,7 +59,7 @@ async def resolve_checked(host: str, port: int, allowed_hosts: list[str],
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
+        except (socket.gaierror, UnicodeError) as exc:
             raise AddressBlocked(f"cannot resolve {what} host {host!r}: {exc}") from exc
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         if not addresses:

@@ -59,12 +59,18 @@ async def address_problem(raw: str, allowed_hosts: list[str]) -> str | None:
     url = httpx.URL(raw)
     try:
         async with asyncio.timeout(RESOLVE_TIMEOUT_S):
-            await resolve_checked(url.host, default_port(url), allowed_hosts, what="webhook")
+            await resolve_checked(ascii_host(url), default_port(url), allowed_hosts,
+                                  what="webhook")
     except AddressBlocked as exc:
         return exc.message
     except TimeoutError:
         return f"webhook host {url.host!r} did not resolve in time"
     return None
+
+
+def ascii_host(url: httpx.URL) -> str:
+    """The URL's host as it is resolved (an international name in its ``xn--`` form)."""
+    return url.raw_host.decode("ascii")
 
 
 def new_secret() -> str:

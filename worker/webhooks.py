@@ -39,7 +39,7 @@ from shared.netguard import AddressBlocked, default_port, pinned_request, resolv
 from shared.settings import Settings
 from shared.storage import open_storage
 from shared.storage.signing import url_signer
-from shared.webhooks import new_secret, retry_delay, signature
+from shared.webhooks import ascii_host, new_secret, retry_delay, signature
 from sql import queries
 
 log = get_logger(__name__)
@@ -186,7 +186,7 @@ class Deliverer:
     async def _post(self, row: Any, body: str) -> int:
         """One signed POST to the checked address; the status code."""
         url = httpx.URL(row["url"])
-        target = await resolve_checked(url.host, default_port(url),
+        target = await resolve_checked(ascii_host(url), default_port(url),
                                        self.settings.webhook_allowed_hosts, what="webhook")
         msg_id = str(row["id"])
         now = datetime.now(UTC)
