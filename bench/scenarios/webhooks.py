@@ -112,9 +112,15 @@ async def _bare_deliveries(n: int, url: str, body_bytes: int) -> float:
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
         async def one(i: int) -> None:
             async with sem:
-                r = await client.post(url, content=body, headers={
-                    "Content-Type": "application/json", "webhook-id": str(i)})
-                r.raise_for_status()
+                for attempt in range(3):  # as genq tries a failed POST again
+                    try:
+                        r = await client.post(url, content=body, headers={
+                            "Content-Type": "application/json", "webhook-id": str(i)})
+                        r.raise_for_status()
+                        return
+                    except httpx.TransportError:
+                        if attempt == 2:
+                            raise
 
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))

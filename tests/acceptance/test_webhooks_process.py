@@ -255,3 +255,44 @@ async def test_the_scheduler_runs_the_delivery_loop(
     (seen,) = receiver.seen()
     assert (seen.job_id, seen.type, seen.verified_by) == (job_id, "job.completed", (0,))
     assert seen.body["data"]["status"] == "canceled"
+
+
+async def test_every_event_of_a_job_run_by_the_worker_is_delivered_in_order(
+        api: Api, procs: Processes, receivers: list[WebhookReceiver], settings: Settings
+) -> None:
+    user = await api.user(credits=2)
+    receiver = WebhookReceiver([await _secret(api, user)]).start()
+    receivers.append(receiver)
+    _stack(procs, settings, worker={"local_latency_s": "0.5"})
+    (job_id,) = await _submit(api, user, 1, num_outputs=2, webhook_url=receiver.url,
+                              webhook_events=["started", "output", "completed"])
+
+    async def four() -> bool:
+        return len(receiver.seen()) == 4
+
+    await _until(four, "started, two outputs, completed", procs, 60)
+    seen = receiver.seen()
+    assert receiver.unverified == 0
+    assert {d.job_id for d in seen} == {job_id}
+    assert len({d.webhook_id for d in seen}) == 4
+    started = [d for d in seen if d.type == "job.started"]
+    outputs = sorted((d for d in seen if d.type == "job.output"),
+                     key=lambda d: d.body["output_index"])
+    completed = [d for d in seen if d.type == "job.completed"]
+    assert len(started) == len(completed) == 1 and len(outputs) == 2
+    # started is sent when the job starts, before the job ends and its other events exist.
+    assert started[0].received_at < min(d.received_at for d in outputs + completed)
+    assert started[0].body["data"]["status"] == "running"
+    assert started[0].body["data"]["outputs"] == []
+    assert [d.body["output_index"] for d in outputs] == [0, 1]
+    for d in [*outputs, *completed]:
+        data = d.body["data"]
+        assert data["status"] == "succeeded"
+        assert [o["index"] for o in data["outputs"]] == [0, 1]
+        assert data["cost"] == {"price_per_output": 1, "reserved": 2, "captured": 2,
+                                "refunded": 0}
+    r = await api.client.get(f"/v1/jobs/{job_id}/webhooks", headers=user.headers)
+    listed = r.json()["data"]
+    assert [d["type"] for d in listed] == ["job.started", "job.output", "job.output",
+                                           "job.completed"]
+    assert {d["state"] for d in listed} == {"delivered"}
