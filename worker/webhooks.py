@@ -131,10 +131,10 @@ class Deliverer:
         busy = [r for r, n in self.in_flight.items() if n >= per]
         room = {r: per - n for r, n in self.in_flight.items() if 0 < n < per}
         try:
-            rows = await self.pool.fetch(queries["claim_webhook_deliveries"], free, per,
-                                         json.dumps(room), busy,
-                                         s.webhook_timeout_s + LEASE_MARGIN_S)
-        except (OSError, TimeoutError) as exc:
+            rows = await self.pool.fetch(queries["claim_webhook_deliveries"], free, per, room,
+                                         busy, s.webhook_timeout_s + LEASE_MARGIN_S)
+        except Exception as exc:
+            # PostgreSQL away, or anything else: the loop goes on and claims again later.
             log.warning("webhook_claim_failed", error=repr(exc))
             return 0, free
         for row in rows:

@@ -367,3 +367,22 @@ async def test_concurrent_rotations_leave_one_current_secret(api: Api) -> None:
     assert current[0]["secret"] == await secret_of(api, user)
     assert await api.pool.fetchval(
         "SELECT count(*) FROM webhook_secrets WHERE user_id = $1", user.id) == 9
+
+
+async def test_a_receiver_never_has_more_than_its_places_in_flight(
+        api: Api, receiver: WebhookReceiver) -> None:
+    user = await api.user(credits=10)
+    receiver.secrets = [await secret_of(api, user)]
+    receiver.hang = True
+    three = api.settings.model_copy(update={"webhook_per_receiver": 3})
+    jobs = [await submit(api, user, webhook_url=receiver.url) for _ in range(6)]
+    async with delivering(api.pool, three):
+        # One delivery in flight first, then more arrive while it hangs: they get the two
+        # places left, no more.
+        await api.client.post(f"/v1/jobs/{jobs[0]['id']}/cancel", headers=user.headers)
+        await eventually(lambda: _called(receiver, 1), "the first POST")
+        for job in jobs[1:]:
+            await api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=user.headers)
+        await eventually(lambda: _called(receiver, 3), "three POSTs")
+        await asyncio.sleep(1.5)  # several polls of the loop
+        assert len(receiver.seen()) == 3
