@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shared.errors import (
+    AddressBlocked,
     BalanceLimitExceeded,
     ConfigError,
     Conflict,
@@ -185,6 +186,7 @@ HTTP_STATUS: dict[type[GenqError], int] = {
     ObjectNotFound: 404,
     InvalidSignature: 403,
     UrlExpired: 403,
+    AddressBlocked: 422,
     Unauthorized: 401,
     InvalidToken: 401,
     AdminDisabled: 403,

@@ -11,15 +11,9 @@ from typing import Any
 
 import httpx
 
-from shared.errors import GenqError
+from shared.errors import AddressBlocked
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class AddressBlocked(GenqError):
-    """The URL points at a private, loopback, link-local or reserved address."""
-
-    code = "output_address_blocked"
 
 
 def is_public(address: IPAddress) -> bool:

@@ -13,7 +13,8 @@ from datetime import datetime
 import httpx
 from standardwebhooks import Webhook
 
-from shared.netguard import AddressBlocked, default_port, resolve_checked
+from shared.errors import AddressBlocked
+from shared.netguard import default_port, resolve_checked
 
 #: What a job may subscribe to; ``completed`` is any end (succeeded, failed, canceled).
 EVENTS = ("started", "output", "completed")

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import httpx
 
-from shared.errors import GenqError
+from shared.errors import AddressBlocked, GenqError
 from shared.logging import get_logger
-from shared.netguard import AddressBlocked, default_port, pinned_request, resolve_checked
+from shared.netguard import default_port, pinned_request, resolve_checked
 from shared.retry import retry
 from shared.settings import Settings
 from shared.storage import LocalStorage, Storage, asset_key

@@ -34,8 +34,9 @@ from api.assets.reads import signed_urls
 from api.jobs.models import Job
 from shared.batch import Batcher
 from shared.db import Pool
+from shared.errors import AddressBlocked
 from shared.logging import get_logger
-from shared.netguard import AddressBlocked, default_port, pinned_request, resolve_checked
+from shared.netguard import default_port, pinned_request, resolve_checked
 from shared.settings import Settings
 from shared.storage import open_storage
 from shared.storage.signing import url_signer

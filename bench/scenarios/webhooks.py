@@ -28,6 +28,7 @@ from bench.cpu import Snapshot, cpu_seconds
 from bench.env import BenchEnv, Proc, wait_http
 from bench.report import Row
 from shared.embedded import free_port
+from shared.retry import retry
 
 CONCURRENCY = 64
 
@@ -111,16 +112,15 @@ async def _bare_deliveries(n: int, url: str, body_bytes: int) -> float:
     sem = asyncio.Semaphore(CONCURRENCY)
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
         async def one(i: int) -> None:
+            async def post() -> None:
+                r = await client.post(url, content=body, headers={
+                    "Content-Type": "application/json", "webhook-id": str(i)})
+                r.raise_for_status()
+
             async with sem:
-                for attempt in range(3):  # as genq tries a failed POST again
-                    try:
-                        r = await client.post(url, content=body, headers={
-                            "Content-Type": "application/json", "webhook-id": str(i)})
-                        r.raise_for_status()
-                        return
-                    except httpx.TransportError:
-                        if attempt == 2:
-                            raise
+                # A failed POST is tried again, as genq tries a failed delivery again.
+                await retry(post, what="bare webhook POST", attempts=3, base_s=0.0, max_s=0.0,
+                            retry_on=lambda exc: isinstance(exc, httpx.TransportError))
 
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))

@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.netguard import AddressBlocked, is_public, resolve_checked
+from shared.errors import AddressBlocked
+from shared.netguard import is_public, resolve_checked
 from shared.retry import backoff_delay, parse_retry_after
 from shared.settings import load_settings
 from shared.storage import LocalStorage
