@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -44,6 +43,7 @@ from api.openapi import build_openapi, openapi_endpoint
 from api.plans import routes as plans
 from api.routing import Endpoint, starlette_routes
 from api.tokens import TokenVerifier
+from api.webhooks import routes as webhooks
 from shared.db import create_pool
 from shared.errors import ConfigError
 from shared.logging import get_logger
@@ -52,7 +52,7 @@ from shared.plans import load_plans
 from shared.queue import create_arq_pool
 from shared.settings import Settings
 from shared.storage import open_storage
-from shared.storage.signing import UrlSigner, load_signing_key
+from shared.storage.signing import url_signer
 
 log = get_logger(__name__)
 
@@ -64,7 +64,7 @@ def endpoints(plan_names: list[str] | None = None) -> list[Endpoint]:
              *files.ENDPOINTS, *me.ENDPOINTS, *keys.ENDPOINTS, *admin.ENDPOINTS,
              *audit.ENDPOINTS, *plans.endpoints(plan_names), *metrics.ENDPOINTS,
              *health.ENDPOINTS, *library.ENDPOINTS, *collections.ENDPOINTS, *sharing.ENDPOINTS,
-             *events.ENDPOINTS]
+             *events.ENDPOINTS, *webhooks.ENDPOINTS]
     return [*table, openapi_endpoint(build_openapi(table))]
 
 
@@ -98,15 +98,10 @@ def create_app(settings: Settings) -> Starlette:
         raise ConfigError("create_app needs concrete database_url and redis_url")
     database_url, redis_url = settings.database_url, settings.redis_url
     storage = open_storage(settings)
-    # /v1/files URLs are only made for the local folder: with S3 (and no key set) nothing is
-    # written to the data dir, and a random key refuses any /v1/files URL.
-    key = (load_signing_key(settings)
-           if storage.scheme == "file" or settings.url_signing_key is not None
-           else secrets.token_bytes(32))
     ctx = ApiContext(
         settings=settings,
         storage=storage,
-        signer=UrlSigner(key, settings.url_ttl_s, settings.public_base_url),
+        signer=url_signer(settings, storage),
         # Not live until it is subscribed to invalidations (api.revocations).
         keys=ApiKeyCache(settings.api_key_cache_ttl_s, live=False),
         tokens=TokenVerifier(settings) if settings.jwt_enabled else None,

@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse, Response
 
 from shared.errors import (
     AccountDisabled,
+    AddressBlocked,
     BalanceLimitExceeded,
     ConfigError,
     Conflict,
@@ -200,6 +201,7 @@ HTTP_STATUS: dict[type[GenqError], int] = {
     ObjectNotFound: 404,
     InvalidSignature: 403,
     UrlExpired: 403,
+    AddressBlocked: 422,
     Unauthorized: 401,
     InvalidToken: 401,
     AdminDisabled: 403,

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import uuid
+from collections.abc import Collection
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ValidationError
@@ -127,9 +128,15 @@ def canonical_json(value: Any) -> bytes:
     ).encode("utf-8")
 
 
-def request_hash(model: BaseModel) -> str:
-    """What an Idempotency-Key is bound to: the canonical form of the validated body."""
-    return hashlib.sha256(canonical_json(model.model_dump(mode="json"))).hexdigest()
+def request_hash(model: BaseModel, omit_unset: Collection[str] = ()) -> str:
+    """What an Idempotency-Key is bound to: the canonical form of the validated body, without
+    the fields of ``omit_unset`` that are None (fields added later: a body without them keeps
+    the fingerprint it had before they existed)."""
+    body = model.model_dump(mode="json")
+    for name in omit_unset:
+        if body.get(name) is None:
+            body.pop(name, None)
+    return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 def idempotency_key(raw: str | None) -> str | None:

@@ -2,8 +2,9 @@
 
 Starts services, API, worker and scheduler; creates a user with credits; submits a handful of
 jobs to the built-in provider; prints one job's live events as they arrive (Server-Sent Events);
-shows live progress; cancels one to show the refund; prints each
-job's outputs; saves two to the library in a collection, publishes one and shows its share link
+shows live progress; cancels one to show the refund; prints each job's outputs; receives each
+job's signed webhook on a small receiver of its own, verifies it with ``standardwebhooks`` and
+prints it; saves two to the library in a collection, publishes one and shows its share link
 and the public feed; sets the user's storage quota to what the library takes and shows a third
 save refused; signs a user in with a token it makes as an identity provider would (HS256,
 its own secret); prints the balance before and after and the ledger; rotates the user's API
@@ -17,13 +18,17 @@ import json
 import os
 import secrets
 import sys
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 import jwt
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from genq.stack import Stack, open_log, pick_port
 from shared.errors import GenqError
@@ -50,10 +55,58 @@ CANCELED_JOB = ("local/poster", "this one is canceled before it runs", 2)
 EXT = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg", "video/mp4": "mp4"}
 
 
+class DemoReceiver:
+    """A webhook receiver on 127.0.0.1, as a client of genq would run one: it verifies every
+    delivery with the ``standardwebhooks`` package and keeps it (``secret`` set once known)."""
+
+    def __init__(self) -> None:
+        self.secret = ""
+        self.received: list[tuple[dict[str, Any], bool]] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    Webhook(receiver.secret).verify(body, dict(self.headers.items()))
+                    verified = True
+                except WebhookVerificationError:
+                    verified = False
+                with receiver._lock:
+                    receiver.received.append((json.loads(body), verified))
+                self.send_response(204 if verified else 400)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the demo prints what it received itself
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/genq-webhooks"
+
+    def start(self) -> DemoReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def deliveries(self) -> list[tuple[dict[str, Any], bool]]:
+        with self._lock:
+            return list(self.received)
+
+
 class Demo:
     """One run of the demo against a running stack."""
 
-    def __init__(self, base_url: str, admin_token: str, out_dir: Path, out: TextIO) -> None:
+    def __init__(self, base_url: str, admin_token: str, out_dir: Path, out: TextIO,
+                 receiver: DemoReceiver) -> None:
+        self.receiver = receiver
         self.admin = httpx.Client(
             base_url=base_url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30
         )
@@ -86,6 +139,9 @@ class Demo:
         )
         self.say(f"user {email} created; granted {DEMO_CREDITS} credits "
                  f"(balance {grant['balance']})")
+        self.receiver.secret = _ok(self._user().get("/v1/webhooks/secret"))["secret"]
+        self.say(f"webhook receiver at {self.receiver.url}, verifying with the user's secret "
+                 f"{self.receiver.secret[:10]}...")
 
     def credits(self) -> dict[str, Any]:
         """GET /v1/credits."""
@@ -97,7 +153,7 @@ class Demo:
         for model, prompt, n in [*DEMO_JOBS, CANCELED_JOB]:
             job = _ok(self._user().post(
                 "/v1/jobs", json={"model": model, "prompt": prompt, "num_outputs": n,
-                                  "params": {}, "seed": 7},
+                                  "params": {}, "seed": 7, "webhook_url": self.receiver.url},
                 headers={"Idempotency-Key": f"demo-{uuid.uuid4().hex}"},
             ))
             ids.append(job["id"])
@@ -188,6 +244,22 @@ class Demo:
                 poster = asset.get("variants", {}).get("poster")
                 if poster:
                     self._poster(path, poster)
+
+    def webhooks(self, ids: list[str], timeout_s: float = 30.0) -> bool:
+        """Wait for each job's ``job.completed`` delivery and print it; True if there is
+        exactly one per job and every delivery verified."""
+        deadline = time.monotonic() + timeout_s
+        while (len(self.receiver.deliveries()) < len(ids)
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        received = self.receiver.deliveries()
+        self.say()
+        for event, verified in received:
+            job = event["data"]
+            self.say(f"webhook {event['type']} {job['id']}  {job['status']:<9}  signature "
+                     f"{'verified' if verified else 'NOT VERIFIED'}  (webhook-id {event['id']})")
+        return (sorted(e["data"]["id"] for e, _ in received) == sorted(ids)
+                and all(v and e["type"] == "job.completed" for e, v in received))
 
     def _poster(self, output: Path, poster: dict[str, Any]) -> None:
         """Download a video's poster (its first frame, WebP) next to it."""
@@ -404,7 +476,10 @@ def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
         else secrets.token_urlsafe(24)
     )
     jwt_secret = secrets.token_urlsafe(32)
+    receiver = DemoReceiver().start()
     extra_env = {"GENQ_ADMIN_TOKEN": admin_token,
+                 # The demo's webhook receiver listens on 127.0.0.1.
+                 "GENQ_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
                  # The demo's own identity provider: tokens it signs with this secret.
                  "GENQ_JWT_SECRET": jwt_secret, "GENQ_JWT_ISSUER": DEMO_ISSUER,
                  "GENQ_JWT_AUDIENCE": DEMO_AUDIENCE,
@@ -423,13 +498,15 @@ def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
     try:
         stack.wait_ready()
         print(f"API ready at {stack.base_url}", file=out, flush=True)
-        demo = Demo(stack.base_url, admin_token, settings.data_dir / "demo-output", out)
+        demo = Demo(stack.base_url, admin_token, settings.data_dir / "demo-output", out,
+                    receiver)
         demo.setup_user()
         before = demo.credits()
         ids, canceled = demo.submit()
         followed = demo.follow(ids[0])
         jobs = demo.watch(ids)
         demo.report(jobs)
+        webhooks_ok = demo.webhooks(ids)
         library_ok = demo.library(jobs)
         after = demo.credits()
         captured = sum(j["cost"]["captured"] for j in jobs.values())
@@ -461,9 +538,11 @@ def _run_demo(settings: Settings, out: TextIO, log_dir: Path) -> int:
                              *["job.output"] * DEMO_JOBS[0][2], "job.succeeded"]
             and rotated
             and metrics_ok
+            and webhooks_ok
         )
         demo.say("demo finished: " + ("everything adds up" if ok else "UNEXPECTED STATE"))
         return 0 if ok else 1
     finally:
         stack.stop()
+        receiver.stop()
         print("stopped genq and its embedded servers", file=out, flush=True)

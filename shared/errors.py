@@ -23,7 +23,8 @@ to a status in one table (:data:`api.errors.HTTP_STATUS`), and holds the errors 
     │   └── ReservationNotFound    reservation_not_found
     ├── ObjectNotFound             object_not_found
     ├── InvalidSignature           invalid_signature
-    └── UrlExpired                 url_expired
+    ├── UrlExpired                 url_expired
+    └── AddressBlocked             output_address_blocked
 """
 
 from __future__ import annotations
@@ -153,3 +154,11 @@ class UrlExpired(GenqError):
     """The signed URL is past its expiry."""
 
     code = "url_expired"
+
+
+class AddressBlocked(GenqError):
+    """A URL genq was asked to call (an output to download, a webhook) points at a private,
+    loopback, link-local or reserved address (``shared.netguard``). The code is the one a job
+    whose output was refused ends with."""
+
+    code = "output_address_blocked"

@@ -163,6 +163,17 @@ class Settings(BaseSettings):
     events_retention_s: int = Field(default=24 * 3600, ge=60)
     events_max_stream_s: float = Field(default=3600.0, gt=0)
 
+    # Webhooks: hosts a webhook URL may name even when they resolve to a private or loopback
+    # address; one POST's time limit; how many POSTs one delivery loop (one per scheduler) has
+    # in flight, in all and per receiver (host and port); how often an idle loop looks for due
+    # deliveries; how long a rotated secret keeps signing beside the new one.
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    webhook_concurrency: int = Field(default=64, ge=1, le=10_000)
+    webhook_per_receiver: int = Field(default=4, ge=1, le=1000)
+    webhook_poll_s: float = Field(default=0.2, gt=0, le=60)
+    webhook_secret_overlap_s: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
+
     # Maintenance.
     cleanup_batch_size: int = Field(default=500, ge=1, le=100_000)
     requeue_after_s: float = Field(default=60.0, ge=0)
@@ -185,7 +196,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @field_validator("output_allowed_hosts", mode="before")
+    @field_validator("output_allowed_hosts", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):

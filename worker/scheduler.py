@@ -1,4 +1,5 @@
-"""The scheduler: maintenance tasks as arq cron jobs, and the same tasks run once from the CLI.
+"""The scheduler: maintenance tasks as arq cron jobs, and the same tasks run once from the CLI;
+beside them, the webhook delivery loop (``worker.webhooks``).
 
 Each task runs under a Postgres advisory lock held for the whole run, so however many schedulers
 run, a task never runs twice at once and a slow run is never overlapped by the next tick; a
@@ -29,6 +30,7 @@ from shared.settings import Settings
 from shared.storage import open_storage
 from worker import maintenance
 from worker.maintenance import TaskReport
+from worker.webhooks import run_deliveries
 
 log = get_logger(__name__)
 
@@ -105,6 +107,9 @@ TASKS: dict[str, TaskFn] = {
 # connection can end up holding a lock while waiting for a second one, a deadlock that keeps the
 # locks (so every other scheduler skips those tasks) for good.
 POOL_MAX_SIZE = 2 * len(TASKS)
+# The webhook delivery loop's connections: each claim and each attempt's record is one short
+# statement or transaction.
+DELIVERY_POOL_SIZE = 4
 
 
 def _lock_id(name: str) -> int:
@@ -209,9 +214,12 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
 async def run_scheduler(settings: Settings, database_url: str, redis_url: str) -> None:
     """Run the cron worker until cancelled (SIGINT/SIGTERM)."""
     pool = await create_pool(database_url, min_size=1, max_size=POOL_MAX_SIZE)
+    # The webhook deliveries have a pool of their own: the tasks' pool is sized for their locks.
+    delivery_pool = await create_pool(database_url, min_size=1, max_size=DELIVERY_POOL_SIZE)
     redis = await create_arq_pool(redis_url)
     metrics = Metrics()
     server = serve_metrics(metrics, settings, "scheduler")
+    deliveries = asyncio.create_task(run_deliveries(delivery_pool, settings))
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx.update(pool=pool, settings=settings, metrics=metrics)
@@ -241,6 +249,10 @@ async def run_scheduler(settings: Settings, database_url: str, redis_url: str) -
                 )
                 await worker.close()
         finally:
+            deliveries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await deliveries
+            await delivery_pool.close()
             await pool.close()
             if server is not None:
                 server.close()

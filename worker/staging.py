@@ -24,14 +24,14 @@ from pathlib import Path
 
 import httpx
 
-from shared.errors import GenqError
+from shared.errors import AddressBlocked, GenqError
 from shared.logging import get_logger
+from shared.netguard import default_port, pinned_request, resolve_checked
 from shared.retry import retry
 from shared.settings import Settings
 from shared.storage import LocalStorage, Storage, asset_key
 from shared.types import AssetType
 from worker import media, variants
-from worker.netguard import AddressBlocked, resolve_checked
 from worker.providers.base import BytesOutput, Output, UrlOutput
 
 log = get_logger(__name__)
@@ -70,10 +70,6 @@ class StagedAsset:
     duration_s: float | None
     fps: float | None = None
     variants: tuple[variants.Variant, ...] = ()
-
-
-def _default_port(url: httpx.URL) -> int:
-    return url.port or (443 if url.scheme == "https" else 80)
 
 
 class Stager:
@@ -161,17 +157,11 @@ class Stager:
                                      code="output_download_failed")
             try:
                 target = await resolve_checked(
-                    url.host, _default_port(url), self.settings.output_allowed_hosts
+                    url.host, default_port(url), self.settings.output_allowed_hosts
                 )
             except AddressBlocked as exc:
                 raise OutputRejected(exc.message, code=exc.code) from exc
-            # Connect to the address we checked; Host and TLS SNI still name the real host.
-            pinned = url.copy_with(host=str(target.address))
-            host_header = url.netloc.decode("ascii")
-            extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-            request = self.http.build_request(
-                "GET", pinned, headers={"Host": host_header}, extensions=extensions
-            )
+            request = pinned_request(self.http, "GET", url, target)
             response = await self.http.send(request, stream=True, follow_redirects=False)
             try:
                 if response.is_redirect and "location" in response.headers:

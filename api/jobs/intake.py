@@ -18,7 +18,7 @@ import redis.exceptions
 
 from api.assets.reads import Sign
 from api.errors import JobNotCancelable, JobNotFound, ValidationFailed
-from api.jobs.models import Job, JobCreate
+from api.jobs.models import LATER_FIELDS, Job, JobCreate
 from api.jobs.reads import load_job, load_new_job
 from api.validation import field_error, request_hash
 from shared import ledger
@@ -222,13 +222,24 @@ class IntakeBatches:
     async def _submit_batch(
         self, items: list[SubmitItem]
     ) -> list[asyncpg.Record | BaseException]:
-        """genq_submit_batch in a transaction of its own; a deadlock is raised, not retried."""
+        """genq_submit_batch in a transaction of its own and, in the same transaction, the
+        webhooks of the jobs it accepted (a replayed or refused item writes none); a deadlock
+        is raised, not retried."""
         s = self.settings
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 queries["submit_jobs"], [it.payload(i) for i, it in enumerate(items)],
                 s.max_attempts, float(s.idempotency_ttl_s), float(s.reservation_ttl_s),
             )
+            hooks = []
+            for row in rows:
+                item = items[row["item"]]
+                webhook = item.job.webhook
+                if webhook is not None and row["error_state"] is None and not row["replayed"]:
+                    hooks.append({"job": str(item.job_id), "url": webhook[0],
+                                  "events": webhook[1]})
+            if hooks:
+                await conn.execute(queries["add_job_webhooks"], hooks)
         by_item = {row["item"]: row for row in rows}
         results: list[asyncpg.Record | BaseException] = []
         for i in range(len(items)):
@@ -349,7 +360,7 @@ class Intake:
         job_id = uuid.uuid4()
         # The Idempotency-Key is bound to the body as the client sent it; a seed chosen here comes
         # after, so a replay of a seedless body finds the original job (and its seed).
-        digest = request_hash(job) if key is not None else None
+        digest = request_hash(job, LATER_FIELDS) if key is not None else None
         if job.seed is None:
             job = job.model_copy(update={"seed": secrets.randbelow(CHOSEN_SEED_BOUND)})
         for _ in range(_CATALOG_TRIES):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,6 +13,9 @@ from api.errors import ValidationFailed
 from api.fields import Page, ResponseModel, Time
 from api.validation import INTEGRAL, MAX_SEED, field_error, params_problem
 from shared.types import JobStatus
+from shared.webhooks import DEFAULT_EVENTS, MAX_URL_CHARS, url_problem
+
+WebhookEvent = Literal["started", "output", "completed"]
 
 
 class JobCreate(BaseModel):
@@ -31,6 +34,28 @@ class JobCreate(BaseModel):
                     "match the model's params_schema (see /v1/models) and sets its price.",
     )
     seed: Annotated[int, Field(ge=0, le=MAX_SEED), INTEGRAL] | None = None
+    webhook_url: str | None = Field(
+        default=None, min_length=1, max_length=MAX_URL_CHARS,
+        description="Called (POST, signed per Standard Webhooks with the secret of "
+                    "GET /v1/webhooks/secret) on the job's `webhook_events`. http or https, no "
+                    "credentials; a private, loopback or link-local address, or a name resolving "
+                    "to one, is refused unless its host is allowed by the operator.")
+    webhook_events: list[WebhookEvent] | None = Field(
+        default=None, min_length=1, max_length=3,
+        description="Which events call `webhook_url`: `started`, `output` (one per output), "
+                    "`completed` (succeeded, failed or canceled). Default: `[\"completed\"]`.")
+
+    @property
+    def webhook(self) -> tuple[str, list[str]] | None:
+        """The job's webhook URL and events (the default ones if none were sent), or None."""
+        if self.webhook_url is None:
+            return None
+        return self.webhook_url, list(self.webhook_events or DEFAULT_EVENTS)
+
+
+#: Fields left out of the Idempotency-Key's fingerprint while unset, so that a body sent
+#: before they existed keeps its fingerprint.
+LATER_FIELDS = ("webhook_url", "webhook_events")
 
 
 def check_job(job: JobCreate, *, max_prompt_chars: int, max_params_bytes: int) -> None:
@@ -42,6 +67,13 @@ def check_job(job: JobCreate, *, max_prompt_chars: int, max_params_bytes: int) -
         problems.append(field_error("prompt", f"must be at most {max_prompt_chars} characters"))
     if (problem := params_problem(job.params, max_params_bytes)) is not None:
         problems.append(field_error("params", problem))
+    if job.webhook_url is not None and (problem := url_problem(job.webhook_url)) is not None:
+        problems.append(field_error("webhook_url", problem))
+    if job.webhook_events is not None:
+        if job.webhook_url is None:
+            problems.append(field_error("webhook_events", "needs a webhook_url"))
+        elif len(set(job.webhook_events)) != len(job.webhook_events):
+            problems.append(field_error("webhook_events", "must not repeat an event"))
     if problems:
         raise ValidationFailed("invalid request body", details=problems)
 
@@ -110,6 +142,9 @@ class Job(ResponseModel):
                     "events count them).")
     queue: QueuePlace | None = Field(description="While the job is queued: its place in the "
                                                  "queue; null otherwise.")
+    webhook_url: str | None = Field(description="The job's webhook, null if none.")
+    webhook_events: list[WebhookEvent] | None = Field(
+        description="The events that call `webhook_url`, null without a webhook.")
     created_at: Time
     enqueued_at: Time | None
     started_at: Time | None
@@ -140,6 +175,7 @@ class Job(ResponseModel):
                 row["status"], row["provider_queue_position"])),
             outputs_staged=row["outputs_staged"],
             queue=_queue_place(row["queue_position"], row["queue_eta_s"]),
+            webhook_url=row["webhook_url"], webhook_events=row["webhook_events"],
             created_at=row["created_at"], enqueued_at=row["enqueued_at"],
             started_at=row["started_at"], finished_at=row["finished_at"],
         )

@@ -7,7 +7,7 @@ import uuid
 from starlette.responses import Response
 
 from api.body import read_json
-from api.errors import JobNotFound, echo
+from api.errors import JobNotFound, ValidationFailed, echo
 from api.jobs.intake import admit_submission
 from api.jobs.models import Job, JobCreate, JobPage, check_job
 from api.jobs.reads import JOB_STATUSES, list_jobs, load_job
@@ -15,7 +15,8 @@ from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse
 from api.query import QueryParams, one_of
 from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply, reply
 from api.spec import BAD_QUERY, IDEMPOTENCY_KEY, PAGE_PARAMETERS, QUERY_RULES, REPLAYED, path_id
-from api.validation import idempotency_key, parse_body, parse_id
+from api.validation import field_error, idempotency_key, parse_body, parse_id
+from shared.webhooks import address_problem
 
 
 def path_job_id(call: Call) -> uuid.UUID:
@@ -37,6 +38,11 @@ async def create_job(call: Call) -> Response:
         max_prompt_chars=ctx.settings.max_prompt_chars,
         max_params_bytes=ctx.settings.max_params_bytes,
     )
+    if job.webhook_url is not None:
+        problem = await address_problem(job.webhook_url, ctx.settings.webhook_allowed_hosts)
+        if problem is not None:
+            raise ValidationFailed("invalid request body",
+                                   details=[field_error("webhook_url", problem)])
     await admit_submission(ctx, call.user)
     result = await ctx.intake.submit(call.user, job, key)
     headers = {"Location": f"/v1/jobs/{result.job.id}"}
@@ -97,12 +103,13 @@ ENDPOINTS = [
             links=_JOB_LINKS,
         )},
         body=JobCreate, parameters=[IDEMPOTENCY_KEY],
-        description="A job sent without `seed` gets one chosen at submit and recorded.",
+        description="A job sent without `seed` gets one chosen at submit and recorded. "
+                    "With `webhook_url`, its `webhook_events` are POSTed there, signed.",
         errors={402: "insufficient_credits",
                 409: "idempotency_key_reused; or conflict: the model changed during the "
                      "request, send it again",
-                422: "validation_error: details name each failing field, e.g. params.width; "
-                     "nothing was reserved",
+                422: "validation_error: details name each failing field, e.g. params.width "
+                     "or webhook_url; nothing was reserved",
                 429: "rate_limited: more submissions this minute than the user's limit; "
                      "nothing was written"},
     ),

@@ -17,6 +17,7 @@ from bench.scenarios import (
     library,
     media,
     pipeline,
+    webhooks,
 )
 
 Scenario = Callable[[BenchEnv, bool], Awaitable[list[Row]]]
@@ -32,6 +33,7 @@ SCENARIOS: dict[str, Scenario] = {
     "fair": fair.run,
     "library": library.run,
     "events": events.run,
+    "webhooks": webhooks.run,
 }
 
 

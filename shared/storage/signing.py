@@ -100,3 +100,13 @@ class UrlSigner:
             return f"{self.public_base_url}/{quote(key)}"
         presigned = await storage.presign(key, self.ttl_s)
         return presigned if presigned is not None else self.files_url(key)
+
+
+def url_signer(settings: Settings, storage: Storage) -> UrlSigner:
+    """The signer of every process that hands out ``content_url``s (the API, and the webhook
+    deliveries). ``/v1/files`` URLs are only made for the local folder: with S3 (and no key
+    set) nothing is written to the data dir, and a random key refuses any ``/v1/files`` URL."""
+    key = (load_signing_key(settings)
+           if storage.scheme == "file" or settings.url_signing_key is not None
+           else secrets.token_bytes(32))
+    return UrlSigner(key, settings.url_ttl_s, settings.public_base_url)

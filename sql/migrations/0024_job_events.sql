@@ -57,19 +57,21 @@ CREATE TABLE queue_stats (
     CONSTRAINT queue_stats_one_row CHECK (id)
 );
 
--- job_responses as in 0017, with the staged outputs and the queue position and ETA.
+-- job_responses as in 0023, with the staged outputs and the queue position and ETA.
 CREATE OR REPLACE VIEW job_responses AS
 SELECT j.user_id, j.id, j.status, j.model, j.prompt, j.num_outputs, j.params, j.seed,
        j.price_per_output, j.error_code, j.error_message, j.created_at, j.started_at,
        j.finished_at, j.enqueued_at, j.cancel_requested_at, j.provider_queue_position,
        j.ran_model,
        r.amount AS reserved, r.captured, r.refunded,
+       w.url AS webhook_url, w.events AS webhook_events,
        j.outputs_staged,
        q.position AS queue_position,
        CASE WHEN s.head_per_s > 0 THEN ceil((q.position + 1) / s.head_per_s)::bigint
        END AS queue_eta_s
 FROM generation_jobs j
 LEFT JOIN credit_reservations r ON r.id = j.reservation_id
+LEFT JOIN job_webhooks w ON w.job_id = j.id
 LEFT JOIN LATERAL (
     SELECT j.queue_seq - (SELECT min(h.queue_seq) FROM generation_jobs h
                           WHERE h.status = 'queued') AS position

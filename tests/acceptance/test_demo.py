@@ -38,6 +38,12 @@ def test_demo_runs_everything_and_leaves_nothing_running(clean_data_dir: Path) -
     assert [e[2] for e in events[2:4]] == ["output 1 of 2", "output 2 of 2"]
     assert events[4][2] == "2 outputs, 2 credits captured"
     assert out.count("saved to library ") == 2
+    # One signed job.completed per job, each verified by the demo's receiver.
+    hooks = re.findall(r"^webhook job\.completed (\S+)\s+(\w+)\s+signature verified", out,
+                       re.MULTILINE)
+    assert sorted(status for _, status in hooks) == ["canceled"] + ["succeeded"] * 6, out
+    assert len({job for job, _ in hooks}) == 7
+    assert "NOT VERIFIED" not in out
     assert re.search(r"collection 'Demo favourites \w+': 2 items", out), out
     shared = re.search(r"published (\S{11}); share link http://127\.0\.0\.1:\d+/v1/shared/\1",
                        out)

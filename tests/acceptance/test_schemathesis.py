@@ -19,7 +19,7 @@ from tests.acceptance.stack_support import ROOT, clean_env
 
 ADMIN_TOKEN = "schemathesis-admin-token-0123456789abcdef"
 CONFIG = ROOT / "tests" / "acceptance" / "schemathesis.toml"
-OPERATIONS = 49
+OPERATIONS = 52
 # Seeded and bounded: about 25 generated cases per operation and phase, a few hundred requests.
 SEED = 20261130
 MAX_EXAMPLES = 25

@@ -128,8 +128,12 @@ def test_up_answers_the_readme_walkthrough_then_stops_on_sigint(
         assert [json.loads(line) for line in rotated[2:4]] == [
             {"actor": "admin", "action": "user.storage_quota"},
             {"actor": "admin", "action": "credits.grant"}]
-        assert rotated[4:] == ['genq_jobs_submitted_total{model="local/sketch"} 2.0',
-                               "genq_credits_reserved_total 3.0"]
+        assert rotated[4:6] == ['genq_jobs_submitted_total{model="local/sketch"} 2.0',
+                                "genq_credits_reserved_total 3.0"]
+        # Step 12: the webhook secret, and a link-local webhook URL refused.
+        assert json.loads(rotated[6]) == {"secret_prefix": "whsec_"}
+        assert json.loads(rotated[7]) == {"code": "validation_error", "field": "webhook_url"}
+        assert len(rotated) == 8
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(timeout=90)

@@ -11,20 +11,22 @@ from starlette.applications import Starlette
 
 
 class ThreadedServer:
-    """``start(app)`` binds a free port on 127.0.0.1 and serves until :meth:`stop`."""
+    """``start(app)`` binds a free port on 127.0.0.1 (or ``port``, to come back where it was)
+    and serves until :meth:`stop`."""
 
     def __init__(self) -> None:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
 
-    def start(self, app: Starlette, what: str) -> None:
+    def start(self, app: Starlette, what: str, port: int = 0) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         self.port = sock.getsockname()[1]
         # loop="asyncio": see FakeReplicate.start.
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", loop="asyncio")
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", loop="asyncio",
+                                timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True

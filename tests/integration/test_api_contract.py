@@ -43,9 +43,9 @@ async def test_openapi_documents_every_route_and_only_those(api: Api) -> None:
     }
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
     assert routes == documented
-    assert len(routes) == 50  # 18, the plan and storage quota assignments, 16 of the library,
+    assert len(routes) == 53  # 18, the plan and storage quota assignments, 16 of the library,
     # collections, sharing, the two event streams, 11 of keys, admin users, job refunds and the
-    # audit log, and /metrics
+    # audit log, /metrics, 3 of webhooks (the secret, its rotation, a job's deliveries)
     for ref in _refs(document):
         assert _resolve(document, ref) is not None, ref
     job_body = document["components"]["schemas"]["JobCreate"]

@@ -114,6 +114,19 @@ async def _drive(api: Api) -> list[Answer]:
         uuid.UUID(running["id"]),
     )
     await post(f"/v1/jobs/{running['id']}/cancel", headers=auth)
+    # Webhooks: a job with one (canceled: its job.completed waits in the outbox), a refused
+    # URL, the job's deliveries, the secret and its rotation.
+    hooked = (await post("/v1/jobs", json={**JOB, "webhook_url": "https://1.1.1.1/hooks"},
+                         headers=auth)).json()
+    await post("/v1/jobs", json={**JOB, "webhook_url": "http://10.0.0.1/x"}, headers=auth)
+    await post(f"/v1/jobs/{hooked['id']}/cancel", headers=auth)
+    await get(f"/v1/jobs/{hooked['id']}/webhooks", headers=auth)
+    await get(f"/v1/jobs/{uuid.uuid4()}/webhooks", headers=auth)
+    await get(f"/v1/jobs/{hooked['id']}/webhooks?x=1", headers=auth)
+    await get("/v1/webhooks/secret", headers=auth)
+    await get("/v1/webhooks/secret?x=1", headers=auth)
+    await post("/v1/webhooks/secret/rotate", headers=auth)
+    await post("/v1/webhooks/secret/rotate?x=1", headers=auth)
 
     # Credits and the catalog.
     await get("/v1/credits", headers=auth)

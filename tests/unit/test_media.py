@@ -8,12 +8,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.errors import AddressBlocked
+from shared.netguard import is_public, resolve_checked
 from shared.retry import backoff_delay, parse_retry_after
 from shared.settings import load_settings
 from shared.storage import LocalStorage
 from tests.media_samples import avif, gif, heic, jpeg, mp4, png, quicktime, webm, webp
 from worker import media
-from worker.netguard import AddressBlocked, is_public, resolve_checked
 from worker.providers.base import BytesOutput
 from worker.providers.replicate import api_base_url
 from worker.staging import OutputRejected, StagedAsset, Stager

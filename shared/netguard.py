@@ -1,4 +1,5 @@
-"""Which addresses an output download may connect to."""
+"""Which addresses genq may connect to on a client's or a provider's word: output downloads
+and webhook deliveries resolve the host, check every address, and connect to the checked one."""
 
 from __future__ import annotations
 
@@ -6,16 +7,13 @@ import asyncio
 import ipaddress
 import socket
 from dataclasses import dataclass
+from typing import Any
 
-from shared.errors import GenqError
+import httpx
+
+from shared.errors import AddressBlocked
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class AddressBlocked(GenqError):
-    """The output URL points at a private, loopback, link-local or reserved address."""
-
-    code = "output_address_blocked"
 
 
 def is_public(address: IPAddress) -> bool:
@@ -37,7 +35,8 @@ class Resolved:
     address: IPAddress
 
 
-async def resolve_checked(host: str, port: int, allowed_hosts: list[str]) -> Resolved:
+async def resolve_checked(host: str, port: int, allowed_hosts: list[str],
+                          what: str = "output") -> Resolved:
     """Resolve ``host``; refuse it if ANY of its addresses is not public (unless allowlisted).
 
     Checking every address (not just the first) stops a name that mixes a public and a
@@ -54,15 +53,32 @@ async def resolve_checked(host: str, port: int, allowed_hosts: list[str]) -> Res
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise AddressBlocked(f"cannot resolve output host {host!r}: {exc}") from exc
+        except (socket.gaierror, UnicodeError) as exc:
+            raise AddressBlocked(f"cannot resolve {what} host {host!r}: {exc}") from exc
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         if not addresses:
-            raise AddressBlocked(f"output host {host!r} has no address")
+            raise AddressBlocked(f"{what} host {host!r} has no address")
     if host not in allowed_hosts:
         for address in addresses:
             if not is_public(address):
                 raise AddressBlocked(
-                    f"output host {host!r} resolves to a non-public address ({address})"
+                    f"{what} host {host!r} resolves to a non-public address ({address})"
                 )
     return Resolved(host, addresses[0])
+
+
+def default_port(url: httpx.URL) -> int:
+    """The URL's port, or its scheme's."""
+    return url.port or (443 if url.scheme == "https" else 80)
+
+
+def pinned_request(client: httpx.AsyncClient, method: str, url: httpx.URL, target: Resolved,
+                   **kwargs: Any) -> httpx.Request:
+    """A request to ``url`` that connects to the checked address (no second resolution, so a
+    DNS answer that changes in between cannot redirect it); Host and TLS SNI still name the
+    real host."""
+    pinned = url.copy_with(host=str(target.address))
+    headers = {**kwargs.pop("headers", {}), "Host": url.netloc.decode("ascii")}
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    return client.build_request(method, pinned, headers=headers, extensions=extensions,
+                                **kwargs)

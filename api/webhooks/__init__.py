@@ -1,0 +1,1 @@
+"""Webhooks: the signing secret and the deliveries of a job."""

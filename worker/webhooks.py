@@ -1,0 +1,267 @@
+"""The webhook delivery loop: it sends the outbox (``webhook_deliveries``, written by the
+triggers of 0023_webhooks.sql in the job's own transactions) and records every attempt.
+
+It runs in every scheduler process; several loops share the outbox, each claiming due rows
+with ``FOR UPDATE SKIP LOCKED`` and pushing them past a lease, so a row is sent by one loop at a
+time and a loop that dies leaves its rows to be taken again once their lease runs out: at least
+once, with the same ``webhook-id`` on every attempt.
+
+A loop has at most ``GENQ_WEBHOOK_CONCURRENCY`` POSTs in flight, at most
+``GENQ_WEBHOOK_PER_RECEIVER`` of them to one receiver (host and port): a receiver that hangs
+holds its own places for ``GENQ_WEBHOOK_TIMEOUT_S`` at most and never the others'. The loop only
+reads and writes the outbox, so nothing it waits for delays a job.
+
+Each POST resolves the receiver's host again, checks every address (as output downloads do,
+``shared.netguard``) and connects to the checked one. 2xx: delivered; 410: gone, nothing more is
+sent for the job; anything else (an error status, no answer, a refused address) is tried again
+after ``shared.webhooks.retry_delay``, about a day in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import httpx
+
+from api.assets.reads import signed_urls
+from api.jobs.models import Job
+from shared.batch import Batcher
+from shared.db import Pool
+from shared.errors import AddressBlocked
+from shared.logging import get_logger
+from shared.netguard import default_port, pinned_request, resolve_checked
+from shared.settings import Settings
+from shared.storage import open_storage
+from shared.storage.signing import url_signer
+from shared.webhooks import ascii_host, new_secret, retry_delay, signature
+from sql import queries
+
+log = get_logger(__name__)
+
+# How far a claimed delivery is pushed ahead while its POST runs, past the POST's own limit.
+LEASE_MARGIN_S = 30.0
+# What of a receiver's error answer or of an exception is kept on the attempt.
+MAX_ERROR_CHARS = 300
+USER_AGENT = "genq-webhooks"
+# Group commit of the attempts' records: at most this many per statement, this many at once.
+RECORD_BATCH = 64
+RECORD_FLUSHES = 2
+# How much of a receiver's answer is read (and dropped) to keep its connection open.
+MAX_ANSWER_BYTES = 64 * 1024
+# How long a stopping loop lets its POSTs in flight finish.
+SHUTDOWN_GRACE_S = 3.0
+
+
+class Finished(NamedTuple):
+    """One attempt as it is recorded (the columns of ``finish_webhook_attempts``)."""
+
+    delivery_id: uuid.UUID
+    attempted_at: datetime
+    state: str
+    delay_s: float
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+
+class Deliverer:
+    """One delivery loop over ``pool``: :meth:`run` until cancelled."""
+
+    def __init__(self, pool: Pool, settings: Settings) -> None:
+        self.pool, self.settings = pool, settings
+        storage = open_storage(settings)
+        signer = url_signer(settings, storage)
+
+        async def sign(key: str) -> str:
+            return await signer.signed_url(storage, key)
+
+        self.sign = sign
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.webhook_timeout_s),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=settings.webhook_concurrency,
+                                max_keepalive_connections=settings.webhook_concurrency),
+            headers={"User-Agent": USER_AGENT},
+        )
+        # Attempts that end together are recorded by one statement (group commit).
+        self.finish: Batcher[Finished, None] = Batcher(
+            self._finish_many, max_batch=RECORD_BATCH, max_flushes=RECORD_FLUSHES)
+        self.in_flight: dict[str, int] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._done = asyncio.Event()
+
+    async def run(self) -> None:
+        """Claim and send due deliveries until cancelled; then let the POSTs in flight end
+        (for ``SHUTDOWN_GRACE_S`` at most) and close."""
+        s = self.settings
+        log.info("webhook_deliveries_started", concurrency=s.webhook_concurrency,
+                 per_receiver=s.webhook_per_receiver)
+        try:
+            while True:
+                claimed, free = await self._claim_once()
+                if claimed and claimed == free:
+                    continue  # there may be more due right now
+                self._done.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._done.wait(), s.webhook_poll_s)
+        finally:
+            # POSTs still in flight after a short grace are dropped: their rows stay claimed
+            # and are sent again once their lease runs out (at least once).
+            if self.tasks:
+                _, pending = await asyncio.wait(set(self.tasks), timeout=SHUTDOWN_GRACE_S)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            await self.http.aclose()
+
+    async def _claim_once(self) -> tuple[int, int]:
+        """Claim what the free places allow and start sending; (claimed, places that were
+        free)."""
+        s = self.settings
+        free = s.webhook_concurrency - len(self.tasks)
+        if free <= 0:
+            return 0, 0
+        per = s.webhook_per_receiver
+        busy = [r for r, n in self.in_flight.items() if n >= per]
+        room = {r: per - n for r, n in self.in_flight.items() if 0 < n < per}
+        try:
+            rows = await self.pool.fetch(queries["claim_webhook_deliveries"], free, per, room,
+                                         busy, s.webhook_timeout_s + LEASE_MARGIN_S)
+        except Exception as exc:
+            # PostgreSQL away, or anything else: the loop goes on and claims again later.
+            log.warning("webhook_claim_failed", error=repr(exc))
+            return 0, free
+        for row in rows:
+            receiver = row["receiver"]
+            self.in_flight[receiver] = self.in_flight.get(receiver, 0) + 1
+            task = asyncio.create_task(self._deliver(row))
+            self.tasks.add(task)
+            task.add_done_callback(functools.partial(self._finished, receiver=receiver))
+        return len(rows), free
+
+    def _finished(self, task: asyncio.Task[None], *, receiver: str) -> None:
+        self.tasks.discard(task)
+        left = self.in_flight.get(receiver, 1) - 1
+        if left > 0:
+            self.in_flight[receiver] = left
+        else:
+            self.in_flight.pop(receiver, None)
+        self._done.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webhook_delivery_crashed", error=repr(task.exception()))
+
+    async def _secrets(self, row: Any) -> list[str]:
+        secrets_: list[str] = list(row["secrets"] or [])
+        if not secrets_:
+            # The user never asked for a secret: make the one GET /v1/webhooks/secret shows.
+            made = await self.pool.fetchrow(queries["current_webhook_secret"], row["user_id"],
+                                            new_secret())
+            assert made is not None
+            secrets_ = [made["secret"]]
+        return secrets_
+
+    async def body(self, row: Any) -> str:
+        """The delivery's JSON: ``{id, type, created_at, data}``, data the job as the event
+        left it (its outputs with fresh signed URLs), and ``output_index`` for an output."""
+        snapshot = row["snapshot"]
+        assets: list[Any] = []
+        if snapshot["status"] == "succeeded":
+            assets = await self.pool.fetch(queries["list_job_assets"], row["user_id"],
+                                           [row["job_id"]])
+        job = Job.from_row(snapshot, assets, await signed_urls(self.sign, assets))
+        payload: dict[str, Any] = {
+            "id": str(row["id"]), "type": row["event_type"],
+            "created_at": row["created_at"].isoformat(), "data": job.model_dump(mode="json"),
+        }
+        if row["output_index"] is not None:
+            payload["output_index"] = row["output_index"]
+        return json.dumps(payload, separators=(",", ":"))
+
+    async def _post(self, row: Any, body: str) -> int:
+        """One signed POST to the checked address; the status code."""
+        url = httpx.URL(row["url"])
+        target = await resolve_checked(ascii_host(url), default_port(url),
+                                       self.settings.webhook_allowed_hosts, what="webhook")
+        msg_id = str(row["id"])
+        now = datetime.now(UTC)
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signature(await self._secrets(row), msg_id, now, body),
+        }
+        request = pinned_request(self.http, "POST", url, target, headers=headers,
+                                 content=body.encode())
+        response = await self.http.send(request, stream=True)
+        try:
+            # Read a short answer to its end, so the connection is kept for the next POST;
+            # a longer one is not kept (nor its connection).
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read > MAX_ANSWER_BYTES:
+                    break
+        finally:
+            await response.aclose()
+        return response.status_code
+
+    async def _deliver(self, row: Any) -> None:
+        attempted_at = datetime.now(UTC)
+        started = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        try:
+            body = await self.body(row)
+            async with asyncio.timeout(self.settings.webhook_timeout_s):
+                status = await self._post(row, body)
+        except AddressBlocked as exc:
+            error = exc.message
+        except TimeoutError:
+            error = f"no answer within {self.settings.webhook_timeout_s:g} s"
+        except httpx.HTTPError as exc:
+            error = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        except Exception:
+            log.exception("webhook_delivery_error", delivery=str(row["id"]))
+            error = "internal error"
+        duration_ms = (time.monotonic() - started) * 1000
+        await self._record(row, attempted_at, status, error, duration_ms)
+
+    async def _record(self, row: Any, attempted_at: datetime, status: int | None,
+                      error: str | None, duration_ms: float) -> None:
+        delay: float | None = None
+        if status is not None and 200 <= status < 300:
+            state = "delivered"
+        elif status == 410:
+            state, error = "gone", "HTTP 410: the receiver is gone; nothing more is sent"
+        else:
+            if status is not None:
+                error = f"HTTP {status}"
+            delay = retry_delay(row["attempts"])
+            state = "pending" if delay is not None else "failed"
+        error = error[:MAX_ERROR_CHARS] if error is not None else None
+        await self.finish(Finished(row["id"], attempted_at, state, delay or 0.0, status, error,
+                                   duration_ms))
+        if state == "gone":
+            await self.pool.execute(queries["disable_job_webhook"], row["job_id"])
+        level = "debug" if state == "delivered" else "info"
+        getattr(log, level)("webhook_attempt", delivery=str(row["id"]), job_id=str(row["job_id"]),
+                            type=row["event_type"], attempt=row["attempts"], status=status,
+                            state=state, error=error, duration_ms=round(duration_ms, 1))
+
+    async def _finish_many(self, done: list[Finished]) -> list[None]:
+        """One statement records the attempts that ended together."""
+        await self.pool.execute(queries["finish_webhook_attempts"],
+                                *(list(column) for column in zip(*done, strict=True)))
+        return [None] * len(done)
+
+
+async def run_deliveries(pool: Pool, settings: Settings) -> None:
+    """The delivery loop of one process, until cancelled."""
+    await Deliverer(pool, settings).run()
