@@ -69,7 +69,7 @@ def endpoints(plan_names: list[str] | None = None) -> list[Endpoint]:
 
 
 def routes(plan_names: list[str] | None = None) -> list[Route]:
-    """Every route of the API (the contract is in the README and ``/openapi.json``)."""
+    """Every route of the API (the contract is in docs/api.md and ``/openapi.json``)."""
     return starlette_routes(endpoints(plan_names))
 
 

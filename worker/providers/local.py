@@ -122,7 +122,7 @@ def render_clip(request: GenerationRequest, index: int) -> bytes:
 
 # Images up to this many pixels render on the event loop (about 0.1 ms): a thread hop costs
 # more than that, and a thread running Pillow's Python code holds the GIL that the event loop
-# waits for after each of its own system calls (see the README's Performance section).
+# waits for after each of its own system calls (see docs/performance.md).
 INLINE_MAX_PIXELS = 64 * 64
 
 
