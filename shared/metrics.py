@@ -5,7 +5,8 @@ own and serves it: the API at ``GET /metrics`` (admin token), ``genq worker`` an
 scheduler`` on ``GENQ_METRICS_PORT``. Nothing is shared between processes, so any number of
 them run side by side; Prometheus scrapes each one and sums across them
 (``sum by (model, status) (rate(genq_jobs_finished_total[5m]))``). Labels are bounded: models,
-statuses, providers, outcomes, route templates, maintenance tasks; never a user, job or key id.
+statuses, providers, outcomes, route templates, maintenance tasks, webhook event types; never a
+user, job or key id, nor a webhook's URL or host.
 Recording is a counter increment or a histogram observation, nothing more.
 """
 
@@ -37,6 +38,8 @@ _WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
                  1800, 3600)
 _RUN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# A webhook POST: a local receiver's millisecond to GENQ_WEBHOOK_TIMEOUT_S (10 s; at most 300).
+_WEBHOOK_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 class Metrics:
@@ -91,6 +94,23 @@ class Metrics:
             ["task", "what"], registry=r)
         self.maintenance_runs = Counter(
             "genq_maintenance_runs", "Runs of each scheduler task.", ["task"], registry=r)
+        self.webhook_attempts = Counter(
+            "genq_webhook_attempts", "Webhook delivery attempts, by event type and outcome: "
+            "delivered (2xx), retrying (an error answer or none; tried again), blocked (the "
+            "address was refused; tried again), gone (410), given_up (the last attempt "
+            "failed).", ["event", "outcome"], registry=r)
+        self.webhook_attempt_time = Histogram(
+            "genq_webhook_attempt_seconds", "How long a webhook POST took, by outcome.",
+            ["outcome"], buckets=_WEBHOOK_BUCKETS, registry=r)
+        self.webhook_delivery_lag = Histogram(
+            "genq_webhook_delivery_lag_seconds", "From an event to its delivery (the 2xx "
+            "answer), retries included.", ["event"], buckets=_WAIT_BUCKETS, registry=r)
+        self.webhooks_due = Gauge(
+            "genq_webhook_deliveries_due", "Webhook deliveries due and not yet taken "
+            "(measured by the delivery loop every few seconds).", registry=r)
+        self.webhook_oldest_due_age = Gauge(
+            "genq_webhook_oldest_due_age_seconds", "How long the longest-waiting due webhook "
+            "delivery has been due; 0 when none (measured with the count).", registry=r)
 
     def exposition(self) -> bytes:
         """The text format, as ``/metrics`` answers."""
@@ -108,6 +128,14 @@ class Metrics:
             self.credits_captured.inc(captured)
         if refunded:
             self.credits_refunded.inc(refunded)
+
+    def webhook_attempt(self, event: str, outcome: str, duration_s: float,
+                        lag_s: float | None = None) -> None:
+        """A webhook POST ended; ``lag_s``: the event's age when it was delivered."""
+        self.webhook_attempts.labels(event, outcome).inc()
+        self.webhook_attempt_time.labels(outcome).observe(duration_s)
+        if lag_s is not None:
+            self.webhook_delivery_lag.labels(event).observe(max(lag_s, 0.0))
 
 
 def serve_metrics(metrics: Metrics, settings: Settings, process: str) -> MetricsServer | None:

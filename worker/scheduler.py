@@ -219,7 +219,7 @@ async def run_scheduler(settings: Settings, database_url: str, redis_url: str) -
     redis = await create_arq_pool(redis_url)
     metrics = Metrics()
     server = serve_metrics(metrics, settings, "scheduler")
-    deliveries = asyncio.create_task(run_deliveries(delivery_pool, settings))
+    deliveries = asyncio.create_task(run_deliveries(delivery_pool, settings, metrics))
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx.update(pool=pool, settings=settings, metrics=metrics)

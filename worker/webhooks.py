@@ -15,6 +15,10 @@ Each POST resolves the receiver's host again, checks every address (as output do
 ``shared.netguard``) and connects to the checked one. 2xx: delivered; 410: gone, nothing more is
 sent for the job; anything else (an error status, no answer, a refused address) is tried again
 after ``shared.webhooks.retry_delay``, about a day in all.
+
+Each attempt is counted in the process's metrics once its record is written (an increment and
+two observations, by event type and outcome only), and every ``BACKLOG_EVERY_S`` the loop
+measures the outbox's due deliveries with one query on its partial index.
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ from shared.batch import Batcher
 from shared.db import Pool
 from shared.errors import AddressBlocked
 from shared.logging import get_logger
+from shared.metrics import Metrics
 from shared.netguard import default_port, pinned_request, resolve_checked
 from shared.settings import Settings
 from shared.storage import open_storage
 from shared.storage.signing import url_signer
-from shared.webhooks import ascii_host, new_secret, retry_delay, signature
+from shared.webhooks import EVENTS, ascii_host, new_secret, retry_delay, signature
 from sql import queries
 
 log = get_logger(__name__)
@@ -57,6 +62,15 @@ RECORD_FLUSHES = 2
 MAX_ANSWER_BYTES = 64 * 1024
 # How long a stopping loop lets its POSTs in flight finish.
 SHUTDOWN_GRACE_S = 3.0
+# How often the loop measures the outbox's backlog for its metrics.
+BACKLOG_EVERY_S = 2.0
+
+# An attempt's outcome, as the metrics count it: a 2xx; an error answer or none, tried again;
+# the address refused, tried again; 410; the last attempt failed (whatever the reason).
+DELIVERED, RETRYING, BLOCKED, GONE, GIVEN_UP = (
+    "delivered", "retrying", "blocked", "gone", "given_up")
+OUTCOMES = (DELIVERED, RETRYING, BLOCKED, GONE, GIVEN_UP)
+EVENT_TYPES = tuple(f"job.{event}" for event in EVENTS)
 
 
 class Finished(NamedTuple):
@@ -74,8 +88,15 @@ class Finished(NamedTuple):
 class Deliverer:
     """One delivery loop over ``pool``: :meth:`run` until cancelled."""
 
-    def __init__(self, pool: Pool, settings: Settings) -> None:
+    def __init__(self, pool: Pool, settings: Settings, metrics: Metrics | None = None) -> None:
         self.pool, self.settings = pool, settings
+        self.metrics = metrics if metrics is not None else Metrics()
+        # Every event type and outcome from the start, at 0, so a rate is defined before the
+        # first of each.
+        for event in EVENT_TYPES:
+            for outcome in OUTCOMES:
+                self.metrics.webhook_attempts.labels(event, outcome)
+        self._measured_at = -BACKLOG_EVERY_S
         storage = open_storage(settings)
         signer = url_signer(settings, storage)
 
@@ -106,6 +127,8 @@ class Deliverer:
         try:
             while True:
                 claimed, free = await self._claim_once()
+                if time.monotonic() - self._measured_at >= BACKLOG_EVERY_S:
+                    await self.measure_backlog()
                 if claimed and claimed == free:
                     continue  # there may be more due right now
                 self._done.clear()
@@ -145,6 +168,18 @@ class Deliverer:
             self.tasks.add(task)
             task.add_done_callback(functools.partial(self._finished, receiver=receiver))
         return len(rows), free
+
+    async def measure_backlog(self) -> None:
+        """Set the backlog gauges: deliveries due and not taken, and the oldest one's wait."""
+        self._measured_at = time.monotonic()
+        try:
+            row = await self.pool.fetchrow(queries["webhook_backlog"])
+        except Exception as exc:
+            log.warning("webhook_backlog_failed", error=repr(exc))
+            return
+        assert row is not None
+        self.metrics.webhooks_due.set(row["due"])
+        self.metrics.webhook_oldest_due_age.set(row["oldest_due_s"])
 
     def _finished(self, task: asyncio.Task[None], *, receiver: str) -> None:
         self.tasks.discard(task)
@@ -217,12 +252,13 @@ class Deliverer:
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
+        blocked = False
         try:
             body = await self.body(row)
             async with asyncio.timeout(self.settings.webhook_timeout_s):
                 status = await self._post(row, body)
         except AddressBlocked as exc:
-            error = exc.message
+            error, blocked = exc.message, True
         except TimeoutError:
             error = f"no answer within {self.settings.webhook_timeout_s:g} s"
         except httpx.HTTPError as exc:
@@ -231,23 +267,28 @@ class Deliverer:
             log.exception("webhook_delivery_error", delivery=str(row["id"]))
             error = "internal error"
         duration_ms = (time.monotonic() - started) * 1000
-        await self._record(row, attempted_at, status, error, duration_ms)
+        await self._record(row, attempted_at, status, error, duration_ms, blocked=blocked)
 
     async def _record(self, row: Any, attempted_at: datetime, status: int | None,
-                      error: str | None, duration_ms: float) -> None:
+                      error: str | None, duration_ms: float, *, blocked: bool = False) -> None:
         delay: float | None = None
         if status is not None and 200 <= status < 300:
-            state = "delivered"
+            state, outcome = "delivered", DELIVERED
         elif status == 410:
-            state, error = "gone", "HTTP 410: the receiver is gone; nothing more is sent"
+            state, outcome = "gone", GONE
+            error = "HTTP 410: the receiver is gone; nothing more is sent"
         else:
             if status is not None:
                 error = f"HTTP {status}"
             delay = retry_delay(row["attempts"])
             state = "pending" if delay is not None else "failed"
+            outcome = GIVEN_UP if delay is None else BLOCKED if blocked else RETRYING
         error = error[:MAX_ERROR_CHARS] if error is not None else None
         await self.finish(Finished(row["id"], attempted_at, state, delay or 0.0, status, error,
                                    duration_ms))
+        lag_s = ((datetime.now(UTC) - row["created_at"]).total_seconds()
+                 if outcome == DELIVERED else None)
+        self.metrics.webhook_attempt(row["event_type"], outcome, duration_ms / 1000, lag_s)
         if state == "gone":
             await self.pool.execute(queries["disable_job_webhook"], row["job_id"])
         level = "debug" if state == "delivered" else "info"
@@ -262,6 +303,6 @@ class Deliverer:
         return [None] * len(done)
 
 
-async def run_deliveries(pool: Pool, settings: Settings) -> None:
-    """The delivery loop of one process, until cancelled."""
-    await Deliverer(pool, settings).run()
+async def run_deliveries(pool: Pool, settings: Settings, metrics: Metrics) -> None:
+    """The delivery loop of one process, counting in ``metrics``, until cancelled."""
+    await Deliverer(pool, settings, metrics).run()

@@ -124,3 +124,11 @@ SELECT d.id, d.event_type, d.output_index, d.state, d.attempts, d.created_at,
 FROM webhook_deliveries d
 WHERE d.job_id = $1 AND d.user_id = $2
 ORDER BY d.created_at, d.id
+
+-- webhook_backlog --
+-- For the scheduler's metrics: deliveries due and not yet taken (a taken one is pushed past its
+-- lease) and how long the longest-waiting one has been due (0 when none), from the partial
+-- index of pending deliveries. No parameters.
+SELECT count(*)::bigint AS due,
+       coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0)::float8 AS oldest_due_s
+FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= now()

@@ -1,6 +1,7 @@
 """Webhooks with real processes: jobs submitted to the app run on a real ``genq worker``, and a
 real ``genq scheduler`` (whose delivery loop sends the outbox) calls receivers on 127.0.0.1
-(allowed hosts) that verify every delivery with the ``standardwebhooks`` package."""
+(allowed hosts) that verify every delivery with the ``standardwebhooks`` package, and counts
+them in its ``/metrics``."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.db import Pool
+from shared.embedded import free_port
 from shared.settings import Settings
 from tests.acceptance.recovery_support import GenqProcess, Processes
 from tests.fakes.webhook_receiver import WebhookReceiver
@@ -296,3 +300,53 @@ async def test_every_event_of_a_job_run_by_the_worker_is_delivered_in_order(
     assert [d["type"] for d in listed] == ["job.started", "job.output", "job.output",
                                            "job.completed"]
     assert {d["state"] for d in listed} == {"delivered"}
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The scheduler's /metrics, read with prometheus-client's own parser."""
+    text = httpx.get(url, timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_the_schedulers_metrics_count_what_its_deliveries_did(
+        api: Api, procs: Processes, receivers: list[WebhookReceiver], settings: Settings
+) -> None:
+    user = await api.user(credits=20)
+    secret = await _secret(api, user)
+    ok = WebhookReceiver([secret]).start()
+    gone = WebhookReceiver([secret], status=410).start()
+    receivers.extend([ok, gone])
+    port = free_port()
+    _stack(procs, settings, scheduler={"metrics_port": str(port)})
+    n = 12
+    delivered = await _submit(api, user, n, webhook_url=ok.url)
+    (refused,) = await _submit(api, user, 1, webhook_url=gone.url)
+
+    async def all_sent() -> bool:
+        return (await _states(api.pool, delivered) == {"delivered": n}
+                and await _states(api.pool, [refused]) == {"gone": 1})
+
+    await _until(all_sent, "every delivery sent", procs, 60)
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    async def backlog_measured_empty() -> bool:
+        return _scrape(url)[("genq_webhook_deliveries_due", ())] == 0
+
+    await _until(backlog_measured_empty, "the backlog measured empty", procs, 10)
+    samples = _scrape(url)
+    attempts = {labels: int(v) for (name, labels), v in samples.items()
+                if name == "genq_webhook_attempts_total" and v}
+    assert attempts == {(("event", "job.completed"), ("outcome", "delivered")): n,
+                        (("event", "job.completed"), ("outcome", "gone")): 1}
+    assert samples[("genq_webhook_attempt_seconds_count", (("outcome", "delivered"),))] == n
+    assert samples[("genq_webhook_attempt_seconds_count", (("outcome", "gone"),))] == 1
+    assert samples[("genq_webhook_delivery_lag_seconds_count",
+                    (("event", "job.completed"),))] == n
+    assert samples[("genq_webhook_oldest_due_age_seconds", ())] == 0
+    # No label names a receiver, a user or a job.
+    for (_, labels) in samples:
+        for _, value in labels:
+            assert not any(part in value for part in (
+                "127.0.0.1", str(ok.port), str(gone.port), str(user.id), refused,
+                *delivered)), labels

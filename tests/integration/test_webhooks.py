@@ -14,9 +14,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.db import Pool
+from shared.metrics import Metrics
 from shared.settings import Settings
+from shared.webhooks import MAX_ATTEMPTS
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.integration.api_support import Api, User, running_app
 from worker.webhooks import Deliverer
@@ -43,9 +46,10 @@ def receiver_fixture() -> Iterator[WebhookReceiver]:
 
 
 @contextlib.asynccontextmanager
-async def delivering(pool: Pool, settings: Settings) -> AsyncIterator[Deliverer]:
+async def delivering(pool: Pool, settings: Settings,
+                     metrics: Metrics | None = None) -> AsyncIterator[Deliverer]:
     """The delivery loop running in this process until the block ends."""
-    deliverer = Deliverer(pool, settings)
+    deliverer = Deliverer(pool, settings, metrics)
     task = asyncio.create_task(deliverer.run())
     try:
         yield deliverer
@@ -386,3 +390,125 @@ async def test_a_receiver_never_has_more_than_its_places_in_flight(
         await eventually(lambda: _called(receiver, 3), "three POSTs")
         await asyncio.sleep(1.5)  # several polls of the loop
         assert len(receiver.seen()) == 3
+
+
+def _attempts_counted(metrics: Metrics) -> dict[tuple[str, str], int]:
+    """``genq_webhook_attempts_total`` by (event, outcome), as the text format shows it."""
+    return {(s.labels["event"], s.labels["outcome"]): int(s.value)
+            for family in text_string_to_metric_families(metrics.exposition().decode())
+            for s in family.samples if s.name == "genq_webhook_attempts_total"}
+
+
+def _gauge(metrics: Metrics, name: str) -> float:
+    (value,) = [s.value for family in text_string_to_metric_families(
+        metrics.exposition().decode()) for s in family.samples if s.name == name]
+    return value
+
+
+async def test_the_loop_counts_each_attempt_by_event_and_outcome(
+        api: Api, pool: Pool, receiver: WebhookReceiver) -> None:
+    user = await api.user(credits=10)
+    secret = await secret_of(api, user)
+    receiver.secrets = [secret]
+    receiver.status = 503
+    gone = WebhookReceiver([secret], status=410).start()
+    try:
+        retried = await submit(api, user, webhook_url=receiver.url)
+        ended = await submit(api, user, webhook_url=gone.url,
+                             webhook_events=["started", "completed"])
+        last = await submit(api, user, webhook_url=receiver.url)
+        # A host allowed at submit that the loop refuses (it resolves to loopback).
+        submitting = api.settings.model_copy(update={"webhook_allowed_hosts": ["localhost"]})
+        async with running_app(submitting) as (_, client):
+            r = await client.post("/v1/jobs", json={
+                **JOB, "webhook_url": f"http://localhost:{receiver.port}/hooks/genq"},
+                headers=user.headers)
+            assert r.status_code == 202, r.text
+            blocked = r.json()
+        for job in (retried, last, blocked):
+            await api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=user.headers)
+        # The last one has used every attempt but one: its next failure gives up.
+        await pool.execute("UPDATE webhook_deliveries SET attempts = $2 WHERE job_id = $1",
+                           uuid.UUID(last["id"]), MAX_ATTEMPTS - 1)
+        metrics = Metrics()
+        async with delivering(pool, api.settings, metrics):
+            await start_job(pool, ended["id"])
+            await eventually(lambda: _states(api, user, ended["id"], ["gone"]), "gone")
+            await eventually(lambda: _states(api, user, last["id"], ["failed"]), "given up")
+            await eventually(lambda: _called(receiver, 3), "two failures of the first job")
+            await eventually(lambda: _attempted(api, user, blocked["id"], 2), "two refusals")
+            receiver.status = 200
+            await eventually(lambda: _delivered(api, user, retried["id"]), "delivered")
+            await asyncio.sleep(0.3)
+        counted = _attempts_counted(metrics)
+    finally:
+        gone.stop()
+    # Every event type and outcome is there from the start; these moved.
+    assert set(counted) == {(f"job.{e}", o) for e in ("started", "output", "completed")
+                            for o in ("delivered", "retrying", "blocked", "gone", "given_up")}
+    tries = {name: [a["status_code"] for a in (await deliveries(api, user, job["id"]))[0][
+        "attempts"]] for name, job in
+        {"retried": retried, "last": last, "blocked": blocked, "ended": ended}.items()}
+    assert tries["ended"] == [410] and tries["last"] == [503]
+    assert tries["retried"][-1] == 200 and set(tries["retried"][:-1]) == {503}
+    assert set(tries["blocked"]) == {None}
+    assert {k: v for k, v in counted.items() if v} == {
+        ("job.started", "gone"): 1,
+        ("job.completed", "given_up"): 1,
+        ("job.completed", "retrying"): len(tries["retried"]) - 1,
+        ("job.completed", "delivered"): 1,
+        ("job.completed", "blocked"): len(tries["blocked"]),
+    }
+    # One POST time per attempt, one delivery lag per delivery.
+    text = metrics.exposition().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("genq_webhook_attempt_seconds_count", (("outcome", "retrying"),))] == len(
+        tries["retried"]) - 1
+    assert samples[("genq_webhook_attempt_seconds_count", (("outcome", "gone"),))] == 1
+    assert samples[("genq_webhook_delivery_lag_seconds_count",
+                    (("event", "job.completed"),))] == 1
+    # The delivery waited out at least its first retries (1 s, then 2 s, less jitter).
+    assert samples[("genq_webhook_delivery_lag_seconds_sum",
+                    (("event", "job.completed"),))] > 2.0
+    # No label names a receiver, a user or a job.
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for value in sample.labels.values():
+                assert not any(part in value for part in (
+                    "127.0.0.1", "localhost", str(receiver.port), str(gone.port), str(user.id),
+                    retried["id"], ended["id"], last["id"], blocked["id"])), sample
+
+
+async def test_the_backlog_is_the_due_deliveries_not_yet_taken(
+        api: Api, pool: Pool, receiver: WebhookReceiver) -> None:
+    user = await api.user(credits=10)
+    receiver.secrets = [await secret_of(api, user)]
+    jobs = [await submit(api, user, webhook_url=receiver.url) for _ in range(4)]
+    for job in jobs:
+        await api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=user.headers)
+    ids = [uuid.UUID(job["id"]) for job in jobs]
+    # Due for a minute, due now, due now, and not due for an hour.
+    await pool.execute("UPDATE webhook_deliveries SET next_attempt_at = now() - interval "
+                       "'60 seconds' WHERE job_id = $1", ids[0])
+    await pool.execute("UPDATE webhook_deliveries SET next_attempt_at = now() + interval "
+                       "'1 hour' WHERE job_id = $1", ids[3])
+    metrics = Metrics()
+    deliverer = Deliverer(pool, api.settings, metrics)
+    try:
+        await deliverer.measure_backlog()
+    finally:
+        await deliverer.http.aclose()
+    assert _gauge(metrics, "genq_webhook_deliveries_due") == 3
+    assert 60 <= _gauge(metrics, "genq_webhook_oldest_due_age_seconds") < 120
+    # The running loop sends the due ones and measures again: nothing due, the hour-later one
+    # still pending.
+    async with delivering(pool, api.settings, metrics):
+
+        async def drained() -> bool:
+            return (_gauge(metrics, "genq_webhook_deliveries_due") == 0
+                    and _gauge(metrics, "genq_webhook_oldest_due_age_seconds") == 0)
+
+        await eventually(drained, "the backlog measured empty")
+    assert sorted(d.job_id for d in receiver.seen()) == sorted(j["id"] for j in jobs[:3])
+    assert [d["state"] for d in await deliveries(api, user, jobs[3]["id"])] == ["pending"]
