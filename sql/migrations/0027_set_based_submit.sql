@@ -91,11 +91,13 @@ BEGIN
                m.key IS NOT NULL AND m.enabled AS model_ok, m.revision AS model_revision,
                m.max_outputs, m.provider AS model_provider,
                m.price_per_second AS model_price_per_second,
-               a.user_id IS NOT NULL AS has_account, a.balance
+               a.user_id IS NOT NULL AS has_account, a.balance,
+               u.disabled_at IS NOT NULL AS user_disabled
         FROM unnest(p_items) i
         LEFT JOIN idempotency_keys k ON k.user_id = i.user_id AND k.key = i.key
         LEFT JOIN models m ON m.key = i.model
         LEFT JOIN credit_accounts a ON a.user_id = i.user_id
+        LEFT JOIN users u ON u.id = i.user_id
         ORDER BY i.user_id, i.key NULLS LAST, i.item
     LOOP
         v_it := r.it;
@@ -117,6 +119,12 @@ BEGIN
             ELSE
                 v_it.replay_of := r.key_job;
             END IF;
+        ELSIF r.user_disabled THEN
+            -- Disabled after the intake authenticated it: the disable locked the account
+            -- (step 2 waited for it), so this read sees it (as 0026's trigger on holds would).
+            v_it.err_state := '23514';
+            v_it.err_constraint := 'users_account_disabled';
+            v_it.err_message := format('the account of user %s is disabled', v_it.user_id);
         ELSIF NOT coalesce(r.model_ok, false) THEN
             v_it.err_state := '23514';
             v_it.err_constraint := 'genq_submit_model_unknown';

@@ -295,6 +295,12 @@ async def test_every_event_of_a_job_run_by_the_worker_is_delivered_in_order(
         assert [o["index"] for o in data["outputs"]] == [0, 1]
         assert data["cost"] == {"price_per_output": 1, "reserved": 2, "captured": 2,
                                 "refunded": 0}
+    # The loop records an attempt once the receiver has answered: the last one may still be
+    # on its way to the table when the receiver has seen it.
+    async def all_delivered() -> bool:
+        return await _states(api.pool, [job_id]) == {"delivered": 4}
+
+    await _until(all_delivered, "every delivery recorded as delivered", procs, 10)
     r = await api.client.get(f"/v1/jobs/{job_id}/webhooks", headers=user.headers)
     listed = r.json()["data"]
     assert [d["type"] for d in listed] == ["job.started", "job.output", "job.output",
