@@ -8,6 +8,7 @@ through typed parsers that raise :class:`ValidationFailed` naming their paramete
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Callable, Collection
 from typing import TypeVar
@@ -15,6 +16,7 @@ from typing import TypeVar
 from starlette.requests import Request
 
 from api.errors import ValidationFailed
+from api.validation import parse_id
 
 T = TypeVar("T")
 
@@ -66,5 +68,17 @@ def one_of(field: str, choices: Collection[str]) -> Callable[[str], str]:
         if raw not in choices:
             raise invalid(field, f"must be one of {', '.join(choices)}")
         return raw
+
+    return parse
+
+
+def a_uuid(field: str) -> Callable[[str], uuid.UUID]:
+    """A parser that takes a UUID."""
+
+    def parse(raw: str) -> uuid.UUID:
+        value = parse_id(raw)
+        if value is None:
+            raise invalid(field, "must be a UUID")
+        return value
 
     return parse

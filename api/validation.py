@@ -13,11 +13,12 @@ import json
 import math
 import uuid
 from collections.abc import Collection
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ValidationError
 
-from api.errors import ValidationFailed
+from api.errors import ValidationFailed, echo
+from shared.errors import NotFound
 from shared.ledger import MAX_BALANCE
 
 MAX_SEED = 2**63 - 1
@@ -27,6 +28,9 @@ MAX_GRANT = MAX_BALANCE
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 M = TypeVar("M", bound=BaseModel)
+
+if TYPE_CHECKING:
+    from api.routing import Call
 
 #: The JSON Schema ``pattern`` of free text PostgreSQL stores (a title, a tag, a name): no NUL
 #: character, so a client reading /openapi.json knows that one is refused (422).
@@ -53,6 +57,16 @@ def parse_id(raw: str) -> uuid.UUID | None:
         return uuid.UUID(raw)
     except ValueError:
         return None
+
+
+def path_uuid(call: Call, name: str, error: type[NotFound], what: str) -> uuid.UUID:
+    """The path parameter ``name`` as a UUID. A malformed one names nothing, so it is the same
+    404 as an id that exists nowhere: ``error`` with the message ``no <what> <id>``."""
+    raw = call.path[name]
+    value = parse_id(raw)
+    if value is None:
+        raise error(f"no {what} {echo(raw)}")
+    return value
 
 
 def field_error(field: str, message: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ from api.admin.reads import load_admin_user
 from api.audit.models import entry
 from api.body import read_json
 from api.credits.models import Credits, LedgerEntry
-from api.errors import JobNotFound, JobNotRefundable, UserNotFound, ValidationFailed, echo
+from api.errors import JobNotFound, JobNotRefundable, UserNotFound, ValidationFailed
 from api.pagination import (
     DEFAULT_LIMIT,
     PAGE_PARAMS,
@@ -37,7 +37,7 @@ from api.pagination import (
 from api.query import QueryParams
 from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply, reply
 from api.spec import BAD_QUERY, IDEMPOTENCY_KEY, PAGE_PARAMETERS, QUERY_RULES, REPLAYED, path_id
-from api.validation import field_error, idempotency_key, parse_body, parse_id
+from api.validation import field_error, idempotency_key, parse_body, path_uuid
 from shared import audit, ledger
 from shared.db import Connection
 from shared.errors import AccountNotFound
@@ -52,12 +52,9 @@ log = get_logger(__name__)
 _MAX_EMAIL_CHARS = 320
 
 
-def _user_id(call: Call) -> uuid.UUID:
-    raw = call.path["user_id"]
-    user_id = parse_id(raw)
-    if user_id is None:
-        raise UserNotFound(f"no user {echo(raw)}")
-    return user_id
+def path_user_id(call: Call) -> uuid.UUID:
+    """The ``{user_id}`` of the path; a malformed one is simply not found."""
+    return path_uuid(call, "user_id", UserNotFound, "user")
 
 
 async def _balance(conn: Connection, user_id: uuid.UUID) -> int:
@@ -87,7 +84,7 @@ async def post_grant(call: Call) -> Response:
     """POST /v1/admin/users/{user_id}/credits: grant (positive) or take back (negative, kind
     ``adjust``, never below zero), idempotent under Idempotency-Key."""
     ctx, request = call.ctx, call.request
-    user_id = _user_id(call)
+    user_id = path_user_id(call)
     key = idempotency_key(request.headers.get("idempotency-key"))
     body = parse_body(CreditGrant, await read_json(request, ctx.settings.max_body_bytes))
     stored_key = f"admin:{key}" if key is not None else None
@@ -145,7 +142,7 @@ async def get_users(call: Call) -> Response:
 
 async def get_user(call: Call) -> Response:
     """GET /v1/admin/users/{user_id}: the user, usage and keys."""
-    user_id = _user_id(call)
+    user_id = path_user_id(call)
     async with call.ctx.pool.acquire() as conn, conn.transaction():
         user = await load_admin_user(
             conn, user_id, default_quota_bytes=call.ctx.settings.library_quota_bytes)
@@ -157,7 +154,7 @@ async def get_user(call: Call) -> Response:
 
 async def _set_disabled(call: Call, disabled: bool) -> Response:
     ctx = call.ctx
-    user_id = _user_id(call)
+    user_id = path_user_id(call)
     async with ctx.pool.acquire() as conn, conn.transaction():
         before = await _balance(conn, user_id)
         done = await set_disabled(conn, user_id, disabled)
@@ -198,10 +195,7 @@ async def post_enable(call: Call) -> Response:
 async def post_job_refund(call: Call) -> Response:
     """POST /v1/admin/jobs/{job_id}/refund: give back what a finished job captured, once."""
     ctx = call.ctx
-    raw = call.path["job_id"]
-    job_id = parse_id(raw)
-    if job_id is None:
-        raise JobNotFound(f"no job {echo(raw)}")
+    job_id = path_uuid(call, "job_id", JobNotFound, "job")
     body = parse_body(JobRefund, await read_json(call.request, ctx.settings.max_body_bytes))
     async with ctx.pool.acquire() as conn, conn.transaction():
         job = await conn.fetchrow(queries["job_captured"], job_id, None)

@@ -12,7 +12,7 @@ from api.assets.reads import list_assets, load_asset, signed_urls
 from api.content import EXTENSIONS, serve_object
 from api.errors import AssetNotFound, echo
 from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse_limit
-from api.query import QueryParams, invalid
+from api.query import QueryParams, a_uuid
 from api.routing import Call, Endpoint, Reply, reply
 from api.spec import (
     BAD_QUERY,
@@ -24,25 +24,18 @@ from api.spec import (
     QUERY_RULES,
     path_id,
 )
-from api.validation import parse_id
+from api.validation import path_uuid
 from shared.logging import get_logger
 from shared.storage import ObjectNotFound, StorageKeyError
 from sql import queries
 
 log = get_logger(__name__)
 
-def _job_id(raw: str) -> uuid.UUID:
-    job_id = parse_id(raw)
-    if job_id is None:
-        raise invalid("job_id", "must be a UUID")
-    return job_id
-
-
 async def get_assets(call: Call) -> Response:
     """GET /v1/assets: newest first, optionally ``?job_id=``."""
     ctx, user_id = call.ctx, call.user
     query = QueryParams(call.request, ("job_id", *PAGE_PARAMS))
-    job_id = query.get("job_id", _job_id)
+    job_id = query.get("job_id", a_uuid("job_id"))
     limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
     after = query.get("cursor", decode_time_cursor)
     async with ctx.pool.acquire() as conn:
@@ -54,11 +47,7 @@ async def get_assets(call: Call) -> Response:
 
 def path_asset_id(call: Call) -> uuid.UUID:
     """The ``{asset_id}`` of the path; a malformed one is simply not found."""
-    raw = call.path["asset_id"]
-    asset_id = parse_id(raw)
-    if asset_id is None:
-        raise AssetNotFound(f"no asset {echo(raw)}")
-    return asset_id
+    return path_uuid(call, "asset_id", AssetNotFound, "asset")
 
 
 async def _path_asset(call: Call) -> Any:

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from api.body import read_json
 from api.collections.models import Collection, CollectionCreate, CollectionPage, CollectionUpdate
-from api.errors import CollectionNotFound, echo
+from api.errors import CollectionNotFound
 from api.pagination import (
     DEFAULT_LIMIT,
     PAGE_PARAMS,
@@ -20,17 +20,14 @@ from api.pagination import (
 from api.query import QueryParams
 from api.routing import Call, Endpoint, Reply, reply
 from api.spec import BAD_QUERY, PAGE_PARAMETERS, QUERY_RULES, path_id
-from api.validation import parse_body, parse_id
+from api.validation import parse_body, path_uuid
 from shared.errors import CollectionNameTaken
 from sql import queries
 
 
 def _path_id(call: Call) -> uuid.UUID:
-    raw = call.path["collection_id"]
-    value = parse_id(raw)
-    if value is None:
-        raise CollectionNotFound(f"no collection {echo(raw)}")
-    return value
+    """The ``{collection_id}`` of the path; a malformed one is simply not found."""
+    return path_uuid(call, "collection_id", CollectionNotFound, "collection")
 
 
 async def post_collection(call: Call) -> Response:

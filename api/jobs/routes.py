@@ -7,7 +7,7 @@ import uuid
 from starlette.responses import Response
 
 from api.body import read_json
-from api.errors import JobNotFound, ValidationFailed, echo
+from api.errors import JobNotFound, ValidationFailed
 from api.jobs.intake import admit_submission
 from api.jobs.models import Job, JobCreate, JobPage, check_job
 from api.jobs.reads import JOB_STATUSES, list_jobs, load_job
@@ -15,17 +15,13 @@ from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse
 from api.query import QueryParams, one_of
 from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply, reply
 from api.spec import BAD_QUERY, IDEMPOTENCY_KEY, PAGE_PARAMETERS, QUERY_RULES, REPLAYED, path_id
-from api.validation import field_error, idempotency_key, parse_body, parse_id
+from api.validation import field_error, idempotency_key, parse_body, path_uuid
 from shared.webhooks import address_problem
 
 
 def path_job_id(call: Call) -> uuid.UUID:
     """The ``{job_id}`` of the path; a malformed one is simply not found."""
-    raw = call.path["job_id"]
-    job_id = parse_id(raw)
-    if job_id is None:
-        raise JobNotFound(f"no job {echo(raw)}")
-    return job_id
+    return path_uuid(call, "job_id", JobNotFound, "job")
 
 
 async def create_job(call: Call) -> Response:

@@ -11,8 +11,9 @@ import uuid
 from starlette.responses import Response
 
 from api import revocations
+from api.admin.routes import path_user_id
 from api.audit.models import entry
-from api.errors import ApiKeyNotFound, UserNotFound, echo
+from api.errors import ApiKeyNotFound, UserNotFound
 from api.keys.models import ApiKey, ApiKeyPage, NewApiKey
 from api.pagination import (
     DEFAULT_LIMIT,
@@ -24,7 +25,7 @@ from api.pagination import (
 from api.query import QueryParams
 from api.routing import Call, Endpoint, Reply, reply
 from api.spec import BAD_QUERY, PAGE_PARAMETERS, QUERY_RULES, path_id
-from api.validation import parse_id
+from api.validation import path_uuid
 from shared import audit
 from shared.logging import get_logger
 from shared.users import ApiKeyRow, RevokedKey, add_api_key, revoke_api_key
@@ -37,11 +38,8 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _key_id(call: Call) -> uuid.UUID:
-    raw = call.path["key_id"]
-    key_id = parse_id(raw)
-    if key_id is None:
-        raise ApiKeyNotFound(f"no API key {echo(raw)}")
-    return key_id
+    """The ``{key_id}`` of the path; a malformed one is simply not found."""
+    return path_uuid(call, "key_id", ApiKeyNotFound, "API key")
 
 
 async def _revoked(call: Call, revoked: RevokedKey) -> None:
@@ -91,10 +89,7 @@ async def delete_my_key(call: Call) -> Response:
 
 async def post_user_key(call: Call) -> Response:
     """POST /v1/admin/users/{user_id}/keys: a new key for the user, shown once."""
-    raw = call.path["user_id"]
-    user_id = parse_id(raw)
-    if user_id is None:
-        raise UserNotFound(f"no user {echo(raw)}")
+    user_id = path_user_id(call)
     async with call.ctx.pool.acquire() as conn, conn.transaction():
         made = await add_api_key(conn, user_id)
         if made is None:

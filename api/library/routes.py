@@ -11,7 +11,7 @@ from starlette.responses import Response
 from api.assets.reads import load_asset, signed_urls
 from api.body import read_json
 from api.content import EXTENSIONS, serve_object
-from api.errors import AssetNotFound, CollectionNotFound, LibraryItemNotFound, echo
+from api.errors import AssetNotFound, CollectionNotFound, LibraryItemNotFound
 from api.library.models import LibraryItem, LibraryPage, LibrarySave, LibraryUpdate
 from api.pagination import (
     DEFAULT_LIMIT,
@@ -20,7 +20,7 @@ from api.pagination import (
     encode_time_cursor,
     parse_limit,
 )
-from api.query import QueryParams, invalid, one_of
+from api.query import QueryParams, a_uuid, invalid, one_of
 from api.routing import Call, Endpoint, Reply, reply
 from api.spec import (
     BAD_QUERY,
@@ -32,7 +32,7 @@ from api.spec import (
     QUERY_RULES,
     path_id,
 )
-from api.validation import parse_body, parse_id
+from api.validation import parse_body, path_uuid
 from shared.db import Connection
 from shared.errors import StorageQuotaExceeded
 from shared.library import save_asset
@@ -56,11 +56,7 @@ async def load_item(conn: Connection, user_id: uuid.UUID, item_id: uuid.UUID,
 
 def path_item_id(call: Call) -> uuid.UUID:
     """The ``{item_id}`` of the path; a malformed one is simply not found."""
-    raw = call.path["item_id"]
-    item_id = parse_id(raw)
-    if item_id is None:
-        raise LibraryItemNotFound(f"no library item {echo(raw)}")
-    return item_id
+    return path_uuid(call, "item_id", LibraryItemNotFound, "library item")
 
 
 async def post_library(call: Call) -> Response:
@@ -88,13 +84,6 @@ async def post_library(call: Call) -> Response:
                  {"Location": f"/v1/library/{item.id}"} if created else None)
 
 
-def _collection(raw: str) -> uuid.UUID:
-    value = parse_id(raw)
-    if value is None:
-        raise invalid("collection_id", "must be a UUID")
-    return value
-
-
 def _favorite(raw: str) -> bool:
     if raw not in ("true", "false"):
         raise invalid("favorite", "must be true or false")
@@ -114,7 +103,7 @@ async def get_library(call: Call) -> Response:
     """GET /v1/library: the caller's items that are not deleted, newest first, filtered."""
     ctx, user_id = call.ctx, call.user
     query = QueryParams(call.request, (*FILTERS, *PAGE_PARAMS))
-    collection_id = query.get("collection_id", _collection)
+    collection_id = query.get("collection_id", a_uuid("collection_id"))
     tag = query.get("tag", _text("tag", 50))
     favorite = query.get("favorite", _favorite)
     kind = query.get("type", one_of("type", ("image", "video")))

@@ -15,7 +15,7 @@ from api.body import read_json
 from api.content import EXTENSIONS, serve_object
 from api.errors import LibraryItemNotFound, echo
 from api.library.models import FeedPage, LibraryItem, SharedItem, Takedown
-from api.library.routes import load_item
+from api.library.routes import load_item, path_item_id
 from api.pagination import (
     DEFAULT_LIMIT,
     PAGE_PARAMS,
@@ -34,7 +34,7 @@ from api.spec import (
     QUERY_RULES,
     path_id,
 )
-from api.validation import parse_body, parse_id
+from api.validation import parse_body
 from shared import audit
 from shared.library import feed_read
 from shared.logging import get_logger
@@ -112,10 +112,7 @@ async def get_shared_content(call: Call) -> Response:
 
 async def post_takedown(call: Call) -> Response:
     """POST /v1/admin/library/{item_id}/takedown: hidden from the feed and share links."""
-    raw = call.path["item_id"]
-    item_id = parse_id(raw)
-    if item_id is None:
-        raise LibraryItemNotFound(f"no library item {echo(raw)}")
+    item_id = path_item_id(call)
     body = parse_body(Takedown, await read_json(call.request, call.ctx.settings.max_body_bytes))
     async with call.ctx.pool.acquire() as conn, conn.transaction():
         owner: uuid.UUID | None = await conn.fetchval(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
+from api.admin.routes import path_user_id
 from api.audit.models import entry
 from api.body import read_json
 from api.errors import UserNotFound, ValidationFailed, echo
@@ -13,7 +14,7 @@ from api.me.reads import load_me
 from api.plans.models import PlanAssign, StorageQuotaSet, plan_assign_schema
 from api.routing import Call, Endpoint, Reply, reply
 from api.spec import path_id
-from api.validation import field_error, parse_body, parse_id
+from api.validation import field_error, parse_body
 from shared import audit
 from shared.logging import get_logger
 from sql import queries
@@ -25,9 +26,7 @@ async def put_user_plan(call: Call) -> Response:
     """PUT /v1/admin/users/{user_id}/plan: put the user on an existing plan (and, with
     ``max_running``, set their own running cap); 200 with the user as GET /v1/me shows them."""
     ctx = call.ctx
-    user_id = parse_id(call.path["user_id"])
-    if user_id is None:
-        raise UserNotFound(f"no user {echo(call.path['user_id'])}")
+    user_id = path_user_id(call)
     body = parse_body(PlanAssign, await read_json(call.request, ctx.settings.max_body_bytes))
     async with ctx.pool.acquire() as conn, conn.transaction():
         if await conn.fetchrow(queries["get_plan"], body.plan) is None:
@@ -51,9 +50,7 @@ async def put_storage_quota(call: Call) -> Response:
     their plan's again); 200 with the user as GET /v1/me shows them. Items already saved stay,
     also past a lowered quota; only later saves and restores are checked against it."""
     ctx = call.ctx
-    user_id = parse_id(call.path["user_id"])
-    if user_id is None:
-        raise UserNotFound(f"no user {echo(call.path['user_id'])}")
+    user_id = path_user_id(call)
     body = parse_body(StorageQuotaSet,
                       await read_json(call.request, ctx.settings.max_body_bytes))
     async with ctx.pool.acquire() as conn, conn.transaction():
