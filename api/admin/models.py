@@ -101,7 +101,9 @@ class Usage(ResponseModel):
 
     jobs: dict[str, int] = Field(description="Jobs by status (statuses with none left out).")
     credits_spent: int = Field(description="Credits captured by the user's jobs, in all.")
-    library_bytes: int = Field(description="Bytes of the user's library items not deleted.")
+    library_bytes: int = Field(
+        description="Bytes of the user's library items that are not deleted: their "
+                    "``storage.used_bytes``.")
 
 
 class AdminUser(Me):

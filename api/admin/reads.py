@@ -25,5 +25,5 @@ async def load_admin_user(conn: Connection, user_id: uuid.UUID, *,
     return AdminUser(
         **me.model_dump(), disabled_at=usage["disabled_at"],
         usage=Usage(jobs=dict(usage["jobs"]), credits_spent=usage["credits_spent"],
-                    library_bytes=usage["library_bytes"]),
+                    library_bytes=me.storage.used_bytes),
         keys=[ApiKey.of(ApiKeyRow.from_row(k)) for k in keys])

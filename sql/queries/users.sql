@@ -77,16 +77,14 @@ LIMIT $4
 
 -- user_usage --
 -- Whether a user is disabled and what they have used: jobs by status, credits captured in
--- all, library bytes. $1 user_id.
+-- all (their library bytes are user_storage's used_bytes). $1 user_id.
 SELECT
     (SELECT disabled_at FROM users WHERE id = $1) AS disabled_at,
     (SELECT coalesce(jsonb_object_agg(status, n), '{}'::jsonb)
      FROM (SELECT status, count(*) AS n FROM generation_jobs WHERE user_id = $1
            GROUP BY status) s) AS jobs,
     (SELECT coalesce(-sum(reserved_delta), 0)::bigint FROM credit_ledger
-     WHERE user_id = $1 AND kind = 'capture') AS credits_spent,
-    coalesce((SELECT bytes_used FROM library_usage WHERE user_id = $1), 0)::bigint
-        AS library_bytes
+     WHERE user_id = $1 AND kind = 'capture') AS credits_spent
 
 -- set_user_disabled --
 -- $1 user_id: disable ($2 true) or enable ($2 false) the user. Returns whether they were disabled before; no

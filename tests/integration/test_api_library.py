@@ -408,6 +408,11 @@ async def test_the_plans_quota_refuses_a_save_past_it(api: Api, tmp_path: Path) 
         await _save(api, user, asset)
     assert await _storage_of(api, user) == {
         "used_bytes": 3 * len(PNG), "quota_bytes": 3 * len(PNG), "quota_source": "plan"}
+    # An admin sees the same bytes, as the user's storage and as their usage.
+    shown = await api.client.get(f"/v1/admin/users/{user.id}", headers=ADMIN)
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["storage"]["used_bytes"] == 3 * len(PNG)
+    assert shown.json()["usage"]["library_bytes"] == 3 * len(PNG)
     r = await api.client.post("/v1/library", headers=user.headers,
                               json={"asset_id": str(assets[3])})
     assert r.status_code == 403, r.text
