@@ -109,57 +109,39 @@ RETURNING *
 DELETE FROM user_collections WHERE id = $1 AND user_id = $2 RETURNING id
 
 -- feed --
--- The public feed: items that are public, not deleted and not taken down, newest published
--- first, keyset after ($1 published_at, $2 id; the first page: after ('infinity', any id)) on
+-- The public feed (the view public_feed, 0037_public_feed.sql), newest published first, keyset
+-- after ($1 published_at, $2 id; the first page: after ('infinity', any id)) on
 -- user_library_feed_idx, whose WHERE and ORDER BY are these. $3 limit. The feed_of_* queries
 -- are the same with a filter, each on an index led by its column (one statement per filter,
 -- so each keeps one plan that seeks its index).
-SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
-       l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
-       l.variants
-FROM user_library l
-WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
-  AND (l.published_at, l.id) < ($1::timestamptz, $2::uuid)
-ORDER BY l.published_at DESC, l.id DESC
+SELECT * FROM public_feed
+WHERE (published_at, id) < ($1::timestamptz, $2::uuid)
+ORDER BY published_at DESC, id DESC
 LIMIT $3
 
 -- feed_of_type --
 -- As ``feed`` ($1 published_at, $2 id, $3 limit), of one asset type $4
 -- (user_library_feed_type_idx).
-SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
-       l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
-       l.variants
-FROM user_library l
-WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
-  AND l.asset_type = $4::text
-  AND (l.published_at, l.id) < ($1::timestamptz, $2::uuid)
-ORDER BY l.published_at DESC, l.id DESC
+SELECT * FROM public_feed
+WHERE asset_type = $4::text AND (published_at, id) < ($1::timestamptz, $2::uuid)
+ORDER BY published_at DESC, id DESC
 LIMIT $3
 
 -- feed_of_model --
 -- As ``feed`` ($1 published_at, $2 id, $3 limit), of one model $4
 -- (user_library_feed_model_idx).
-SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
-       l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
-       l.variants
-FROM user_library l
-WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
-  AND l.model = $4::text
-  AND (l.published_at, l.id) < ($1::timestamptz, $2::uuid)
-ORDER BY l.published_at DESC, l.id DESC
+SELECT * FROM public_feed
+WHERE model = $4::text AND (published_at, id) < ($1::timestamptz, $2::uuid)
+ORDER BY published_at DESC, id DESC
 LIMIT $3
 
 -- feed_of_type_and_model --
 -- As ``feed`` ($1 published_at, $2 id, $3 limit), of one asset type $4 and model $5
 -- (user_library_feed_model_idx).
-SELECT l.id, l.short_id, l.asset_type, l.mime_type, l.file_size_bytes, l.width, l.height,
-       l.duration_seconds, l.prompt, l.model, l.title, l.tags, l.published_at, l.storage_key,
-       l.variants
-FROM user_library l
-WHERE l.visibility = 'public' AND l.deleted_at IS NULL AND l.taken_down_at IS NULL
-  AND l.asset_type = $4::text AND l.model = $5::text
-  AND (l.published_at, l.id) < ($1::timestamptz, $2::uuid)
-ORDER BY l.published_at DESC, l.id DESC
+SELECT * FROM public_feed
+WHERE asset_type = $4::text AND model = $5::text
+  AND (published_at, id) < ($1::timestamptz, $2::uuid)
+ORDER BY published_at DESC, id DESC
 LIMIT $3
 
 -- get_shared --
