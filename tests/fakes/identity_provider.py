@@ -9,7 +9,6 @@ rotating its signing keys does.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -17,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.serving import ThreadedServer
 
 ISSUER = "https://idp.test/auth/v1"
 AUDIENCE = "authenticated"
@@ -70,13 +70,11 @@ class FakeIdentityProvider:
         self.published: list[SigningKey] = list(keys) or [new_key()]
         self.fetches = 0
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
+        self._server = ThreadedServer()
 
     @property
     def jwks_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/jwks.json"
+        return f"http://127.0.0.1:{self._server.port}/jwks.json"
 
     @property
     def key(self) -> SigningKey:
@@ -105,26 +103,8 @@ class FakeIdentityProvider:
 
     def start(self) -> FakeIdentityProvider:
         app = Starlette(routes=[Route("/jwks.json", self._jwks, methods=["GET"])])
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        # loop="asyncio": see tests/fakes/replicate_server.py (no process-wide uvloop policy).
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", loop="asyncio")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake identity provider did not start")
-            time.sleep(0.01)
+        self._server.start(app, "fake identity provider")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._server.stop()

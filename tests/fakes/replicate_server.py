@@ -8,7 +8,6 @@ serves those files itself under ``/files/<name>``, and counts every request it g
 from __future__ import annotations
 
 import itertools
-import socket
 import threading
 import time
 from collections import Counter
@@ -16,11 +15,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.serving import ThreadedServer
 
 
 @dataclass
@@ -85,9 +85,7 @@ class FakeReplicate:
         self._create_errors_left: dict[str, list[int]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
+        self._server = ThreadedServer()
 
     # -- scripting ----------------------------------------------------------------------------
 
@@ -240,28 +238,13 @@ class FakeReplicate:
             Route("/v1/predictions/{pid}/cancel", self._cancel, methods=["POST"]),
             Route("/files/{name}", self._file, methods=["GET"]),
         ])
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        # loop="asyncio": with uvloop installed, uvicorn's "auto" would set a process-wide uvloop
-        # policy from this thread under the test's own asyncio loop; a cancelled client request
-        # then took the full 30 s read timeout to unwind.
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", loop="asyncio")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake Replicate did not start")
-            time.sleep(0.01)
+        self._server.start(app, "fake Replicate")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._server.stop()
+
+    @property
+    def port(self) -> int:
+        """The port it serves on (0 before :meth:`start`)."""
+        return self._server.port

@@ -24,7 +24,9 @@ class ThreadedServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
         self.port = sock.getsockname()[1]
-        # loop="asyncio": see FakeReplicate.start.
+        # loop="asyncio": with uvloop installed, uvicorn's "auto" would set a process-wide uvloop
+        # policy from this thread under the test's own asyncio loop; a cancelled client request
+        # then took the full 30 s read timeout to unwind.
         config = uvicorn.Config(app, log_level="warning", lifespan="off", loop="asyncio",
                                 timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
