@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from api.assets.models import AssetVariant, Row
 from api.fields import Page, ResponseModel, Time
@@ -19,33 +19,38 @@ Tag = Annotated[str, Field(min_length=1, max_length=50, pattern=NO_NUL)]
 MAX_TAGS = 20
 
 
+def _uuid_text(value: object) -> object:
+    # Strict mode takes a UUID only as a uuid.UUID; JSON sends text.
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError as exc:
+            raise ValueError("must be a UUID") from exc
+    return value
+
+
+def _lowered(tags: list[str]) -> list[str]:
+    return list(dict.fromkeys(t.lower() for t in tags))
+
+
+#: An id in a body: JSON text, a UUID (or null, where null is allowed).
+BodyId = Annotated[uuid.UUID, BeforeValidator(_uuid_text)]
+BodyIdOrNull = Annotated[uuid.UUID | None, BeforeValidator(_uuid_text)]
+#: An item's tags: at most MAX_TAGS, then stored lower-case, each once.
+Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS), AfterValidator(_lowered)]
+
+
 class LibrarySave(BaseModel):
     """``POST /v1/library``: save a workspace asset for good."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    asset_id: uuid.UUID
+    asset_id: BodyId
     title: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)
-    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
-    collection_id: uuid.UUID | None = None
+    tags: Tags = Field(default_factory=list)
+    collection_id: BodyIdOrNull = None
     is_favorite: bool = False
     visibility: Visibility = "private"
-
-    @field_validator("asset_id", "collection_id", mode="before")
-    @classmethod
-    def _uuid_text(cls, value: object) -> object:
-        # Strict mode takes a UUID only as a uuid.UUID; JSON sends text.
-        if isinstance(value, str):
-            try:
-                return uuid.UUID(value)
-            except ValueError as exc:
-                raise ValueError("must be a UUID") from exc
-        return value
-
-    @field_validator("tags")
-    @classmethod
-    def _lower(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(t.lower() for t in value))
 
 
 def patch_schema(schema: dict[str, Any]) -> None:
@@ -62,25 +67,10 @@ class LibraryUpdate(BaseModel):
                               json_schema_extra=patch_schema)
 
     title: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)
-    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    tags: Tags = Field(default_factory=list)
     is_favorite: bool = False
     visibility: Visibility = "private"
-    collection_id: uuid.UUID | None = None
-
-    @field_validator("collection_id", mode="before")
-    @classmethod
-    def _uuid_text(cls, value: object) -> object:
-        if isinstance(value, str):
-            try:
-                return uuid.UUID(value)
-            except ValueError as exc:
-                raise ValueError("must be a UUID") from exc
-        return value
-
-    @field_validator("tags")
-    @classmethod
-    def _lower(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(t.lower() for t in value))
+    collection_id: BodyIdOrNull = None
 
     @field_validator("is_favorite", "visibility", "tags", mode="before")
     @classmethod
