@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -19,14 +19,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth import authenticate, require_admin
+from api.body import read_json
 from api.context import ApiContext, context
 from api.middleware import ROUTE_STATE
+from api.validation import parse_body
 
 #: The header that marks an idempotent replay's answer.
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 #: Who may call an endpoint: a user's API key, the admin token, or anyone.
 Auth = Literal["user", "admin", "none"]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,12 @@ class Call:
     def path(self) -> Mapping[str, Any]:
         """The path parameters."""
         return self.request.path_params
+
+    async def body(self, model: type[M]) -> M:
+        """The request's JSON body (at most GENQ_MAX_BODY_BYTES) checked as ``model``; 413,
+        415, 400 or 422 otherwise (:func:`api.body.read_json`, :func:`api.validation.parse_body`).
+        """
+        return parse_body(model, await read_json(self.request, self.ctx.settings.max_body_bytes))
 
 
 Handler = Callable[[Call], Awaitable[Response]]

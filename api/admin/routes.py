@@ -24,7 +24,6 @@ from api.admin.models import (
 )
 from api.admin.reads import load_admin_user
 from api.audit.models import entry
-from api.body import read_json
 from api.credits.models import Credits, LedgerEntry
 from api.errors import JobNotFound, JobNotRefundable, UserNotFound, ValidationFailed
 from api.pagination import (
@@ -37,7 +36,7 @@ from api.pagination import (
 from api.query import QueryParams
 from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply, reply
 from api.spec import BAD_QUERY, IDEMPOTENCY_KEY, PAGE_PARAMETERS, QUERY_RULES, REPLAYED, path_id
-from api.validation import field_error, idempotency_key, parse_body, path_uuid
+from api.validation import field_error, idempotency_key, path_uuid
 from shared import audit, ledger
 from shared.db import Connection
 from shared.errors import AccountNotFound
@@ -69,7 +68,7 @@ async def _balance(conn: Connection, user_id: uuid.UUID) -> int:
 async def post_user(call: Call) -> Response:
     """POST /v1/admin/users: 201 with the new user's API key, shown this once."""
     ctx = call.ctx
-    body = parse_body(UserCreate, await read_json(call.request, ctx.settings.max_body_bytes))
+    body = await call.body(UserCreate)
     async with ctx.pool.acquire() as conn, conn.transaction():
         user = await create_user(conn, body.email)
         await audit.record(conn, entry(call, "user.create", "user", user.id,
@@ -86,7 +85,7 @@ async def post_grant(call: Call) -> Response:
     ctx, request = call.ctx, call.request
     user_id = path_user_id(call)
     key = idempotency_key(request.headers.get("idempotency-key"))
-    body = parse_body(CreditGrant, await read_json(request, ctx.settings.max_body_bytes))
+    body = await call.body(CreditGrant)
     stored_key = f"admin:{key}" if key is not None else None
     async with ctx.pool.acquire() as conn, conn.transaction():
         try:
@@ -196,7 +195,7 @@ async def post_job_refund(call: Call) -> Response:
     """POST /v1/admin/jobs/{job_id}/refund: give back what a finished job captured, once."""
     ctx = call.ctx
     job_id = path_uuid(call, "job_id", JobNotFound, "job")
-    body = parse_body(JobRefund, await read_json(call.request, ctx.settings.max_body_bytes))
+    body = await call.body(JobRefund)
     async with ctx.pool.acquire() as conn, conn.transaction():
         job = await conn.fetchrow(queries["job_captured"], job_id, None)
         if job is None:

@@ -7,7 +7,6 @@ import uuid
 import asyncpg
 from starlette.responses import Response
 
-from api.body import read_json
 from api.collections.models import Collection, CollectionCreate, CollectionPage, CollectionUpdate
 from api.errors import CollectionNotFound
 from api.pagination import (
@@ -20,7 +19,7 @@ from api.pagination import (
 from api.query import QueryParams
 from api.routing import Call, Endpoint, Reply, reply
 from api.spec import BAD_QUERY, PAGE_PARAMETERS, QUERY_RULES, path_id
-from api.validation import parse_body, path_uuid
+from api.validation import path_uuid
 from shared.errors import CollectionNameTaken
 from sql import queries
 
@@ -32,8 +31,7 @@ def _path_id(call: Call) -> uuid.UUID:
 
 async def post_collection(call: Call) -> Response:
     """POST /v1/collections: 201; a name the caller already uses is 409."""
-    body = parse_body(CollectionCreate,
-                      await read_json(call.request, call.ctx.settings.max_body_bytes))
+    body = await call.body(CollectionCreate)
     async with call.ctx.pool.acquire() as conn:
         row = await conn.fetchrow(queries["create_collection"], call.user, body.name,
                                   body.description)
@@ -69,8 +67,7 @@ async def get_collection(call: Call) -> Response:
 async def patch_collection(call: Call) -> Response:
     """PATCH /v1/collections/{collection_id}: name and/or description."""
     collection_id = _path_id(call)
-    body = parse_body(CollectionUpdate,
-                      await read_json(call.request, call.ctx.settings.max_body_bytes))
+    body = await call.body(CollectionUpdate)
     given = body.model_fields_set
     try:
         async with call.ctx.pool.acquire() as conn:

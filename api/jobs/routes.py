@@ -6,7 +6,6 @@ import uuid
 
 from starlette.responses import Response
 
-from api.body import read_json
 from api.errors import JobNotFound, ValidationFailed
 from api.jobs.intake import admit_submission
 from api.jobs.models import Job, JobCreate, JobPage, check_job
@@ -15,7 +14,7 @@ from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse
 from api.query import QueryParams, one_of
 from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply, reply
 from api.spec import BAD_QUERY, IDEMPOTENCY_KEY, PAGE_PARAMETERS, QUERY_RULES, REPLAYED, path_id
-from api.validation import field_error, idempotency_key, parse_body, path_uuid
+from api.validation import field_error, idempotency_key, path_uuid
 from shared.webhooks import address_problem
 
 
@@ -28,7 +27,7 @@ async def create_job(call: Call) -> Response:
     """POST /v1/jobs: 202 with the queued job (or the original one, on an idempotent replay)."""
     ctx, request = call.ctx, call.request
     key = idempotency_key(request.headers.get("idempotency-key"))
-    job = parse_body(JobCreate, await read_json(request, ctx.settings.max_body_bytes))
+    job = await call.body(JobCreate)
     check_job(
         job,
         max_prompt_chars=ctx.settings.max_prompt_chars,

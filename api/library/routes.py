@@ -9,7 +9,6 @@ import asyncpg
 from starlette.responses import Response
 
 from api.assets.reads import load_asset, signed_urls
-from api.body import read_json
 from api.content import EXTENSIONS, serve_object
 from api.errors import AssetNotFound, CollectionNotFound, LibraryItemNotFound
 from api.library.models import LibraryItem, LibraryPage, LibrarySave, LibraryUpdate
@@ -32,7 +31,7 @@ from api.spec import (
     QUERY_RULES,
     path_id,
 )
-from api.validation import parse_body, path_uuid
+from api.validation import path_uuid
 from shared.db import Connection
 from shared.errors import StorageQuotaExceeded
 from shared.library import save_asset
@@ -62,7 +61,7 @@ def path_item_id(call: Call) -> uuid.UUID:
 async def post_library(call: Call) -> Response:
     """POST /v1/library: 201 with the new item, 200 with the item saved before."""
     ctx, user_id = call.ctx, call.user
-    body = parse_body(LibrarySave, await read_json(call.request, ctx.settings.max_body_bytes))
+    body = await call.body(LibrarySave)
     async with ctx.pool.acquire() as conn:
         asset = await load_asset(conn, user_id, body.asset_id)
     saved = await save_asset(
@@ -159,8 +158,7 @@ async def _item_reply(call: Call, item_id: uuid.UUID) -> Response:
 async def patch_library_item(call: Call) -> Response:
     """PATCH /v1/library/{item_id}: change the fields given (not of a deleted item)."""
     item_id = path_item_id(call)
-    body = parse_body(LibraryUpdate,
-                      await read_json(call.request, call.ctx.settings.max_body_bytes))
+    body = await call.body(LibraryUpdate)
     given = body.model_fields_set
     try:
         async with call.ctx.pool.acquire() as conn:

@@ -11,7 +11,6 @@ from starlette.responses import Response
 
 from api.assets.reads import signed_urls
 from api.audit.models import entry
-from api.body import read_json
 from api.content import EXTENSIONS, serve_object
 from api.errors import LibraryItemNotFound, echo
 from api.library.models import FeedPage, LibraryItem, SharedItem, Takedown
@@ -34,7 +33,6 @@ from api.spec import (
     QUERY_RULES,
     path_id,
 )
-from api.validation import parse_body
 from shared import audit
 from shared.library import feed_read
 from shared.logging import get_logger
@@ -113,7 +111,7 @@ async def get_shared_content(call: Call) -> Response:
 async def post_takedown(call: Call) -> Response:
     """POST /v1/admin/library/{item_id}/takedown: hidden from the feed and share links."""
     item_id = path_item_id(call)
-    body = parse_body(Takedown, await read_json(call.request, call.ctx.settings.max_body_bytes))
+    body = await call.body(Takedown)
     async with call.ctx.pool.acquire() as conn, conn.transaction():
         owner: uuid.UUID | None = await conn.fetchval(
             queries["take_down_library_item"], item_id, body.reason)

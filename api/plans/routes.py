@@ -7,14 +7,13 @@ from starlette.responses import Response
 
 from api.admin.routes import path_user_id
 from api.audit.models import entry
-from api.body import read_json
 from api.errors import UserNotFound, ValidationFailed, echo
 from api.me.models import Me
 from api.me.reads import load_me
 from api.plans.models import PlanAssign, StorageQuotaSet, plan_assign_schema
 from api.routing import Call, Endpoint, Reply, reply
 from api.spec import path_id
-from api.validation import field_error, parse_body
+from api.validation import field_error
 from shared import audit
 from shared.logging import get_logger
 from sql import queries
@@ -27,7 +26,7 @@ async def put_user_plan(call: Call) -> Response:
     ``max_running``, set their own running cap); 200 with the user as GET /v1/me shows them."""
     ctx = call.ctx
     user_id = path_user_id(call)
-    body = parse_body(PlanAssign, await read_json(call.request, ctx.settings.max_body_bytes))
+    body = await call.body(PlanAssign)
     async with ctx.pool.acquire() as conn, conn.transaction():
         if await conn.fetchrow(queries["get_plan"], body.plan) is None:
             raise ValidationFailed("unknown plan", details=[
@@ -51,8 +50,7 @@ async def put_storage_quota(call: Call) -> Response:
     also past a lowered quota; only later saves and restores are checked against it."""
     ctx = call.ctx
     user_id = path_user_id(call)
-    body = parse_body(StorageQuotaSet,
-                      await read_json(call.request, ctx.settings.max_body_bytes))
+    body = await call.body(StorageQuotaSet)
     async with ctx.pool.acquire() as conn, conn.transaction():
         if await conn.fetchval(queries["set_storage_quota"], user_id, body.quota_bytes) is None:
             raise UserNotFound(f"no user {user_id}")
