@@ -12,6 +12,7 @@ import binascii
 import json
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from api.query import invalid as _invalid
 
@@ -91,3 +92,18 @@ def decode_id_cursor(cursor: str) -> int:
     ):
         raise _invalid("cursor", "not a cursor this server made")
     return payload[0]
+
+
+def time_page(rows: list[Any], limit: int, key: str = "created_at") -> tuple[list[Any], str | None]:
+    """A page read as ``limit + 1`` rows sorted by (``key``, id) descending: its first ``limit``
+    rows and the cursor after the last of them (None: there is no next page)."""
+    page = rows[:limit]
+    if len(rows) <= limit:
+        return page, None
+    return page, encode_time_cursor(page[-1][key], page[-1]["id"])
+
+
+def id_page(rows: list[Any], limit: int) -> tuple[list[Any], str | None]:
+    """As :func:`time_page`, for rows sorted by a bigint id descending."""
+    page = rows[:limit]
+    return page, encode_id_cursor(page[-1]["id"]) if len(rows) > limit else None

@@ -30,8 +30,8 @@ from api.pagination import (
     DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_time_cursor,
-    encode_time_cursor,
     parse_limit,
+    time_page,
 )
 from api.query import QueryParams
 from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply, reply
@@ -129,9 +129,7 @@ async def get_users(call: Call) -> Response:
         rows = await conn.fetch(queries["find_users"], email, before_at, before_id, limit + 1)
         await audit.record(conn, entry(call, "user.search",
                                        details={"email": email} if email is not None else {}))
-    page = rows[:limit]
-    next_cursor = (encode_time_cursor(page[-1]["created_at"], page[-1]["id"])
-                   if len(rows) > limit else None)
+    page, next_cursor = time_page(rows, limit)
     return reply(UserPage(data=[
         UserSummary(id=r["id"], email=r["email"], created_at=r["created_at"],
                     disabled_at=r["disabled_at"], plan=r["plan"],

@@ -9,7 +9,7 @@ from typing import Any
 
 from api.assets.models import Asset
 from api.errors import AssetNotFound
-from api.pagination import encode_time_cursor
+from api.pagination import time_page
 from shared.db import Connection
 from sql import queries
 
@@ -48,7 +48,6 @@ async def list_assets(
     rows = await conn.fetch(
         queries["list_assets"], user_id, job_id, created_at, last_id, limit + 1
     )
-    page, more = rows[:limit], len(rows) > limit
-    next_cursor = encode_time_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
+    page, next_cursor = time_page(rows, limit)
     urls = await signed_urls(sign, page)
     return [Asset.from_row(r, urls) for r in page], next_cursor

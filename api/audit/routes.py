@@ -9,7 +9,7 @@ from api.pagination import (
     DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_id_cursor,
-    encode_id_cursor,
+    id_page,
     parse_limit,
 )
 from api.query import QueryParams
@@ -27,8 +27,7 @@ async def get_audit(call: Call) -> Response:
     async with call.ctx.pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(queries["list_audit"], before, limit + 1)
         await audit.record(conn, entry(call, "audit.list"))
-    page = rows[:limit]
-    next_cursor = encode_id_cursor(page[-1]["id"]) if len(rows) > limit else None
+    page, next_cursor = id_page(rows, limit)
     return reply(AuditPage(data=[AuditRecord.from_row(r) for r in page],
                            next_cursor=next_cursor))
 

@@ -13,8 +13,8 @@ from api.pagination import (
     DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_time_cursor,
-    encode_time_cursor,
     parse_limit,
+    time_page,
 )
 from api.query import QueryParams
 from api.routing import Call, Endpoint, Reply, reply
@@ -48,8 +48,7 @@ async def get_collections(call: Call) -> Response:
     async with call.ctx.pool.acquire() as conn:
         rows = await conn.fetch(queries["list_collections"], call.user, created_at, last_id,
                                 limit + 1)
-    page, more = rows[:limit], len(rows) > limit
-    next_cursor = encode_time_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
+    page, next_cursor = time_page(rows, limit)
     return reply(CollectionPage(data=[Collection.from_row(r) for r in page],
                                 next_cursor=next_cursor))
 

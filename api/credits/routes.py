@@ -9,7 +9,7 @@ from api.pagination import (
     DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_id_cursor,
-    encode_id_cursor,
+    id_page,
     parse_limit,
 )
 from api.query import QueryParams
@@ -33,8 +33,7 @@ async def get_ledger(call: Call) -> Response:
     rows = await call.ctx.pool.fetch(
         queries["list_ledger_entries"], call.user, before, limit + 1
     )
-    page = rows[:limit]
-    next_cursor = encode_id_cursor(page[-1]["id"]) if len(rows) > limit else None
+    page, next_cursor = id_page(rows, limit)
     return reply(LedgerPage(data=[LedgerEntry.from_row(r) for r in page],
                             next_cursor=next_cursor))
 

@@ -10,7 +10,7 @@ from typing import Any
 from api.assets.reads import Sign, signed_urls
 from api.errors import JobNotFound
 from api.jobs.models import Job
-from api.pagination import encode_time_cursor
+from api.pagination import time_page
 from shared.db import Connection, Pool
 from shared.types import JobStatus
 from sql import queries
@@ -51,13 +51,12 @@ async def list_jobs(
     rows = await conn.fetch(
         queries["list_jobs"], user_id, status, created_at, last_id, limit + 1
     )
-    page, more = rows[:limit], len(rows) > limit
+    page, next_cursor = time_page(rows, limit)
     outputs: dict[uuid.UUID, list[Any]] = defaultdict(list)
     if page:
         for asset in await conn.fetch(
             queries["list_job_assets"], user_id, [r["id"] for r in page]
         ):
             outputs[asset["job_id"]].append(asset)
-    next_cursor = encode_time_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
     urls = await signed_urls(sign, (a for rows in outputs.values() for a in rows))
     return [Job.from_row(r, outputs[r["id"]], urls) for r in page], next_cursor

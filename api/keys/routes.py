@@ -19,8 +19,8 @@ from api.pagination import (
     DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_time_cursor,
-    encode_time_cursor,
     parse_limit,
+    time_page,
 )
 from api.query import QueryParams
 from api.routing import Call, Endpoint, Reply, reply
@@ -59,9 +59,7 @@ async def list_my_keys(call: Call) -> Response:
     before_at, before_id = cursor if cursor is not None else (None, None)
     rows = await call.ctx.pool.fetch(queries["list_api_keys"], call.user, before_at, before_id,
                                      limit + 1)
-    page = rows[:limit]
-    next_cursor = (encode_time_cursor(page[-1]["created_at"], page[-1]["id"])
-                   if len(rows) > limit else None)
+    page, next_cursor = time_page(rows, limit)
     return reply(ApiKeyPage(data=[ApiKey.of(ApiKeyRow.from_row(r)) for r in page],
                             next_cursor=next_cursor))
 

@@ -16,8 +16,8 @@ from api.pagination import (
     DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_time_cursor,
-    encode_time_cursor,
     parse_limit,
+    time_page,
 )
 from api.query import QueryParams, a_uuid, invalid, one_of
 from api.routing import Call, Endpoint, Reply, reply
@@ -117,8 +117,7 @@ async def get_library(call: Call) -> Response:
             tag.lower() if tag is not None else None, favorite, kind, model, visibility, words,
             created_at, last_id, limit + 1,
         )
-    page, more = rows[:limit], len(rows) > limit
-    next_cursor = encode_time_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
+    page, next_cursor = time_page(rows, limit)
     urls = await signed_urls(ctx.content_url, page)
     return reply(LibraryPage(data=[LibraryItem.from_row(r, urls) for r in page],
                              next_cursor=next_cursor))

@@ -19,8 +19,8 @@ from api.pagination import (
     DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_time_cursor,
-    encode_time_cursor,
     parse_limit,
+    time_page,
 )
 from api.query import QueryParams, invalid, one_of
 from api.routing import Call, Endpoint, Reply, reply
@@ -62,9 +62,7 @@ async def get_feed(call: Call) -> Response:
     sql, args = feed_read(kind, model, query.get("cursor", decode_time_cursor), limit + 1)
     async with call.ctx.pool.acquire() as conn:
         rows = await conn.fetch(sql, *args)
-    page, more = rows[:limit], len(rows) > limit
-    next_cursor = (encode_time_cursor(page[-1]["published_at"], page[-1]["id"])
-                   if more else None)
+    page, next_cursor = time_page(rows, limit, "published_at")
     urls = await _variant_urls(call, page)
     return reply(FeedPage(data=[SharedItem.from_row(r, urls) for r in page],
                           next_cursor=next_cursor))
