@@ -12,19 +12,18 @@ import hashlib
 import json
 import math
 import re
-import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeGuard
 
 import jsonschema
 import referencing.exceptions
 from jsonschema import Draft202012Validator
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.db import Connection
+from shared.entries import load_entries
 from shared.errors import ConfigError
 from shared.types import AssetType
 from sql import queries
@@ -396,36 +395,10 @@ def _message(error: jsonschema.ValidationError) -> str:
     return str(error.message)
 
 
-def _parse(text: str, origin: str) -> list[ModelSpec]:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
-    entries = data.get("models", [])
-    if not isinstance(entries, list):
-        raise ConfigError(f"{origin}: [[models]] must be an array of tables")
-    specs = []
-    for i, entry in enumerate(entries):
-        try:
-            specs.append(ModelSpec.model_validate(entry))
-        except ValidationError as exc:
-            key = entry.get("key") if isinstance(entry, dict) else None
-            name = f"models[{i}] ({key})" if isinstance(key, str) else f"models[{i}]"
-            raise ConfigError(f"{origin}: {name}: {exc}") from exc
-    return specs
-
-
 def load_catalog(models_file: Path | None) -> list[ModelSpec]:
     """The built-in models, overlaid with the operator's file (same key: the file wins)."""
-    builtin = resources.files("shared").joinpath("models.toml").read_text(encoding="utf-8")
-    merged = {spec.key: spec for spec in _parse(builtin, "built-in models.toml")}
-    if models_file is not None:
-        try:
-            text = models_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"GENQ_MODELS_FILE: cannot read {models_file}: {exc}") from exc
-        for spec in _parse(text, str(models_file)):
-            merged[spec.key] = spec
+    merged = load_entries(ModelSpec, "models", "key", "models.toml", models_file,
+                          "GENQ_MODELS_FILE")
     for spec in merged.values():
         if spec.fallback is None:
             continue

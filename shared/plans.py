@@ -13,19 +13,18 @@ comes back in, once, never the periods it missed.
 
 from __future__ import annotations
 
-import tomllib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared import ledger
 from shared.db import Connection, Pool
-from shared.errors import BalanceLimitExceeded, ConfigError
+from shared.entries import load_entries
+from shared.errors import BalanceLimitExceeded
 from shared.logging import get_logger
 from shared.settings import Settings
 from sql import queries
@@ -54,36 +53,10 @@ class PlanSpec(BaseModel):
     storage_quota_bytes: int | None = Field(default=None, ge=1)
 
 
-def _parse(text: str, origin: str) -> list[PlanSpec]:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
-    entries = data.get("plans", [])
-    if not isinstance(entries, list):
-        raise ConfigError(f"{origin}: [[plans]] must be a list of tables")
-    specs = []
-    for i, entry in enumerate(entries):
-        try:
-            specs.append(PlanSpec.model_validate(entry))
-        except ValidationError as exc:
-            name = entry.get("name", f"#{i + 1}") if isinstance(entry, dict) else f"#{i + 1}"
-            raise ConfigError(f"{origin}: plan {name}: {exc}") from exc
-    return specs
-
-
 def load_plans(plans_file: Path | None) -> list[PlanSpec]:
     """The built-in plans, with ``plans_file``'s merged over them by name."""
-    text = resources.files("shared").joinpath("plans.toml").read_text(encoding="utf-8")
-    merged = {p.name: p for p in _parse(text, "shared/plans.toml")}
-    if plans_file is not None:
-        try:
-            extra = plans_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"GENQ_PLANS_FILE: cannot read {plans_file}: {exc}") from exc
-        for spec in _parse(extra, str(plans_file)):
-            merged[spec.name] = spec
-    return list(merged.values())
+    return list(load_entries(PlanSpec, "plans", "name", "plans.toml", plans_file,
+                             "GENQ_PLANS_FILE").values())
 
 
 def dispatch_on(settings: Settings) -> bool:

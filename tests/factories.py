@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import ledger
-from shared.catalog import _parse, load_catalog, sync_catalog
+from shared.catalog import ModelSpec, load_catalog, sync_catalog
 from shared.db import Connection, Pool
+from shared.entries import parse_entries
 from shared.storage import LocalStorage, Storage, asset_key
 from shared.users import create_user
 from sql import queries
@@ -65,7 +66,7 @@ class NewJob:
 async def add_models(pool: Pool, toml_text: str) -> None:
     """Add catalog models to this test's database (the built-in ones stay)."""
     specs = {s.key: s for s in load_catalog(None)}
-    for spec in _parse(toml_text, "test models"):
+    for spec in parse_entries(ModelSpec, "models", "key", toml_text, "test models"):
         specs[spec.key] = spec
     async with pool.acquire() as conn:
         await sync_catalog(conn, list(specs.values()))
