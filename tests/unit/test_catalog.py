@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from shared.catalog import Checked, ModelRules, load_catalog
 from shared.errors import ConfigError
+from shared.plans import load_plans
 
 
 def test_builtin_catalog_has_local_models() -> None:
@@ -48,9 +50,12 @@ def test_bad_catalog_files_are_config_errors(tmp_path: Path, body: str) -> None:
         load_catalog(f)
 
 
-def test_missing_file_names_the_setting(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="GENQ_MODELS_FILE"):
-        load_catalog(tmp_path / "absent.toml")
+@pytest.mark.parametrize(("load", "setting"), [(load_catalog, "GENQ_MODELS_FILE"),
+                                               (load_plans, "GENQ_PLANS_FILE")])
+def test_missing_file_names_the_setting(tmp_path: Path, load: Callable[[Path], object],
+                                        setting: str) -> None:
+    with pytest.raises(ConfigError, match=setting):
+        load(tmp_path / "absent.toml")
 
 
 ENTRY = ('[[models]]\nkey = "acme/m"\nprovider = "replicate"\nref = "acme/m"\n'
