@@ -142,12 +142,14 @@ class JobNotFound(NotFound):
     """No such job."""
 
     code = "job_not_found"
+    what = "job"
 
 
 class AssetNotFound(NotFound):
     """No such asset, or it has expired."""
 
     code = "asset_not_found"
+    what = "asset"
 
 
 class FileNotFound(NotFound):
@@ -160,24 +162,28 @@ class UserNotFound(NotFound):
     """No such user."""
 
     code = "user_not_found"
+    what = "user"
 
 
 class ApiKeyNotFound(NotFound):
     """No such API key (or it is another user's)."""
 
     code = "api_key_not_found"
+    what = "API key"
 
 
 class LibraryItemNotFound(NotFound):
     """No such library item (or it is another user's, or not shared)."""
 
     code = "library_item_not_found"
+    what = "library item"
 
 
 class CollectionNotFound(NotFound):
     """No such collection (or it is another user's)."""
 
     code = "collection_not_found"
+    what = "collection"
 
 
 class RangeNotSatisfiable(GenqError):

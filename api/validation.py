@@ -59,13 +59,13 @@ def parse_id(raw: str) -> uuid.UUID | None:
         return None
 
 
-def path_uuid(call: Call, name: str, error: type[NotFound], what: str) -> uuid.UUID:
+def path_uuid(call: Call, name: str, error: type[NotFound]) -> uuid.UUID:
     """The path parameter ``name`` as a UUID. A malformed one names nothing, so it is the same
-    404 as an id that exists nowhere: ``error`` with the message ``no <what> <id>``."""
+    404 as an id that exists nowhere: ``error.of(id)``."""
     raw = call.path[name]
     value = parse_id(raw)
     if value is None:
-        raise error(f"no {what} {echo(raw)}")
+        raise error.of(echo(raw))
     return value
 
 

@@ -29,7 +29,7 @@ to a status in one table (:data:`api.errors.HTTP_STATUS`), and holds the errors 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, Self
 
 
 class GenqError(Exception):
@@ -77,6 +77,13 @@ class NotFound(GenqError):
     """The resource does not exist."""
 
     code = "not_found"
+    #: What the resource is called in the message of :meth:`of`.
+    what: ClassVar[str] = "resource"
+
+    @classmethod
+    def of(cls, ref: object) -> Self:
+        """The error for the resource ``ref`` names: ``no <what> <ref>``."""
+        return cls(f"no {cls.what} {ref}")
 
 
 class AccountNotFound(NotFound):

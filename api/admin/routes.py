@@ -53,14 +53,14 @@ _MAX_EMAIL_CHARS = 320
 
 def path_user_id(call: Call) -> uuid.UUID:
     """The ``{user_id}`` of the path; a malformed one is simply not found."""
-    return path_uuid(call, "user_id", UserNotFound, "user")
+    return path_uuid(call, "user_id", UserNotFound)
 
 
 async def _balance(conn: Connection, user_id: uuid.UUID) -> int:
     """The account's balance, locked until the transaction ends (so before/after are exact)."""
     row = await conn.fetchrow(queries["lock_account"], user_id)
     if row is None:
-        raise UserNotFound(f"no user {user_id}")
+        raise UserNotFound.of(user_id)
     balance: int = row["balance"]
     return balance
 
@@ -100,7 +100,7 @@ async def post_grant(call: Call) -> Response:
                 entry_id, after, replayed = (adjusted.entry_id, adjusted.balance_after,
                                              adjusted.replayed)
         except AccountNotFound as exc:
-            raise UserNotFound(f"no user {user_id}") from exc
+            raise UserNotFound.of(user_id) from exc
         if replayed:
             after = before
         row = await conn.fetchrow(queries["get_ledger_entry"], entry_id, user_id)
@@ -144,7 +144,7 @@ async def get_user(call: Call) -> Response:
         user = await load_admin_user(
             conn, user_id, default_quota_bytes=call.ctx.settings.library_quota_bytes)
         if user is None:
-            raise UserNotFound(f"no user {user_id}")
+            raise UserNotFound.of(user_id)
         await audit.record(conn, entry(call, "user.view", "user", user_id))
     return reply(user)
 
@@ -156,7 +156,7 @@ async def _set_disabled(call: Call, disabled: bool) -> Response:
         before = await _balance(conn, user_id)
         done = await set_disabled(conn, user_id, disabled)
         if done is None:
-            raise UserNotFound(f"no user {user_id}")
+            raise UserNotFound.of(user_id)
         was_disabled, canceled = done
         refunded = sum(job.refunded for job in canceled)
         await audit.record(conn, entry(
@@ -192,12 +192,12 @@ async def post_enable(call: Call) -> Response:
 async def post_job_refund(call: Call) -> Response:
     """POST /v1/admin/jobs/{job_id}/refund: give back what a finished job captured, once."""
     ctx = call.ctx
-    job_id = path_uuid(call, "job_id", JobNotFound, "job")
+    job_id = path_uuid(call, "job_id", JobNotFound)
     body = await call.body(JobRefund)
     async with ctx.pool.acquire() as conn, conn.transaction():
         job = await conn.fetchrow(queries["job_captured"], job_id, None)
         if job is None:
-            raise JobNotFound(f"no job {job_id}")
+            raise JobNotFound.of(job_id)
         if not JobStatus(job["status"]).terminal or job["captured"] <= 0:
             raise JobNotRefundable(
                 f"the job is {job['status']} and captured {job['captured']} credits; only a "

@@ -30,7 +30,7 @@ async def load_asset(conn: Connection, user_id: uuid.UUID, asset_id: uuid.UUID) 
     """One unexpired asset row (with its storage key); :class:`AssetNotFound` otherwise."""
     row = await conn.fetchrow(queries["get_asset"], asset_id, user_id)
     if row is None:
-        raise AssetNotFound(f"no asset {asset_id}")
+        raise AssetNotFound.of(asset_id)
     return row
 
 

@@ -47,7 +47,7 @@ async def get_assets(call: Call) -> Response:
 
 def path_asset_id(call: Call) -> uuid.UUID:
     """The ``{asset_id}`` of the path; a malformed one is simply not found."""
-    return path_uuid(call, "asset_id", AssetNotFound, "asset")
+    return path_uuid(call, "asset_id", AssetNotFound)
 
 
 async def _path_asset(call: Call) -> Any:

@@ -26,7 +26,7 @@ from sql import queries
 
 def _path_id(call: Call) -> uuid.UUID:
     """The ``{collection_id}`` of the path; a malformed one is simply not found."""
-    return path_uuid(call, "collection_id", CollectionNotFound, "collection")
+    return path_uuid(call, "collection_id", CollectionNotFound)
 
 
 async def post_collection(call: Call) -> Response:
@@ -59,7 +59,7 @@ async def get_collection(call: Call) -> Response:
     async with call.ctx.pool.acquire() as conn:
         row = await conn.fetchrow(queries["get_collection"], collection_id, call.user)
     if row is None:
-        raise CollectionNotFound(f"no collection {collection_id}")
+        raise CollectionNotFound.of(collection_id)
     return reply(Collection.from_row(row))
 
 
@@ -77,7 +77,7 @@ async def patch_collection(call: Call) -> Response:
     except asyncpg.UniqueViolationError as exc:
         raise CollectionNameTaken(f"you already have a collection named {body.name!r}") from exc
     if row is None:
-        raise CollectionNotFound(f"no collection {collection_id}")
+        raise CollectionNotFound.of(collection_id)
     return reply(Collection.from_row(row))
 
 
@@ -87,7 +87,7 @@ async def delete_collection(call: Call) -> Response:
     async with call.ctx.pool.acquire() as conn:
         gone = await conn.fetchval(queries["delete_collection"], collection_id, call.user)
     if gone is None:
-        raise CollectionNotFound(f"no collection {collection_id}")
+        raise CollectionNotFound.of(collection_id)
     return Response(status_code=204)
 
 

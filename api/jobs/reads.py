@@ -24,7 +24,7 @@ async def load_job(
     """One job; :class:`JobNotFound` if the user has no such job."""
     row = await conn.fetchrow(queries["get_job"], job_id, user_id)
     if row is None:
-        raise JobNotFound(f"no job {job_id}")
+        raise JobNotFound.of(job_id)
     assets = await conn.fetch(queries["list_job_assets"], user_id, [job_id])
     return Job.from_row(row, assets, await signed_urls(sign, assets))
 
@@ -33,7 +33,7 @@ async def load_new_job(pool: Pool, user_id: uuid.UUID, job_id: uuid.UUID) -> Job
     """A job just accepted (it has no outputs yet)."""
     row = await pool.fetchrow(queries["get_job"], job_id, user_id)
     if row is None:
-        raise JobNotFound(f"no job {job_id}")
+        raise JobNotFound.of(job_id)
     return Job.from_row(row)
 
 

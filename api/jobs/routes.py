@@ -20,7 +20,7 @@ from shared.webhooks import address_problem
 
 def path_job_id(call: Call) -> uuid.UUID:
     """The ``{job_id}`` of the path; a malformed one is simply not found."""
-    return path_uuid(call, "job_id", JobNotFound, "job")
+    return path_uuid(call, "job_id", JobNotFound)
 
 
 async def create_job(call: Call) -> Response:

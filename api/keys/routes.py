@@ -39,7 +39,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 def _key_id(call: Call) -> uuid.UUID:
     """The ``{key_id}`` of the path; a malformed one is simply not found."""
-    return path_uuid(call, "key_id", ApiKeyNotFound, "API key")
+    return path_uuid(call, "key_id", ApiKeyNotFound)
 
 
 async def _revoked(call: Call, revoked: RevokedKey) -> None:
@@ -80,7 +80,7 @@ async def delete_my_key(call: Call) -> Response:
     async with call.ctx.pool.acquire() as conn:
         revoked = await revoke_api_key(conn, key_id, call.user)
     if revoked is None:
-        raise ApiKeyNotFound(f"no API key {key_id}")
+        raise ApiKeyNotFound.of(key_id)
     await _revoked(call, revoked)
     return Response(status_code=204)
 
@@ -91,7 +91,7 @@ async def post_user_key(call: Call) -> Response:
     async with call.ctx.pool.acquire() as conn, conn.transaction():
         made = await add_api_key(conn, user_id)
         if made is None:
-            raise UserNotFound(f"no user {user_id}")
+            raise UserNotFound.of(user_id)
         key, secret = made
         await audit.record(conn, entry(call, "key.create", "user", user_id,
                                        details={"key_id": str(key.id), "prefix": key.prefix}))
@@ -105,7 +105,7 @@ async def delete_any_key(call: Call) -> Response:
     async with call.ctx.pool.acquire() as conn, conn.transaction():
         revoked = await revoke_api_key(conn, key_id, None)
         if revoked is None:
-            raise ApiKeyNotFound(f"no API key {key_id}")
+            raise ApiKeyNotFound.of(key_id)
         await audit.record(conn, entry(
             call, "key.revoke", "api_key", key_id,
             details={"user_id": str(revoked.key.user_id), "prefix": revoked.key.prefix,

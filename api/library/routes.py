@@ -49,13 +49,13 @@ async def load_item(conn: Connection, user_id: uuid.UUID, item_id: uuid.UUID,
     """One item of the user (a deleted one only if ``deleted``); 404 otherwise."""
     row = await conn.fetchrow(queries["get_library_item"], item_id, user_id)
     if row is None or (row["deleted_at"] is not None and not deleted):
-        raise LibraryItemNotFound(f"no library item {item_id}")
+        raise LibraryItemNotFound.of(item_id)
     return row
 
 
 def path_item_id(call: Call) -> uuid.UUID:
     """The ``{item_id}`` of the path; a malformed one is simply not found."""
-    return path_uuid(call, "item_id", LibraryItemNotFound, "library item")
+    return path_uuid(call, "item_id", LibraryItemNotFound)
 
 
 async def post_library(call: Call) -> Response:
@@ -71,8 +71,8 @@ async def post_library(call: Call) -> Response:
     )
     if saved.outcome == "asset_not_found" or saved.item_id is None:
         if saved.outcome == "collection_not_found":
-            raise CollectionNotFound(f"no collection {body.collection_id}")
-        raise AssetNotFound(f"no asset {body.asset_id}")
+            raise CollectionNotFound.of(body.collection_id)
+        raise AssetNotFound.of(body.asset_id)
     created = saved.outcome == "created"
     async with ctx.pool.acquire() as conn:
         row = await load_item(conn, user_id, saved.item_id, deleted=True)
@@ -168,9 +168,9 @@ async def patch_library_item(call: Call) -> Response:
                 body.visibility, "collection_id" in given, body.collection_id,
             )
     except asyncpg.ForeignKeyViolationError as exc:
-        raise CollectionNotFound(f"no collection {body.collection_id}") from exc
+        raise CollectionNotFound.of(body.collection_id) from exc
     if updated is None:
-        raise LibraryItemNotFound(f"no library item {item_id}")
+        raise LibraryItemNotFound.of(item_id)
     return await _item_reply(call, item_id)
 
 
@@ -180,7 +180,7 @@ async def delete_library_item(call: Call) -> Response:
     async with call.ctx.pool.acquire() as conn:
         found = await conn.fetchval(queries["delete_library_item"], item_id, call.user)
     if not found:
-        raise LibraryItemNotFound(f"no library item {item_id}")
+        raise LibraryItemNotFound.of(item_id)
     log.info("library_item_deleted", item_id=str(item_id))
     return Response(status_code=204)
 

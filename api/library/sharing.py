@@ -114,7 +114,7 @@ async def post_takedown(call: Call) -> Response:
         owner: uuid.UUID | None = await conn.fetchval(
             queries["take_down_library_item"], item_id, body.reason)
         if owner is None:
-            raise LibraryItemNotFound(f"no library item {item_id}")
+            raise LibraryItemNotFound.of(item_id)
         row = await load_item(conn, owner, item_id, deleted=True)
         await audit.record(conn, entry(call, "library.takedown", "library_item", item_id,
                                        details={"user_id": str(owner), "reason": body.reason}))

@@ -32,7 +32,7 @@ async def put_user_plan(call: Call) -> Response:
             raise ValidationFailed("unknown plan", details=[
                 field_error("plan", f"no plan {echo(body.plan)!r}")])
         if await conn.fetchval(queries["set_user_plan"], user_id, body.plan) is None:
-            raise UserNotFound(f"no user {user_id}")
+            raise UserNotFound.of(user_id)
         if "max_running" in body.model_fields_set:
             await conn.execute(queries["set_user_max_running"], user_id, body.max_running)
         me = await load_me(conn, user_id, default_quota_bytes=ctx.settings.library_quota_bytes)
@@ -53,7 +53,7 @@ async def put_storage_quota(call: Call) -> Response:
     body = await call.body(StorageQuotaSet)
     async with ctx.pool.acquire() as conn, conn.transaction():
         if await conn.fetchval(queries["set_storage_quota"], user_id, body.quota_bytes) is None:
-            raise UserNotFound(f"no user {user_id}")
+            raise UserNotFound.of(user_id)
         me = await load_me(conn, user_id, default_quota_bytes=ctx.settings.library_quota_bytes)
         await audit.record(conn, entry(call, "user.storage_quota", "user", user_id,
                                        details={"quota_bytes": body.quota_bytes}))

@@ -53,7 +53,7 @@ async def get_deliveries(call: Call) -> Response:
     QueryParams(call.request, ())
     async with call.ctx.pool.acquire() as conn:
         if await conn.fetchval(queries["get_job_status"], job_id, call.user) is None:
-            raise JobNotFound(f"no job {job_id}")
+            raise JobNotFound.of(job_id)
         rows = await conn.fetch(queries["list_job_webhook_deliveries"], job_id, call.user)
     return reply(WebhookDeliveries(data=[WebhookDelivery.from_row(r) for r in rows]))
 
