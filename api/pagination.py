@@ -14,6 +14,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from api.query import QueryParams
 from api.query import invalid as _invalid
 
 PAGE_PARAMS = ("limit", "cursor")
@@ -31,6 +32,11 @@ def parse_limit(raw: str) -> int:
     if not digits:
         raise _invalid("limit", "must be an integer of ASCII digits, at least 1")
     return MAX_LIMIT if len(digits) > 3 else min(int(digits), MAX_LIMIT)
+
+
+def page_limit(query: QueryParams) -> int:
+    """The page size a list was asked for (``?limit=``), or :data:`DEFAULT_LIMIT`."""
+    return query.get("limit", parse_limit) or DEFAULT_LIMIT
 
 
 def _encode(payload: list[str | int]) -> str:

@@ -27,10 +27,9 @@ from api.audit.models import entry
 from api.credits.models import Credits, LedgerEntry
 from api.errors import JobNotFound, JobNotRefundable, UserNotFound, ValidationFailed
 from api.pagination import (
-    DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_time_cursor,
-    parse_limit,
+    page_limit,
     time_page,
 )
 from api.query import QueryParams
@@ -118,7 +117,7 @@ async def post_grant(call: Call) -> Response:
 async def get_users(call: Call) -> Response:
     """GET /v1/admin/users: users newest first; ``email`` finds one by address."""
     query = QueryParams(call.request, (*PAGE_PARAMS, "email"))
-    limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
+    limit = page_limit(query)
     cursor = query.get("cursor", decode_time_cursor)
     email = query.raw("email")
     if email is not None and len(email) > _MAX_EMAIL_CHARS:

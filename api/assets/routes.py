@@ -11,7 +11,7 @@ from api.assets.models import Asset, AssetPage
 from api.assets.reads import list_assets, load_asset, signed_urls
 from api.content import EXTENSIONS, serve_object
 from api.errors import AssetNotFound, echo
-from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse_limit
+from api.pagination import PAGE_PARAMS, decode_time_cursor, page_limit
 from api.query import QueryParams, a_uuid
 from api.routing import Call, Endpoint, Reply, reply
 from api.spec import (
@@ -36,7 +36,7 @@ async def get_assets(call: Call) -> Response:
     ctx, user_id = call.ctx, call.user
     query = QueryParams(call.request, ("job_id", *PAGE_PARAMS))
     job_id = query.get("job_id", a_uuid("job_id"))
-    limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
+    limit = page_limit(query)
     after = query.get("cursor", decode_time_cursor)
     async with ctx.pool.acquire() as conn:
         data, next_cursor = await list_assets(

@@ -6,11 +6,10 @@ from starlette.responses import Response
 
 from api.audit.models import AuditPage, AuditRecord, entry
 from api.pagination import (
-    DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_id_cursor,
     id_page,
-    parse_limit,
+    page_limit,
 )
 from api.query import QueryParams
 from api.routing import Call, Endpoint, Reply, reply
@@ -22,7 +21,7 @@ from sql import queries
 async def get_audit(call: Call) -> Response:
     """GET /v1/admin/audit: entries newest first, cursor-paginated."""
     query = QueryParams(call.request, PAGE_PARAMS)
-    limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
+    limit = page_limit(query)
     before = query.get("cursor", decode_id_cursor)
     async with call.ctx.pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(queries["list_audit"], before, limit + 1)

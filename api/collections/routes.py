@@ -10,10 +10,9 @@ from starlette.responses import Response
 from api.collections.models import Collection, CollectionCreate, CollectionPage, CollectionUpdate
 from api.errors import CollectionNotFound
 from api.pagination import (
-    DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_time_cursor,
-    parse_limit,
+    page_limit,
     time_page,
 )
 from api.query import QueryParams
@@ -43,7 +42,7 @@ async def post_collection(call: Call) -> Response:
 async def get_collections(call: Call) -> Response:
     """GET /v1/collections: newest first."""
     query = QueryParams(call.request, PAGE_PARAMS)
-    limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
+    limit = page_limit(query)
     created_at, last_id = query.get("cursor", decode_time_cursor) or (None, None)
     async with call.ctx.pool.acquire() as conn:
         rows = await conn.fetch(queries["list_collections"], call.user, created_at, last_id,

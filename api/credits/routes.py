@@ -6,11 +6,10 @@ from starlette.responses import Response
 
 from api.credits.models import Credits, LedgerEntry, LedgerPage
 from api.pagination import (
-    DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_id_cursor,
     id_page,
-    parse_limit,
+    page_limit,
 )
 from api.query import QueryParams
 from api.routing import Call, Endpoint, Reply, reply
@@ -28,7 +27,7 @@ async def get_credits(call: Call) -> Response:
 async def get_ledger(call: Call) -> Response:
     """GET /v1/credits/ledger: entries newest first, cursor-paginated."""
     query = QueryParams(call.request, PAGE_PARAMS)
-    limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
+    limit = page_limit(query)
     before = query.get("cursor", decode_id_cursor)
     rows = await call.ctx.pool.fetch(
         queries["list_ledger_entries"], call.user, before, limit + 1

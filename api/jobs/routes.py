@@ -10,7 +10,7 @@ from api.errors import JobNotFound, ValidationFailed
 from api.jobs.intake import admit_submission
 from api.jobs.models import Job, JobCreate, JobPage, check_job
 from api.jobs.reads import JOB_STATUSES, list_jobs, load_job
-from api.pagination import DEFAULT_LIMIT, PAGE_PARAMS, decode_time_cursor, parse_limit
+from api.pagination import PAGE_PARAMS, decode_time_cursor, page_limit
 from api.query import QueryParams, one_of
 from api.routing import REPLAYED_HEADER, Call, Endpoint, Reply, reply
 from api.spec import BAD_QUERY, IDEMPOTENCY_KEY, PAGE_PARAMETERS, QUERY_RULES, REPLAYED, path_id
@@ -54,7 +54,7 @@ async def get_jobs(call: Call) -> Response:
     ctx = call.ctx
     query = QueryParams(call.request, ("status", *PAGE_PARAMS))
     status = query.get("status", one_of("status", JOB_STATUSES))
-    limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
+    limit = page_limit(query)
     after = query.get("cursor", decode_time_cursor)
     async with ctx.pool.acquire() as conn:
         data, next_cursor = await list_jobs(

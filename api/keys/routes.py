@@ -16,10 +16,9 @@ from api.audit.models import entry
 from api.errors import ApiKeyNotFound, UserNotFound
 from api.keys.models import ApiKey, ApiKeyPage, NewApiKey
 from api.pagination import (
-    DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_time_cursor,
-    parse_limit,
+    page_limit,
     time_page,
 )
 from api.query import QueryParams
@@ -54,7 +53,7 @@ async def _revoked(call: Call, revoked: RevokedKey) -> None:
 async def list_my_keys(call: Call) -> Response:
     """GET /v1/me/keys: the caller's keys, newest first (revoked ones too)."""
     query = QueryParams(call.request, PAGE_PARAMS)
-    limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
+    limit = page_limit(query)
     cursor = query.get("cursor", decode_time_cursor)
     before_at, before_id = cursor if cursor is not None else (None, None)
     rows = await call.ctx.pool.fetch(queries["list_api_keys"], call.user, before_at, before_id,

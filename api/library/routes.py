@@ -13,10 +13,9 @@ from api.content import EXTENSIONS, serve_object
 from api.errors import AssetNotFound, CollectionNotFound, LibraryItemNotFound
 from api.library.models import LibraryItem, LibraryPage, LibrarySave, LibraryUpdate
 from api.pagination import (
-    DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_time_cursor,
-    parse_limit,
+    page_limit,
     time_page,
 )
 from api.query import QueryParams, a_uuid, invalid, one_of
@@ -109,7 +108,7 @@ async def get_library(call: Call) -> Response:
     model = query.get("model", _text("model", 200))
     visibility = query.get("visibility", one_of("visibility", ("private", "unlisted", "public")))
     words = query.get("q", _text("q", 500))
-    limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
+    limit = page_limit(query)
     created_at, last_id = query.get("cursor", decode_time_cursor) or (None, None)
     async with ctx.pool.acquire() as conn:
         rows = await conn.fetch(

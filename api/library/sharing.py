@@ -16,10 +16,9 @@ from api.errors import LibraryItemNotFound, echo
 from api.library.models import FeedPage, LibraryItem, SharedItem, Takedown
 from api.library.routes import load_item, path_item_id
 from api.pagination import (
-    DEFAULT_LIMIT,
     PAGE_PARAMS,
     decode_time_cursor,
-    parse_limit,
+    page_limit,
     time_page,
 )
 from api.query import QueryParams, invalid, one_of
@@ -58,7 +57,7 @@ async def get_feed(call: Call) -> Response:
     query = QueryParams(call.request, ("type", "model", *PAGE_PARAMS))
     kind = query.get("type", one_of("type", ("image", "video")))
     model = query.get("model", _model)
-    limit = query.get("limit", parse_limit) or DEFAULT_LIMIT
+    limit = page_limit(query)
     sql, args = feed_read(kind, model, query.get("cursor", decode_time_cursor), limit + 1)
     async with call.ctx.pool.acquire() as conn:
         rows = await conn.fetch(sql, *args)
