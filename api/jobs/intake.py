@@ -69,9 +69,8 @@ class Submitted:
 
 
 # Group commit (shared/batch.py): concurrent submissions share one genq_submit_batch call, and
-# concurrent enqueues one Redis pipeline and one UPDATE. A batch is one transaction and one
-# subtransaction per item; PostgreSQL keeps 64 subtransactions per backend in shared memory
-# before it spills, so batches stay below that.
+# concurrent enqueues one Redis pipeline and one UPDATE. A batch is one transaction (set-based
+# since 0027_set_based_submit.sql, without a subtransaction per item).
 SUBMIT_BATCH = 32
 SUBMIT_FLUSHES = 8
 ENQUEUE_BATCH = 64
@@ -185,8 +184,11 @@ class IntakeBatches:
 
     def __init__(self, pool: Pool, redis: ArqRedis, settings: Settings) -> None:
         self.pool, self.redis, self.settings = pool, redis, settings
+        # One account's items never in two batches at once: a batch locks its accounts until
+        # its commit, so a second one would only wait for it.
         self.submit: Batcher[SubmitItem, asyncpg.Record] = Batcher(
-            self.submit_many, max_batch=SUBMIT_BATCH, max_flushes=SUBMIT_FLUSHES
+            self.submit_many, max_batch=SUBMIT_BATCH, max_flushes=SUBMIT_FLUSHES,
+            key=lambda item: item.user_id,
         )
         self.enqueue: Batcher[uuid.UUID, datetime | None] = Batcher(
             self._enqueue, max_batch=ENQUEUE_BATCH, max_flushes=ENQUEUE_FLUSHES
