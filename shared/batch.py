@@ -9,12 +9,17 @@ the round trips of one process.
 ``flush`` gets the items in arrival order and returns one result per item, in the same order;
 a result that is an exception is raised to that item's caller only. If ``flush`` itself raises,
 every caller of that batch gets the exception.
+
+With ``key``, items of one key never go out in two flushes at once: an item whose key is in a
+flush in flight waits for the next flush after it, with the others of its key that came
+meanwhile. Where a flush locks something per key (an account's row), concurrent flushes would
+only wait for each other's commits; this way one key's items take the lock once per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -31,13 +36,16 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 class Batcher(Generic[T, R]):
     """Batches calls for one ``flush`` function; at most ``max_flushes`` run at once, each
-    with at most ``max_batch`` items."""
+    with at most ``max_batch`` items (and with ``key``, no key in two of them)."""
 
-    def __init__(self, flush: Flush[T, R], *, max_batch: int, max_flushes: int) -> None:
+    def __init__(self, flush: Flush[T, R], *, max_batch: int, max_flushes: int,
+                 key: Callable[[T], Hashable] | None = None) -> None:
         if max_batch < 1 or max_flushes < 1:
             raise ValueError("max_batch and max_flushes must be at least 1")
         self._flush = flush
         self._max_batch = max_batch
+        self._key = key
+        self._busy: set[Hashable] = set()  # the keys of the flushes in flight
         self._slots = asyncio.Semaphore(max_flushes)
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._waiting = 0  # flush tasks started and not yet holding their batch
@@ -65,12 +73,41 @@ class Batcher(Generic[T, R]):
     async def _run(self) -> None:
         async with self._slots:
             self._waiting -= 1
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            if batch:
-                await self._deliver(batch)
+            if self._key is None:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                if batch:
+                    await self._deliver(batch)
+            else:
+                keys, batch = self._take()
+                if not batch:
+                    # Every pending item waits for a flush in flight, which schedules again
+                    # when it ends.
+                    return
+                try:
+                    await self._deliver(batch)
+                finally:
+                    self._busy -= keys
         if self._pending:
             self._schedule()
+
+    def _take(self) -> tuple[set[Hashable], list[tuple[T, asyncio.Future[R]]]]:
+        """The next batch in arrival order, without the items whose key is in flight, and
+        its keys (now in flight)."""
+        assert self._key is not None
+        keys: set[Hashable] = set()
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        left: list[tuple[T, asyncio.Future[R]]] = []
+        for entry in self._pending:
+            key = self._key(entry[0])
+            if len(batch) < self._max_batch and key not in self._busy:
+                keys.add(key)
+                batch.append(entry)
+            else:
+                left.append(entry)
+        self._pending = left
+        self._busy |= keys
+        return keys, batch
 
     async def _deliver(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:

@@ -19,7 +19,7 @@ import redis.exceptions
 from api.assets.reads import Sign
 from api.errors import JobNotCancelable, JobNotFound, ValidationFailed
 from api.jobs.models import LATER_FIELDS, Job, JobCreate
-from api.jobs.reads import load_job, load_new_job
+from api.jobs.reads import load_job, load_new_jobs
 from api.validation import field_error, request_hash
 from shared import ledger
 from shared.batch import Batcher
@@ -69,9 +69,8 @@ class Submitted:
 
 
 # Group commit (shared/batch.py): concurrent submissions share one genq_submit_batch call, and
-# concurrent enqueues one Redis pipeline and one UPDATE. A batch is one transaction and one
-# subtransaction per item; PostgreSQL keeps 64 subtransactions per backend in shared memory
-# before it spills, so batches stay below that.
+# concurrent enqueues one Redis pipeline and one UPDATE. A batch is one transaction (set-based
+# since 0027_set_based_submit.sql, without a subtransaction per item).
 SUBMIT_BATCH = 32
 SUBMIT_FLUSHES = 8
 ENQUEUE_BATCH = 64
@@ -185,8 +184,11 @@ class IntakeBatches:
 
     def __init__(self, pool: Pool, redis: ArqRedis, settings: Settings) -> None:
         self.pool, self.redis, self.settings = pool, redis, settings
+        # One account's items never in two batches at once: a batch locks its accounts until
+        # its commit, so a second one would only wait for it.
         self.submit: Batcher[SubmitItem, asyncpg.Record] = Batcher(
-            self.submit_many, max_batch=SUBMIT_BATCH, max_flushes=SUBMIT_FLUSHES
+            self.submit_many, max_batch=SUBMIT_BATCH, max_flushes=SUBMIT_FLUSHES,
+            key=lambda item: item.user_id,
         )
         self.enqueue: Batcher[uuid.UUID, datetime | None] = Batcher(
             self._enqueue, max_batch=ENQUEUE_BATCH, max_flushes=ENQUEUE_FLUSHES
@@ -197,12 +199,23 @@ class IntakeBatches:
         self.dispatch: Batcher[tuple[uuid.UUID, uuid.UUID], datetime | None] = Batcher(
             self._dispatch, max_batch=ENQUEUE_BATCH, max_flushes=ENQUEUE_FLUSHES
         )
+        # A user's plan rate, read for every concurrent miss of the cache at once.
+        self.plan_rate: Batcher[uuid.UUID, int | None] = Batcher(
+            self._plan_rates, max_batch=ENQUEUE_BATCH, max_flushes=ENQUEUE_FLUSHES
+        )
+        # A job just accepted: queued (or dispatched), then read back for its answer, in one
+        # flush for many: (job, user) -> the job as the API shows it.
+        self.accepted: Batcher[tuple[uuid.UUID, uuid.UUID], Job] = Batcher(
+            self._accept, max_batch=ENQUEUE_BATCH, max_flushes=ENQUEUE_FLUSHES
+        )
 
     async def drain(self) -> None:
         """Let started batches finish (before the pools close)."""
         await self.submit.drain()
         await self.enqueue.drain()
         await self.dispatch.drain()
+        await self.accepted.drain()
+        await self.plan_rate.drain()
 
     async def submit_many(
         self, items: list[SubmitItem]
@@ -222,24 +235,28 @@ class IntakeBatches:
     async def _submit_batch(
         self, items: list[SubmitItem]
     ) -> list[asyncpg.Record | BaseException]:
-        """genq_submit_batch in a transaction of its own and, in the same transaction, the
-        webhooks of the jobs it accepted (a replayed or refused item writes none); a deadlock
-        is raised, not retried."""
+        """genq_submit_batch in a transaction of its own (the statement alone, when no item has
+        a webhook) and, in the same transaction, the webhooks of the jobs it accepted (a
+        replayed or refused item writes none); a deadlock is raised, not retried."""
         s = self.settings
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                queries["submit_jobs"], [it.payload(i) for i, it in enumerate(items)],
-                s.max_attempts, float(s.idempotency_ttl_s), float(s.reservation_ttl_s),
-            )
-            hooks = []
-            for row in rows:
-                item = items[row["item"]]
-                webhook = item.job.webhook
-                if webhook is not None and row["error_state"] is None and not row["replayed"]:
-                    hooks.append({"job": str(item.job_id), "url": webhook[0],
-                                  "events": webhook[1]})
-            if hooks:
-                await conn.execute(queries["add_job_webhooks"], hooks)
+        args = ([it.payload(i) for i, it in enumerate(items)], s.max_attempts,
+                float(s.idempotency_ttl_s), float(s.reservation_ttl_s))
+        if all(it.job.webhook is None for it in items):
+            # One statement is its own transaction: no BEGIN and COMMIT round trips.
+            rows = await self.pool.fetch(queries["submit_jobs"], *args)
+        else:
+            async with self.pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(queries["submit_jobs"], *args)
+                hooks = []
+                for row in rows:
+                    item = items[row["item"]]
+                    webhook = item.job.webhook
+                    if (webhook is not None and row["error_state"] is None
+                            and not row["replayed"]):
+                        hooks.append({"job": str(item.job_id), "url": webhook[0],
+                                      "events": webhook[1]})
+                if hooks:
+                    await conn.execute(queries["add_job_webhooks"], hooks)
         by_item = {row["item"]: row for row in rows}
         results: list[asyncpg.Record | BaseException] = []
         for i in range(len(items)):
@@ -277,6 +294,21 @@ class IntakeBatches:
             return [None] * len(items)
         return [done.get(job_id) for job_id, _ in items]
 
+    async def _plan_rates(self, users: list[uuid.UUID]) -> list[int | None]:
+        rows = await self.pool.fetch(queries["user_submit_rates"], users)
+        rates = {row["id"]: row["submits_per_minute"] for row in rows}
+        return [rates.get(user) for user in users]
+
+    async def _accept(
+        self, items: list[tuple[uuid.UUID, uuid.UUID]]
+    ) -> list[Job | BaseException]:
+        """Queue new jobs as :meth:`queue` does, then read them as they are now."""
+        if self.dispatch_on:
+            await self._dispatch(items)
+        else:
+            await self._enqueue([job_id for job_id, _ in items])
+        return await load_new_jobs(self.pool, items)
+
     async def queue(self, job_id: uuid.UUID, user_id: uuid.UUID) -> datetime | None:
         """Put an accepted job on the queue now, or with the dispatch on (running caps or
         tiers), when its user has room; when it was, None if not yet."""
@@ -309,7 +341,7 @@ async def _plan_rate(ctx: ApiContext, user_id: uuid.UUID) -> int | None:
     cached = ctx.plan_rates.get(user_id)
     if cached is not None and cached[1] > now:
         return cached[0]
-    rate = await ctx.pool.fetchval(queries["user_submit_rate"], user_id)
+    rate = await ctx.batches.plan_rate(user_id)
     if len(ctx.plan_rates) >= _PLAN_RATE_ENTRIES:
         ctx.plan_rates.clear()
     ctx.plan_rates[user_id] = (rate, now + ctx.settings.api_key_cache_ttl_s)
@@ -387,10 +419,10 @@ class Intake:
             async with self.pool.acquire() as conn:
                 replayed = await load_job(conn, user_id, row["job_id"], sign=self.sign)
             return Submitted(await self._enqueue_replay(user_id, replayed), replayed=True)
-        await self.batches.queue(job_id, user_id)
         log.info("job_accepted", job_id=str(job_id), model=job.model, price=row["reserved"])
-        # Read back through the one definition of the job response (a new job has no outputs).
-        return Submitted(await load_new_job(self.pool, user_id, job_id), replayed=False)
+        # Queued, then read back through the one definition of the job response (a new job
+        # has no outputs).
+        return Submitted(await self.batches.accepted((job_id, user_id)), replayed=False)
 
     async def _enqueue_replay(self, user_id: uuid.UUID, found: Job) -> Job:
         """The original job of a replayed request, enqueued again if Redis missed it first (or

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from api.assets.reads import Sign, signed_urls
@@ -29,12 +30,18 @@ async def load_job(
     return Job.from_row(row, assets, await signed_urls(sign, assets))
 
 
-async def load_new_job(pool: Pool, user_id: uuid.UUID, job_id: uuid.UUID) -> Job:
-    """A job just accepted (it has no outputs yet)."""
-    row = await pool.fetchrow(queries["get_job"], job_id, user_id)
-    if row is None:
-        raise JobNotFound.of(job_id)
-    return Job.from_row(row)
+async def load_new_jobs(
+    pool: Pool, jobs: Sequence[tuple[uuid.UUID, uuid.UUID]]
+) -> list[Job | BaseException]:
+    """Jobs just accepted (they have no outputs yet), each a (job id, user id), in one query;
+    :class:`JobNotFound` in place of one the user has no such job."""
+    rows = await pool.fetch(queries["get_new_jobs"], [j for j, _ in jobs], [u for _, u in jobs])
+    found = {(row["id"], row["user_id"]): row for row in rows}
+    out: list[Job | BaseException] = []
+    for job_id, user_id in jobs:
+        row = found.get((job_id, user_id))
+        out.append(JobNotFound.of(job_id) if row is None else Job.from_row(row))
+    return out
 
 
 async def list_jobs(

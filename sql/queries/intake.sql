@@ -28,6 +28,12 @@ RETURNING id, enqueued_at
 -- One job of one user as the API answers it (job_responses, 0017). $1 job_id, $2 user_id.
 SELECT * FROM job_responses WHERE id = $1 AND user_id = $2
 
+-- get_new_jobs --
+-- Jobs just accepted, as the API answers them (job_responses, 0017), read for a batch of
+-- submissions at once. $1 job ids (uuid[]), $2 their users (uuid[], the same order): the caller
+-- keeps a row only for its own (job, user) pair.
+SELECT * FROM job_responses WHERE id = ANY($1::uuid[]) AND user_id = ANY($2::uuid[])
+
 -- list_jobs --
 -- A user's jobs as the API answers them (job_responses, 0017), newest first, keyset-paginated
 -- on (created_at, id). $1 user_id, $2 status (NULL: any), $3 cursor created_at and $4 cursor id

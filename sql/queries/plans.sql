@@ -40,9 +40,10 @@ FROM users u JOIN plans p ON p.name = u.plan
 LEFT JOIN credit_accounts a ON a.user_id = u.id
 WHERE u.id = $1
 
--- user_submit_rate --
--- $1 user id: their plan's submissions per minute (NULL: the server's setting).
-SELECT p.submits_per_minute FROM users u JOIN plans p ON p.name = u.plan WHERE u.id = $1
+-- user_submit_rates --
+-- $1 user ids (uuid[]): each one's plan's submissions per minute (NULL: the server's setting).
+SELECT u.id, p.submits_per_minute FROM users u JOIN plans p ON p.name = u.plan
+WHERE u.id = ANY($1::uuid[])
 
 -- users_due_plan_grant --
 -- Users on an enabled plan that grants credits whose ledger has no grant yet for the period

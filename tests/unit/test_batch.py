@@ -100,3 +100,44 @@ def test_limits_must_be_positive() -> None:
         Batcher(Recorder(), max_batch=0, max_flushes=1)
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(Recorder(), max_batch=1, max_flushes=0)
+
+
+class KeyedRecorder(Recorder):
+    """A Recorder that also notes each key (``item // 100``) two flushes held at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight: list[int] = []
+        self.shared_keys: set[int] = set()
+
+    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+        keys = {i // 100 for i in items}
+        self.shared_keys |= keys & set(self.in_flight)
+        self.in_flight.extend(keys)
+        try:
+            return await super().__call__(items)
+        finally:
+            for key in keys:
+                self.in_flight.remove(key)
+
+
+async def test_with_a_key_one_keys_items_never_go_out_in_two_flushes_at_once() -> None:
+    flush = KeyedRecorder()
+    batcher: Batcher[int, int] = Batcher(flush, max_batch=2, max_flushes=4,
+                                         key=lambda i: i // 100)
+    items = [100, 101, 102, 103, 104, 105, 200, 201]
+    assert await asyncio.gather(*(batcher(i) for i in items)) == [i * 2 for i in items]
+    assert flush.shared_keys == set()
+    # Key 1's in arrival order, two at a time, one flush after another; key 2's beside the
+    # first of them.
+    assert flush.batches == [[100, 101], [200, 201], [102, 103], [104, 105]]
+    assert flush.most_running == 2
+
+
+async def test_without_a_key_one_keys_items_share_concurrent_flushes() -> None:
+    flush = KeyedRecorder()
+    batcher: Batcher[int, int] = Batcher(flush, max_batch=2, max_flushes=4)
+    items = [100, 101, 102, 103, 104, 105, 200, 201]
+    assert await asyncio.gather(*(batcher(i) for i in items)) == [i * 2 for i in items]
+    assert flush.shared_keys == {1}
+    assert flush.most_running == 4
