@@ -3,10 +3,16 @@
 Each model (``owner/name``) follows a :class:`Script`: how create answers, how many polls stay
 ``processing``, how the prediction ends, and which files its outputs point to. The server also
 serves those files itself under ``/files/<name>``, and counts every request it gets.
+
+Tests start it in a thread (:meth:`FakeReplicate.start`); the benchmarks run it as a process of
+its own, one scripted model, its counts at ``GET /_fake/stats``::
+
+    python -m tests.fakes.replicate_server --port 8123 --model acme/slow --min-runtime-s 2
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import socket
 import threading
@@ -223,6 +229,18 @@ class FakeReplicate:
             return StreamingResponse(chunks(), media_type=f.content_type)
         return Response(f.data, media_type=f.content_type)
 
+    @property
+    def prediction_gets(self) -> int:
+        """GETs of predictions answered so far (errors included)."""
+        return sum(1 for method, path in list(self.requests)
+                   if method == "GET" and path.startswith("/v1/predictions/"))
+
+    async def _stats(self, _request: Request) -> Response:
+        with self._lock:
+            creates = sum(self.creates.values())
+        return JSONResponse({"creates": creates, "prediction_gets": self.prediction_gets,
+                             "requests": len(self.requests), "cancels": len(self.cancels)})
+
     def _record(self, request: Request) -> None:
         self.requests.append((request.method, request.url.path))
         auth = request.headers.get("authorization")
@@ -231,15 +249,20 @@ class FakeReplicate:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> FakeReplicate:
-        app = Starlette(routes=[
+    def app(self) -> Starlette:
+        """The server's routes."""
+        return Starlette(routes=[
             Route("/v1/models/{owner}/{name}/predictions", self._create_for_model,
                   methods=["POST"]),
             Route("/v1/predictions", self._create_for_version, methods=["POST"]),
             Route("/v1/predictions/{pid}", self._get, methods=["GET"]),
             Route("/v1/predictions/{pid}/cancel", self._cancel, methods=["POST"]),
             Route("/files/{name}", self._file, methods=["GET"]),
+            Route("/_fake/stats", self._stats, methods=["GET"]),
         ])
+
+    def start(self) -> FakeReplicate:
+        app = self.app()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -265,3 +288,28 @@ class FakeReplicate:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve one scripted model on ``--port`` until killed; every prediction takes at least
+    ``--min-runtime-s`` and succeeds with one small PNG output."""
+    from tests.media_samples import png
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", default="acme/slow")
+    parser.add_argument("--min-runtime-s", type=float, default=2.0)
+    parser.add_argument("--polls", type=int, default=0)
+    args = parser.parse_args(argv)
+    fake = FakeReplicate()
+    fake.port = args.port
+    fake.add_file("out.png", png(8, 8))
+    fake.script(args.model, Script(polls=args.polls, min_runtime_s=args.min_runtime_s,
+                                   outputs=["out.png"]))
+    # In a process of its own the fastest loop and parser uvicorn finds are fine.
+    uvicorn.run(fake.app(), host="127.0.0.1", port=args.port, log_level="warning",
+                access_log=False, lifespan="off")
+
+
+if __name__ == "__main__":
+    main()
