@@ -13,6 +13,7 @@ its own, one scripted model, its counts at ``GET /_fake/stats``::
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import socket
 import threading
@@ -58,6 +59,9 @@ class Script:
     outputs: list[str] = field(default_factory=list)
     # The provider's own rate limit: a create past this many in the last 60 s is a 429.
     max_creates_per_minute: int | None = None
+    # Seconds each GET of a prediction takes to answer (GETs then overlap, and the most at
+    # once is counted).
+    get_delay_s: float = 0.0
 
 
 @dataclass
@@ -88,6 +92,11 @@ class FakeReplicate:
         self.requests: list[tuple[str, str]] = []
         self.cancels: list[str] = []
         self.auth_headers: set[str] = set()
+        # GETs of predictions being answered now, and the most there ever were at once.
+        self.gets_in_flight = 0
+        self.max_gets_in_flight = 0
+        # GETs of a prediction that had already ended when the GET came.
+        self.gets_after_end = 0
         self._create_errors_left: dict[str, list[int]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -181,7 +190,20 @@ class FakeReplicate:
     async def _get(self, request: Request) -> Response:
         self._record(request)
         with self._lock:
+            self.gets_in_flight += 1
+            self.max_gets_in_flight = max(self.max_gets_in_flight, self.gets_in_flight)
+        try:
             p = self.predictions.get(request.path_params["pid"])
+            if p is not None and self.scripts[p.model].get_delay_s:
+                await asyncio.sleep(self.scripts[p.model].get_delay_s)
+            return self._answer_get(request.path_params["pid"])
+        finally:
+            with self._lock:
+                self.gets_in_flight -= 1
+
+    def _answer_get(self, pid: str) -> Response:
+        with self._lock:
+            p = self.predictions.get(pid)
             if p is None:
                 return self._error(404, None)
             script = self.scripts[p.model]
@@ -192,6 +214,8 @@ class FakeReplicate:
                 done = (p.gets > script.polls
                         and time.monotonic() - p.created >= script.min_runtime_s)
                 p.status = script.final if done else "processing"
+            else:
+                self.gets_after_end += 1
             if p.status == "succeeded":
                 return JSONResponse(self._json(p, output=self._outputs(script),
                                                completed_at="2026-01-01T00:00:02Z"))

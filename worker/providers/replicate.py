@@ -170,7 +170,8 @@ class ReplicateProvider(Provider):
             log.info("prediction_resumed", prediction_id=prediction_id)
             # A job handed back resumes here: its prediction may have ended meanwhile.
             first_poll_s = 0.0
-        prediction = await self.poller.wait(prediction_id, first_poll_s=first_poll_s)
+        prediction = await self.poller.wait(prediction_id, group=request.ref,
+                                            first_poll_s=first_poll_s)
         if prediction.status == "failed":
             raise ProviderFailed(
                 f"the model failed: {prediction.error or 'no reason given'}", code="model_failed"
