@@ -48,7 +48,7 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     queue = env.queue("inflight")
     # The worker puts the model in the catalog as it starts; the jobs are made after that.
     worker = await env.genq_worker(
-        queue, GENQ_MAX_JOBS=str(n), GENQ_MODELS_FILE=str(models_file),
+        queue, "genq-worker-inflight", GENQ_MAX_JOBS=str(n), GENQ_MODELS_FILE=str(models_file),
         GENQ_REPLICATE_BASE_URL=f"{base}/v1", GENQ_REPLICATE_API_TOKEN="bench-token",
         GENQ_OUTPUT_ALLOWED_HOSTS="127.0.0.1")
     accounts = await seed.users(pool, 16, 10**9)
