@@ -81,9 +81,10 @@ async def test_a_waiter_that_stops_waiting_is_polled_no_more() -> None:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await p.wait("slow")
+        # By the third poll of another, a poll of "slow" that was under way has ended.
+        assert await p.wait("quick") == "succeeded"
         polled = remote.polls.get("slow", 0)
         assert polled > 0
-        assert await p.wait("quick") == "succeeded"
         await asyncio.sleep(0.02)
     finally:
         await p.aclose()
@@ -126,3 +127,21 @@ async def test_the_first_poll_follows_the_models_recent_run_times() -> None:
     assert all(remote.polls[f"p{i}"] >= 5 for i in range(MIN_RUNS))
     assert remote.polls["next"] <= 2
     assert remote.polls["other"] >= 5
+
+
+async def test_an_answer_that_cannot_be_read_fails_its_waiter_and_polling_goes_on() -> None:
+    remote = Remote({"odd": 1, "fine": 2})
+
+    def done(answer: str) -> bool:
+        if remote.polls.get("odd"):
+            remote.polls["odd"] = 0  # only the first answer of "odd" cannot be read
+            raise ValueError("unreadable answer")
+        return answer == "succeeded"
+
+    p = Poller(remote.poll, done, interval_s=0.001, max_interval_s=0.002, concurrency=1)
+    try:
+        odd = await asyncio.gather(p.wait("odd", first_poll_s=0.0), return_exceptions=True)
+        assert isinstance(odd[0], ValueError)
+        assert await p.wait("fine") == "succeeded"
+    finally:
+        await p.aclose()

@@ -166,12 +166,12 @@ class Poller(Generic[P]):
                 continue
             try:
                 answer = await self._poll(watch.key)
-            except asyncio.CancelledError:
-                raise
+                done = self._done(answer)
             except Exception as exc:
+                # Its waiters get the error; this task goes on polling the others.
                 self._settle(watch, error=exc)
                 continue
-            if self._done(answer):
+            if done:
                 runs = self._runs.setdefault(watch.group, deque(maxlen=RECENT_RUNS))
                 runs.append(asyncio.get_running_loop().time() - watch.since)
                 self._settle(watch, answer=answer)
