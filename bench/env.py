@@ -244,9 +244,9 @@ class BenchEnv:
         await wait_http(proc, f"{base}/v1/jobs", method="POST")
         return proc, base
 
-    async def genq_worker(self, queue: str, **extra: str) -> Proc:
-        """A ready ``genq worker`` process on ``queue``."""
-        proc = self.spawn("genq-worker", ["-m", "genq", "worker"], self.genq_env(queue, **extra))
+    async def genq_worker(self, queue: str, name: str = "genq-worker", **extra: str) -> Proc:
+        """A ready ``genq worker`` process on ``queue`` (its log named after ``name``)."""
+        proc = self.spawn(name, ["-m", "genq", "worker"], self.genq_env(queue, **extra))
         await wait_worker(self.r(), proc, queue)
         return proc
 

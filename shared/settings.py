@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     provider_backoff_max_s: float = Field(default=30.0, ge=0)
     provider_poll_interval_s: float = Field(default=0.5, gt=0)
     provider_poll_max_interval_s: float = Field(default=5.0, gt=0)
+    # Polls of running predictions one worker has in flight at once, per provider.
+    provider_poll_concurrency: int = Field(default=8, ge=1, le=1000)
+    # Connections one worker keeps open to one provider's API.
+    provider_max_connections: int = Field(default=16, ge=1, le=10_000)
     reservation_ttl_s: int = Field(default=6 * 3600, ge=60)
     # How long a stopping worker lets running jobs finish before handing them back.
     shutdown_grace_s: float = Field(default=30.0, ge=0)

@@ -19,6 +19,7 @@ from arq.connections import ArqRedis
 from shared.db import Pool
 from shared.queue import enqueue_generation
 from shared.settings import Settings
+from shared.storage import LocalStorage
 from tests.factories import (
     add_models,
     assert_invariants,
@@ -117,8 +118,8 @@ def _spawner(settings: Settings, tmp_path: Path, models: str, provider_env: dict
     })
     started: list[WorkerProcess] = []
 
-    def start(name: str) -> WorkerProcess:
-        w = WorkerProcess(env, tmp_path, name)
+    def start(name: str, **extra: str) -> WorkerProcess:
+        w = WorkerProcess({**env, **extra}, tmp_path, name)
         started.append(w)
         return w
 
@@ -221,6 +222,47 @@ async def test_sigkill_mid_job_then_restart_resumes_the_prediction(
     assert (account.balance, account.reserved) == (5, 0)  # 10 - 1 output x 5
     second.signal(signal.SIGTERM)
     assert second.wait(15) == 0
+
+
+async def test_many_replicate_jobs_share_one_bounded_poller(
+    pool: Pool, arq_redis: ArqRedis, settings: Settings, fake: FakeReplicate, spawn: Any
+) -> None:
+    """200 jobs wait on their predictions at once in one worker: every one succeeds with its
+    output stored and its credits captured, while the worker never has more GETs in flight
+    than its poller's concurrency and stops polling a prediction once it has ended."""
+    n, concurrency = 200, 4
+    await add_models(pool, MODELS)
+    # Every GET takes 20 ms to answer, so GETs made independently would overlap.
+    fake.script("acme/slow", Script(polls=2, min_runtime_s=1.0, get_delay_s=0.02,
+                                    outputs=["a.png"]))
+    jobs = [await create_job(pool, model="replicate/slow", num_outputs=1, credits=10)
+            for _ in range(n)]
+    worker = spawn("w", GENQ_MAX_JOBS=str(n),
+                   GENQ_PROVIDER_POLL_CONCURRENCY=str(concurrency),
+                   GENQ_LEASE_S="30", GENQ_HEARTBEAT_S="5")
+    for job in jobs:
+        assert await enqueue_generation(arq_redis, settings.queue_name, job.id)
+    for job in jobs:
+        row = await _wait_for(pool, job.id, "the end", lambda r: r["finished_at"] is not None,
+                              [worker], timeout=180)
+        assert (row["status"], row["outputs_made"], row["attempt"]) == ("succeeded", 1, 1)
+        assets = await assets_of(pool, job.id)
+        assert len(assets) == 1
+        assert LocalStorage(settings.storage_root).path(assets[0]["storage_key"]).read_bytes() \
+            == png(40, 30)
+        assert [k for k, _, _ in await ledger_kinds(pool, job.user_id)] == [
+            "grant", "reserve", "capture"]
+        account = await assert_invariants(pool, job.user_id)
+        assert (account.balance, account.reserved) == (5, 0)  # 10 - 1 output x 5
+    assert fake.creates["acme/slow"] == n
+    # Each prediction answered "processing" twice before it could end: at least 3 GETs each.
+    assert all(p.gets >= 3 for p in fake.predictions.values())
+    assert fake.prediction_gets >= 3 * n
+    assert 1 < fake.max_gets_in_flight <= concurrency
+    assert fake.gets_after_end == 0
+    assert fake.cancels == []
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
 
 
 async def test_sigkill_after_the_fal_submit_then_restart_resumes_the_same_request(

@@ -3,10 +3,17 @@
 Each model (``owner/name``) follows a :class:`Script`: how create answers, how many polls stay
 ``processing``, how the prediction ends, and which files its outputs point to. The server also
 serves those files itself under ``/files/<name>``, and counts every request it gets.
+
+Tests start it in a thread (:meth:`FakeReplicate.start`); the benchmarks run it as a process of
+its own, one scripted model, its counts at ``GET /_fake/stats``::
+
+    python -m tests.fakes.replicate_server --port 8123 --model acme/slow --min-runtime-s 2
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import itertools
 import threading
 import time
@@ -15,6 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -52,6 +60,9 @@ class Script:
     outputs: list[str] = field(default_factory=list)
     # The provider's own rate limit: a create past this many in the last 60 s is a 429.
     max_creates_per_minute: int | None = None
+    # Seconds each GET of a prediction takes to answer (GETs then overlap, and the most at
+    # once is counted).
+    get_delay_s: float = 0.0
 
 
 @dataclass
@@ -82,6 +93,11 @@ class FakeReplicate:
         self.requests: list[tuple[str, str]] = []
         self.cancels: list[str] = []
         self.auth_headers: set[str] = set()
+        # GETs of predictions being answered now, and the most there ever were at once.
+        self.gets_in_flight = 0
+        self.max_gets_in_flight = 0
+        # GETs of a prediction that had already ended when the GET came.
+        self.gets_after_end = 0
         self._create_errors_left: dict[str, list[int]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -173,7 +189,20 @@ class FakeReplicate:
     async def _get(self, request: Request) -> Response:
         self._record(request)
         with self._lock:
+            self.gets_in_flight += 1
+            self.max_gets_in_flight = max(self.max_gets_in_flight, self.gets_in_flight)
+        try:
             p = self.predictions.get(request.path_params["pid"])
+            if p is not None and self.scripts[p.model].get_delay_s:
+                await asyncio.sleep(self.scripts[p.model].get_delay_s)
+            return self._answer_get(request.path_params["pid"])
+        finally:
+            with self._lock:
+                self.gets_in_flight -= 1
+
+    def _answer_get(self, pid: str) -> Response:
+        with self._lock:
+            p = self.predictions.get(pid)
             if p is None:
                 return self._error(404, None)
             script = self.scripts[p.model]
@@ -184,6 +213,8 @@ class FakeReplicate:
                 done = (p.gets > script.polls
                         and time.monotonic() - p.created >= script.min_runtime_s)
                 p.status = script.final if done else "processing"
+            else:
+                self.gets_after_end += 1
             if p.status == "succeeded":
                 return JSONResponse(self._json(p, output=self._outputs(script),
                                                completed_at="2026-01-01T00:00:02Z"))
@@ -221,6 +252,18 @@ class FakeReplicate:
             return StreamingResponse(chunks(), media_type=f.content_type)
         return Response(f.data, media_type=f.content_type)
 
+    @property
+    def prediction_gets(self) -> int:
+        """GETs of predictions answered so far (errors included)."""
+        return sum(1 for method, path in list(self.requests)
+                   if method == "GET" and path.startswith("/v1/predictions/"))
+
+    async def _stats(self, _request: Request) -> Response:
+        with self._lock:
+            creates = sum(self.creates.values())
+        return JSONResponse({"creates": creates, "prediction_gets": self.prediction_gets,
+                             "requests": len(self.requests), "cancels": len(self.cancels)})
+
     def _record(self, request: Request) -> None:
         self.requests.append((request.method, request.url.path))
         auth = request.headers.get("authorization")
@@ -229,16 +272,20 @@ class FakeReplicate:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> FakeReplicate:
-        app = Starlette(routes=[
+    def app(self) -> Starlette:
+        """The server's routes."""
+        return Starlette(routes=[
             Route("/v1/models/{owner}/{name}/predictions", self._create_for_model,
                   methods=["POST"]),
             Route("/v1/predictions", self._create_for_version, methods=["POST"]),
             Route("/v1/predictions/{pid}", self._get, methods=["GET"]),
             Route("/v1/predictions/{pid}/cancel", self._cancel, methods=["POST"]),
             Route("/files/{name}", self._file, methods=["GET"]),
+            Route("/_fake/stats", self._stats, methods=["GET"]),
         ])
-        self._server.start(app, "fake Replicate")
+
+    def start(self) -> FakeReplicate:
+        self._server.start(self.app(), "fake Replicate")
         return self
 
     def stop(self) -> None:
@@ -248,3 +295,28 @@ class FakeReplicate:
     def port(self) -> int:
         """The port it serves on (0 before :meth:`start`)."""
         return self._server.port
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve one scripted model on ``--port`` until killed; every prediction takes at least
+    ``--min-runtime-s`` and succeeds with one small PNG output."""
+    from tests.media_samples import png
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", default="acme/slow")
+    parser.add_argument("--min-runtime-s", type=float, default=2.0)
+    parser.add_argument("--polls", type=int, default=0)
+    args = parser.parse_args(argv)
+    fake = FakeReplicate()
+    fake._server.port = args.port  # the URLs it hands out name this port
+    fake.add_file("out.png", png(8, 8))
+    fake.script(args.model, Script(polls=args.polls, min_runtime_s=args.min_runtime_s,
+                                   outputs=["out.png"]))
+    # In a process of its own the fastest loop and parser uvicorn finds are fine.
+    uvicorn.run(fake.app(), host="127.0.0.1", port=args.port, log_level="warning",
+                access_log=False, lifespan="off")
+
+
+if __name__ == "__main__":
+    main()

@@ -33,6 +33,7 @@ async def call_provider(
     is_transient: Callable[[BaseException], bool],
     describe: Callable[[BaseException], str],
     delay_s: Callable[[Exception], float | None] | None = None,
+    slots: asyncio.Semaphore | None = None,
 ) -> T:
     """``await op()`` within ``provider_request_timeout_s``, tried up to
     ``provider_max_attempts`` times while it fails with a transient error.
@@ -40,11 +41,17 @@ async def call_provider(
     An error of ``errors`` that is not transient becomes :class:`ProviderFailed`
     (``provider_rejected``); a transient one still there after the last attempt becomes
     :class:`ProviderUnavailable`. Both keep the original error as ``__cause__``.
+
+    With ``slots`` (see :func:`provider_slots`) each try first waits for one, outside its
+    timeout.
     """
     s = settings
 
     async def once() -> T:
-        return await asyncio.wait_for(op(), s.provider_request_timeout_s)
+        if slots is None:
+            return await asyncio.wait_for(op(), s.provider_request_timeout_s)
+        async with slots:
+            return await asyncio.wait_for(op(), s.provider_request_timeout_s)
 
     try:
         return await retry(
@@ -62,6 +69,22 @@ async def call_provider(
             f"{label} was unavailable after {s.provider_max_attempts} attempts "
             f"({describe(exc)})"
         ) from exc
+
+
+def provider_limits(settings: Settings) -> httpx.Limits:
+    """The connection pool to one provider: ``provider_max_connections`` at once, all of them
+    kept alive between calls (a worker polling thousands of predictions reuses them instead of
+    opening new ones)."""
+    n = settings.provider_max_connections
+    return httpx.Limits(max_connections=n, max_keepalive_connections=n)
+
+
+def provider_slots(settings: Settings) -> asyncio.Semaphore:
+    """Calls to one provider in flight at once, as many as its pool has connections. The rest
+    wait here, in order, rather than in the HTTP pool: httpcore's pool scans every queued
+    request against every connection each time one is handed out, so thousands of jobs
+    queued there (10,000 creates at once) cost time quadratic in their number."""
+    return asyncio.Semaphore(settings.provider_max_connections)
 
 
 class HttpStatusError(Exception):
@@ -111,9 +134,11 @@ class ProviderHttp:
         self.label = label
         self.settings = settings
         # Provider APIs are addressed directly: env proxies are not used.
+        self.slots = provider_slots(settings)
         self.client = httpx.AsyncClient(
             headers=headers, trust_env=False, follow_redirects=False,
             timeout=httpx.Timeout(settings.provider_request_timeout_s),
+            limits=provider_limits(settings),
         )
 
     async def _once(self, method: str, url: str, body: Any,
@@ -137,6 +162,7 @@ class ProviderHttp:
             self.label, what, self.settings, lambda: self._once(method, url, body, headers),
             errors=(HttpStatusError,), is_transient=is_transient_http, describe=describe_http,
             delay_s=lambda exc: exc.retry_after_s if isinstance(exc, HttpStatusError) else None,
+            slots=self.slots,
         )
 
     async def aclose(self) -> None:

@@ -9,7 +9,6 @@ those transient failures with the retry loop every provider shares
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import re
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 import httpx
 from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ReplicateError
+from structlog.contextvars import bound_contextvars
 
 from shared.logging import get_logger
 from shared.retry import parse_retry_after
@@ -34,7 +34,8 @@ from worker.providers.base import (
     UrlOutput,
     no_queue,
 )
-from worker.providers.calls import call_provider
+from worker.providers.calls import call_provider, provider_limits, provider_slots
+from worker.providers.poller import Poller
 
 log = get_logger(__name__)
 
@@ -52,8 +53,8 @@ _retry_after: contextvars.ContextVar[list[float | None] | None] = contextvars.Co
 class _RetryAfterTransport(httpx.AsyncBaseTransport):
     """Remembers ``Retry-After``: ReplicateError keeps the status but drops the headers."""
 
-    def __init__(self) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._inner = httpx.AsyncHTTPTransport(limits=limits)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
@@ -91,7 +92,7 @@ def _outputs(raw: Any) -> list[Output]:
 
 
 class ReplicateProvider(Provider):
-    """Creates (or resumes) one prediction per job and polls it to the end."""
+    """Creates (or resumes) one prediction per job; one poller per worker polls them all."""
 
     name = "replicate"
 
@@ -101,8 +102,27 @@ class ReplicateProvider(Provider):
         self.client = ReplicateClient(
             api_token=token.get_secret_value() if token is not None else None,
             base_url=api_base_url(settings.replicate_base_url),
-            transport=_RetryAfterTransport(),
+            transport=_RetryAfterTransport(provider_limits(settings)),
         )
+        self.slots = provider_slots(settings)
+        self.poller: Poller[Any] = Poller(
+            self._get, lambda p: p.status in TERMINAL,
+            interval_s=settings.provider_poll_interval_s,
+            max_interval_s=settings.provider_poll_max_interval_s,
+            concurrency=settings.provider_poll_concurrency,
+        )
+
+    async def _get(self, pid: str) -> Any:
+        """One poll of a prediction (retried on transient errors); a 404 means it is lost."""
+        try:
+            with bound_contextvars(prediction_id=pid):
+                return await self._call("get", lambda: self.client.predictions.async_get(pid))
+        except ProviderFailed as exc:
+            if isinstance(exc.__cause__, ReplicateError) and exc.__cause__.status == 404:
+                raise ProviderFailed(
+                    f"Replicate has no prediction {pid}", code="prediction_lost"
+                ) from exc
+            raise
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         box: list[float | None] = [None]
@@ -116,6 +136,7 @@ class ReplicateProvider(Provider):
         return await call_provider(
             "Replicate", what, self.settings, once, errors=(ReplicateError,),
             is_transient=_is_transient, describe=_describe, delay_s=lambda _exc: box[0],
+            slots=self.slots,
         )
 
     async def _create(self, request: GenerationRequest) -> Any:
@@ -137,7 +158,9 @@ class ReplicateProvider(Provider):
         self, request: GenerationRequest, *, prediction_id: str | None, on_created: OnCreated,
         on_queue_position: OnQueuePosition = no_queue,
     ) -> GenerationResult:
-        """Create the prediction (or resume ``prediction_id``), record its id, poll to the end."""
+        """Create the prediction (or resume ``prediction_id``), record its id, and wait for
+        the worker's poller to see it end."""
+        first_poll_s: float | None = None
         if prediction_id is None:
             prediction = await self._call("create", lambda: self._create(request))
             prediction_id = str(prediction.id)
@@ -145,21 +168,10 @@ class ReplicateProvider(Provider):
             log.info("prediction_created", prediction_id=prediction_id)
         else:
             log.info("prediction_resumed", prediction_id=prediction_id)
-        pid = prediction_id
-        interval = self.settings.provider_poll_interval_s
-        while True:
-            try:
-                prediction = await self._call("get", lambda: self.client.predictions.async_get(pid))
-            except ProviderFailed as exc:
-                if isinstance(exc.__cause__, ReplicateError) and exc.__cause__.status == 404:
-                    raise ProviderFailed(
-                        f"Replicate has no prediction {pid}", code="prediction_lost"
-                    ) from exc
-                raise
-            if prediction.status in TERMINAL:
-                break
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.5, self.settings.provider_poll_max_interval_s)
+            # A job handed back resumes here: its prediction may have ended meanwhile.
+            first_poll_s = 0.0
+        prediction = await self.poller.wait(prediction_id, group=request.ref,
+                                            first_poll_s=first_poll_s)
         if prediction.status == "failed":
             raise ProviderFailed(
                 f"the model failed: {prediction.error or 'no reason given'}", code="model_failed"
@@ -176,5 +188,7 @@ class ReplicateProvider(Provider):
             log.warning("provider_cancel_failed", prediction_id=prediction_id, error=str(exc))
 
     async def aclose(self) -> None:
-        """Close the client's connection pool (the package has no public close)."""
+        """Stop the poller and close the client's connection pool (the package has no
+        public close)."""
+        await self.poller.aclose()
         await self.client._async_client.aclose()
