@@ -196,14 +196,13 @@ class Deliverer:
         return len(rows), free
 
     async def _outputs(self, rows: list[Any]) -> dict[uuid.UUID, list[Any]]:
-        """The output rows of the claimed deliveries' succeeded jobs, one query per user."""
-        jobs: dict[uuid.UUID, set[uuid.UUID]] = {}
-        for row in rows:
-            if row["snapshot"]["status"] == "succeeded":
-                jobs.setdefault(row["user_id"], set()).add(row["job_id"])
+        """The output rows of the claimed deliveries' succeeded jobs, by job (one query)."""
+        succeeded = [row for row in rows if row["snapshot"]["status"] == "succeeded"]
         outputs: dict[uuid.UUID, list[Any]] = {}
-        for user_id, ids in jobs.items():
-            for asset in await self.pool.fetch(queries["list_job_assets"], user_id, list(ids)):
+        if succeeded:
+            for asset in await self.pool.fetch(queries["list_job_assets"],
+                                               list({row["user_id"] for row in succeeded}),
+                                               list({row["job_id"] for row in succeeded})):
                 outputs.setdefault(asset["job_id"], []).append(asset)
         return outputs
 

@@ -25,7 +25,7 @@ async def load_job(
     row = await conn.fetchrow(queries["get_job"], job_id, user_id)
     if row is None:
         raise JobNotFound(f"no job {job_id}")
-    assets = await conn.fetch(queries["list_job_assets"], user_id, [job_id])
+    assets = await conn.fetch(queries["list_job_assets"], [user_id], [job_id])
     return Job.from_row(row, assets, await signed_urls(sign, assets))
 
 
@@ -55,7 +55,7 @@ async def list_jobs(
     outputs: dict[uuid.UUID, list[Any]] = defaultdict(list)
     if page:
         for asset in await conn.fetch(
-            queries["list_job_assets"], user_id, [r["id"] for r in page]
+            queries["list_job_assets"], [user_id], [r["id"] for r in page]
         ):
             outputs[asset["job_id"]].append(asset)
     next_cursor = encode_time_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
