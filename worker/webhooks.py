@@ -24,6 +24,7 @@ measures the outbox's due deliveries with one query on its partial index.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -122,10 +123,12 @@ class Deliverer:
             self._finish_many, max_batch=RECORD_BATCH, max_flushes=RECORD_FLUSHES)
         self.in_flight: dict[str, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        # Where a claim was held back: receivers at their limit, and the loop at its own. A
-        # finished POST wakes the loop before its next poll only once half of such a limit is
-        # free again, so a busy receiver's deliveries are claimed a few at a time, not one
-        # claim per POST.
+        # Where the last claim was held back: the receivers with no free place or that got as
+        # many as their free places allowed, and the loop at its own limit. A finished POST
+        # wakes the loop before its next poll only if it frees a place of such a receiver (so
+        # a busy receiver's places stay full) or, for the loop's own limit, once half of it is
+        # free; otherwise the loop claims at its poll, what came due meanwhile in one claim,
+        # not one claim per POST.
         self._held: set[str] = set()
         self._full = False
         self._done = asyncio.Event()
@@ -177,7 +180,6 @@ class Deliverer:
             # PostgreSQL away, or anything else: the loop goes on and claims again later.
             log.warning("webhook_claim_failed", error=repr(exc))
             return 0, free
-        self._held.update(busy)
         try:
             outputs = await self._outputs(rows)
         except Exception as exc:
@@ -186,12 +188,14 @@ class Deliverer:
             return 0, free
         for row in rows:
             receiver = row["receiver"]
-            n = self.in_flight[receiver] = self.in_flight.get(receiver, 0) + 1
-            if n >= per:
-                self._held.add(receiver)
+            self.in_flight[receiver] = self.in_flight.get(receiver, 0) + 1
             task = asyncio.create_task(self._deliver(row, outputs.get(row["job_id"], [])))
             self.tasks.add(task)
             task.add_done_callback(functools.partial(self._finished, receiver=receiver))
+        # Held back: the receivers skipped, and those that got as many as their free places
+        # allowed (more may be due).
+        took = collections.Counter(row["receiver"] for row in rows)
+        self._held = {*busy, *(r for r, k in took.items() if k >= room.get(r, per))}
         self._full = self._full or len(self.tasks) >= s.webhook_concurrency
         return len(rows), free
 
@@ -226,8 +230,7 @@ class Deliverer:
         else:
             self.in_flight.pop(receiver, None)
         s = self.settings
-        if receiver in self._held and left <= s.webhook_per_receiver // 2:
-            self._held.discard(receiver)
+        if receiver in self._held:
             self._done.set()
         if self._full and len(self.tasks) <= s.webhook_concurrency // 2:
             self._full = False
