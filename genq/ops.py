@@ -77,7 +77,7 @@ def _redact(url: str) -> str:
 
 
 def run_until_signal(coro: Coroutine[Any, Any, None]) -> int:
-    """Run a long-lived process on a uvloop event loop (its transports in C: a sixth of the
+    """Run a long-lived process on a uvloop event loop (its transports in C: a fifth of the
     webhook delivery loop's CPU went to the standard loop's socket writes); SIGINT or SIGTERM
     cancels it so it can shut down cleanly."""
 
