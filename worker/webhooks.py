@@ -125,10 +125,9 @@ class Deliverer:
         self.tasks: set[asyncio.Task[None]] = set()
         # Where the last claim was held back: the receivers with no free place or that got as
         # many as their free places allowed, and the loop at its own limit. A finished POST
-        # wakes the loop before its next poll only if it frees a place of such a receiver (so
-        # a busy receiver's places stay full) or, for the loop's own limit, once half of it is
-        # free; otherwise the loop claims at its poll, what came due meanwhile in one claim,
-        # not one claim per POST.
+        # wakes the loop before its next poll only once half of such a limit is free again
+        # (so a busy receiver's places are refilled two or more at a time); otherwise the loop
+        # claims at its poll, what came due meanwhile in one claim, not one claim per POST.
         self._held: set[str] = set()
         self._full = False
         self._done = asyncio.Event()
@@ -230,7 +229,8 @@ class Deliverer:
         else:
             self.in_flight.pop(receiver, None)
         s = self.settings
-        if receiver in self._held:
+        if receiver in self._held and left <= s.webhook_per_receiver // 2:
+            self._held.discard(receiver)
             self._done.set()
         if self._full and len(self.tasks) <= s.webhook_concurrency // 2:
             self._full = False
