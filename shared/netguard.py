@@ -4,12 +4,14 @@ and webhook deliveries resolve the host, check every address, and connect to the
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import socket
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from shared.errors import AddressBlocked
 
@@ -82,3 +84,33 @@ def pinned_request(client: httpx.AsyncClient, method: str, url: httpx.URL, targe
     extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
     return client.build_request(method, pinned, headers=headers, extensions=extensions,
                                 **kwargs)
+
+
+#: The address the current task checked, for :class:`PinnedResolver`.
+_pinned: contextvars.ContextVar[Resolved | None] = contextvars.ContextVar("pinned", default=None)
+
+
+def pin(target: Resolved) -> None:
+    """Make ``target`` the address the current task's next connection to its host goes to."""
+    _pinned.set(target)
+
+
+class PinnedResolver(AbstractResolver):
+    """An aiohttp resolver that answers only with the address the calling task checked and
+    pinned (:func:`pin`), so a connection goes to it and nowhere else (no second resolution: a
+    DNS answer that changes in between cannot redirect it), while the URL keeps the real host
+    for the Host header, TLS SNI and the certificate's check. A host the task did not check is
+    refused."""
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        target = _pinned.get()
+        if target is None or target.host != host.lower().rstrip("."):
+            raise OSError(f"no checked address for host {host!r}")
+        return [ResolveResult(
+            hostname=host, host=str(target.address), port=port,
+            family=socket.AF_INET6 if target.address.version == 6 else socket.AF_INET,
+            proto=0, flags=socket.AI_NUMERICHOST)]
+
+    async def close(self) -> None:
+        """Nothing to release."""

@@ -169,8 +169,9 @@ class Settings(BaseSettings):
 
     # Webhooks: hosts a webhook URL may name even when they resolve to a private or loopback
     # address; one POST's time limit; how many POSTs one delivery loop (one per scheduler) has
-    # in flight, in all and per receiver (host and port); how often an idle loop looks for due
-    # deliveries; how long a rotated secret keeps signing beside the new one.
+    # in flight, in all and per receiver (host and port); how often the loop looks for due
+    # deliveries (sooner once half of a limit that held a claim back is free); how long a rotated
+    # secret keeps signing beside the new one.
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
     webhook_concurrency: int = Field(default=64, ge=1, le=10_000)

@@ -51,7 +51,7 @@ async def _render(call: Call, row: asyncpg.Record) -> ServerSentEvent:
     """One event as SSE: its id, type and the job as it was then."""
     outputs: list[asyncpg.Record] = []
     if row["status"] == JobStatus.SUCCEEDED:
-        outputs = await call.ctx.pool.fetch(queries["list_job_assets"], call.user, [row["id"]])
+        outputs = await call.ctx.pool.fetch(queries["list_job_assets"], [call.user], [row["id"]])
     job = Job.from_row(row, outputs, await signed_urls(call.ctx.content_url, outputs))
     return ServerSentEvent(data=job.model_dump_json(), event=row["event_type"],
                            id=str(row["event_id"]))
@@ -133,7 +133,7 @@ async def get_job_events(call: Call) -> Response:
     async with call.ctx.pool.acquire() as conn:
         status = await conn.fetchval(queries["get_job_status"], job_id, call.user)
     if status is None:
-        raise JobNotFound(f"no job {job_id}")
+        raise JobNotFound.of(job_id)
     return await _stream(call, job_id, ended=status in TERMINAL_STATUSES)
 
 

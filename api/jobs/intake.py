@@ -457,7 +457,7 @@ class Intake:
                     break
                 current = await conn.fetchval(queries["get_job_status"], job_id, user_id)
                 if current is None:
-                    raise JobNotFound(f"no job {job_id}")
+                    raise JobNotFound.of(job_id)
                 if current in TERMINAL_STATUSES:
                     raise JobNotCancelable(
                         f"the job is already {current}", details={"status": current}

@@ -26,7 +26,7 @@ async def load_job(
     row = await conn.fetchrow(queries["get_job"], job_id, user_id)
     if row is None:
         raise JobNotFound.of(job_id)
-    assets = await conn.fetch(queries["list_job_assets"], user_id, [job_id])
+    assets = await conn.fetch(queries["list_job_assets"], [user_id], [job_id])
     return Job.from_row(row, assets, await signed_urls(sign, assets))
 
 
@@ -62,7 +62,7 @@ async def list_jobs(
     outputs: dict[uuid.UUID, list[Any]] = defaultdict(list)
     if page:
         for asset in await conn.fetch(
-            queries["list_job_assets"], user_id, [r["id"] for r in page]
+            queries["list_job_assets"], [user_id], [r["id"] for r in page]
         ):
             outputs[asset["job_id"]].append(asset)
     urls = await signed_urls(sign, (a for rows in outputs.values() for a in rows))

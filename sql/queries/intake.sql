@@ -63,7 +63,9 @@ WHERE id = $1 AND user_id = $2 AND status = 'running'
 RETURNING id
 
 -- list_job_assets --
--- Unexpired outputs of some of a user's jobs. $1 user_id, $2 job ids (uuid[]).
+-- Unexpired outputs of some jobs of some users (the API: one user's; the webhook deliveries:
+-- the jobs of the deliveries one claim took, each with its own user). $1 user ids (uuid[]),
+-- $2 job ids (uuid[]).
 SELECT id, job_id, asset_index, asset_type, mime_type, file_size_bytes, width, height,
        duration_seconds, fps, generation_seed, model_used, created_at, expires_at,
        (SELECT coalesce(jsonb_object_agg(v.kind, jsonb_build_object(
@@ -71,7 +73,7 @@ SELECT id, job_id, asset_index, asset_type, mime_type, file_size_bytes, width, h
                 'storage_key', v.storage_key)), '{}'::jsonb)
         FROM asset_variants v WHERE v.asset_id = workspace_assets.id) AS variants, storage_key
 FROM workspace_assets
-WHERE user_id = $1 AND job_id = ANY($2::uuid[]) AND expires_at > now()
+WHERE user_id = ANY($1::uuid[]) AND job_id = ANY($2::uuid[]) AND expires_at > now()
 ORDER BY job_id, asset_index
 
 -- get_asset --

@@ -498,7 +498,7 @@ async def test_the_backlog_is_the_due_deliveries_not_yet_taken(
     try:
         await deliverer.measure_backlog()
     finally:
-        await deliverer.http.aclose()
+        await deliverer.aclose()
     assert _gauge(metrics, "genq_webhook_deliveries_due") == 3
     assert 60 <= _gauge(metrics, "genq_webhook_oldest_due_age_seconds") < 120
     # The running loop sends the due ones and measures again: nothing due, the hour-later one
