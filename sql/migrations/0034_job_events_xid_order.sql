@@ -12,15 +12,15 @@
 -- wraps) times 2^20, plus the event's number within the transaction (0, 1, ...): ids still
 -- increase for every user and are unique, and the triggers take no lock and send no
 -- notification. An id no longer follows commit order, so a reader only reads the events of
--- transactions older than its snapshot's xmin (the oldest transaction still running):
+-- transactions older than the oldest one of this database still running at its snapshot:
 --
---     id < genq_job_events_horizon()  -- pg_snapshot_xmin(pg_current_snapshot()) * 2^20
+--     id < genq_job_events_horizon()
 --
--- Every transaction below that xmin has ended, so no event below the horizon can still
--- appear: a reader that has read everything below one horizon and reads "id > last" below the
--- next never skips one, and an aborted transaction's events never appear. The cost: an event
--- is read once every transaction that began before it (in any database of the cluster) has
--- ended, so a long open transaction holds the events back as long as it runs.
+-- Every transaction below it has ended (or runs in another database), so no event below the
+-- horizon can still appear: a reader that has read everything below one horizon and reads
+-- "id > last" below the next never skips one, and an aborted transaction's events never
+-- appear. The cost: an event is read once every transaction of this database that took its id
+-- before it has ended, so a long open transaction holds the events back as long as it runs.
 --
 -- A job's events come in the order of their transactions' ids. Every change genq makes to a
 -- job's status is guarded by the status it changes from and read again after a wait for the
@@ -33,10 +33,20 @@
 -- restored from a dump into another cluster starts again from lower transaction ids: purge
 -- job_events after such a restore (clients then start again without Last-Event-ID).
 
--- The highest id a reader may read, plus one.
+-- The highest id a reader may read, plus one: the oldest transaction running at the reader's
+-- snapshot (or, none running, the next one), leaving out those known to run in another
+-- database, which cannot write this one's events. A transaction of the snapshot that has ended
+-- since, or whose database cannot be seen, counts (it can only hold the horizon back).
 CREATE FUNCTION genq_job_events_horizon() RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(
+        (SELECT min(x) FROM pg_snapshot_xip(s) x
+         WHERE NOT EXISTS (
+             SELECT 1 FROM pg_stat_activity a
+             WHERE a.backend_xid = x::xid
+               AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database()))),
+        pg_snapshot_xmax(s))::text::bigint << 20
+    FROM pg_current_snapshot() s
 $$;
 
 DO $$

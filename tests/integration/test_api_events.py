@@ -13,10 +13,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from shared.db import Pool
+from shared.embedded import Services
 from shared.settings import Settings
 from sql import queries
 from tests.integration.api_support import ADMIN, User
@@ -234,6 +236,27 @@ async def test_a_reader_never_skips_an_event_of_a_transaction_still_committing(
     assert events[0].id < events[1].id
     after = await pool.fetch("SELECT job_id FROM job_events WHERE id > $1 ORDER BY id", head)
     assert [r["job_id"] for r in after] == [uuid.UUID(early["id"]), uuid.UUID(late["id"])]
+
+
+async def test_a_transaction_open_in_another_database_holds_no_event_back(
+    client: httpx.AsyncClient, pool: Pool, services: Services
+) -> None:
+    """Only the transactions of genq's own database can write its events, so one left open
+    elsewhere on the same server (it has a transaction id) does not hold the streams back."""
+    user = await _user(client)
+    elsewhere = await asyncpg.connect(services.database_url)
+    try:
+        await elsewhere.execute("BEGIN")
+        await elsewhere.fetchval("SELECT pg_current_xact_id()")  # takes a transaction id
+        async with open_stream(client, "/v1/events", user.headers) as stream:
+            job = await _submit(client, user)
+            await _run(pool, job["id"])
+            events = await stream.take(5)
+        assert [(e.data["id"], e.type) for e in events] == [
+            (job["id"], t) for t in ("job.queued", "job.started", "job.output", "job.output",
+                                     "job.succeeded")]
+    finally:
+        await elsewhere.close()
 
 
 async def test_a_heartbeat_comment_keeps_an_idle_stream_open(
