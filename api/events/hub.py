@@ -10,10 +10,11 @@ connection and one read per round. (The writers send no notification: ``pg_notif
 notifying transaction commit one after another, and so would the events' own lock it replaced.)
 
 Readers only read below the horizon (the events of transactions older than the oldest one of
-the database still running), below which no event can still appear, so "after the last id seen" never skips one.
-A stream first subscribes, then reads what it missed from the table (``Last-Event-ID``), then
-takes its queue, dropping ids it already sent: an event either is below the horizon of that read
-(it is in it) or is read by the hub after the subscription (it is in the queue).
+the database still running), below which no event can still appear, so "after the last id
+seen" never skips one. A stream first subscribes, then reads what it missed from the table
+(``Last-Event-ID``), then takes its queue, dropping ids it already sent: an event either is
+below the horizon of that read (it is in it) or is read by the hub after the subscription (it
+is in the queue).
 """
 
 from __future__ import annotations
