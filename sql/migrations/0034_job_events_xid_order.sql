@@ -22,10 +22,14 @@
 -- appear. The cost: an event is read once every transaction of this database that took its id
 -- before it has ended, so a long open transaction holds the events back as long as it runs.
 --
--- A job's events come in the order of their transactions' ids. Every change genq makes to a
--- job's status is guarded by the status it changes from and read again after a wait for the
--- job's row, so a transaction that waited for another's change of a job never changes it
--- again; an operator's SQL that does could show a job's later change before its earlier one.
+-- A job's events must still come in the order of its changes, and a transaction's id is not
+-- always older than that of one that changed the job after it: a transaction takes its id
+-- before it locks the job's row, so another can take a higher id and lock the row first. The
+-- trigger runs at commit, holding the job's row, after every earlier change of the job has
+-- committed; if the job's last event has an id at or above its own, the event goes right
+-- after the highest id in that event's transaction's range instead (those who do so for one
+-- range take a lock on it first). Readers are not affected: the transaction that writes it is
+-- still running, so the horizon is below it.
 --
 -- Ids up to 2^63: a transaction id below 2^43 (8.8 * 10^12) and up to 2^20 events per
 -- transaction (more fail the transaction). Ids taken before this migration (the sequence's)
@@ -63,6 +67,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_type text;
     v_n integer;
+    v_id bigint;
+    v_last bigint;
+    v_block bigint;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         v_type := genq_job_event_type(NULL, NEW.status, 0, NEW.outputs_staged);
@@ -80,9 +87,21 @@ BEGIN
             USING ERRCODE = 'program_limit_exceeded';
     END IF;
     PERFORM set_config('genq.job_events_n', (v_n + 1)::text, true);
+    v_id := (pg_current_xact_id()::text::bigint << 20) + v_n;
+    SELECT max(e.id) INTO v_last FROM job_events e WHERE e.job_id = NEW.id;
+    IF v_last >= v_id THEN
+        -- The job's last change came from a transaction with a higher id (see the top).
+        v_block := v_last >> 20;
+        PERFORM pg_advisory_xact_lock(34, (v_block % 2147483647)::integer);
+        SELECT max(e.id) + 1 INTO v_id FROM job_events e
+        WHERE e.id >= v_block << 20 AND e.id < (v_block + 1) << 20;
+        IF v_id >= (v_block + 1) << 20 THEN
+            RAISE EXCEPTION 'more than 2^20 job events in one transaction''s range'
+                USING ERRCODE = 'program_limit_exceeded';
+        END IF;
+    END IF;
     INSERT INTO job_events (id, user_id, job_id, type, data)
-    SELECT (pg_current_xact_id()::text::bigint << 20) + v_n, NEW.user_id, NEW.id, v_type,
-           to_jsonb(r)
+    SELECT v_id, NEW.user_id, NEW.id, v_type, to_jsonb(r)
     FROM job_responses r WHERE r.id = NEW.id;
     RETURN NULL;
 END;

@@ -238,6 +238,34 @@ async def test_a_reader_never_skips_an_event_of_a_transaction_still_committing(
     assert [r["job_id"] for r in after] == [uuid.UUID(early["id"]), uuid.UUID(late["id"])]
 
 
+async def test_a_jobs_events_keep_its_order_when_its_later_change_has_the_older_transaction(
+    client: httpx.AsyncClient, pool: Pool
+) -> None:
+    """A transaction takes its id before it locks the job's row, so a job's later change can
+    come from the transaction with the lower id: here one takes its id, another counts the
+    first output and commits, then the first counts the second."""
+    user = await _user(client)
+    job = await _submit(client, user)
+    job_id = uuid.UUID(job["id"])
+    [claimed] = await pool.fetch(queries["claim_jobs"], [job_id], "test-worker", 60.0)
+    async with pool.acquire() as older:
+        tx = older.transaction()
+        await tx.start()
+        first = await older.fetchval("SELECT pg_current_xact_id()::text::bigint")
+        assert await pool.fetchval(queries["count_output_staged"], job_id,
+                                   claimed["attempt"]) == 1
+        assert await older.fetchval(queries["count_output_staged"], job_id,
+                                    claimed["attempt"]) == 2
+        await tx.commit()
+    async with open_stream(client, f"/v1/jobs/{job['id']}/events", user.headers) as stream:
+        events = await stream.take(4)
+    assert [(e.type, e.data["outputs_staged"]) for e in events] == [
+        ("job.queued", 0), ("job.started", 0), ("job.output", 1), ("job.output", 2)]
+    assert [e.id for e in events] == sorted(e.id for e in events)
+    # The second output's transaction had the older id: its event was put after the first's.
+    assert events[3].id >> 20 != first
+
+
 async def test_a_transaction_open_in_another_database_holds_no_event_back(
     client: httpx.AsyncClient, pool: Pool, services: Services
 ) -> None:
