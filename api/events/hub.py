@@ -1,17 +1,20 @@
-"""One API process's live events: a single LISTEN connection, fanned out in memory.
+"""One API process's live events: a single PostgreSQL connection that follows the table, fanned
+out in memory.
 
-Every change of a job writes a ``job_events`` row in the transaction that makes it, and wakes
-every listener with ``pg_notify`` at commit (0024_job_events.sql). The hub holds one PostgreSQL
-connection of its own that LISTENs; on each wake-up (or every :data:`POLL_S`, should a
-notification be lost with a connection) it reads the ids and owners of the events after the
-last one it saw, then the full events its streams want, and puts each into the queue of every
-subscription of that user (and job). Streams never touch the database while they wait, so a
-thousand open streams cost one connection and one read per wake-up.
+Every change of a job writes a ``job_events`` row in the transaction that makes it
+(0024_job_events.sql, 0034_job_events_xid_order.sql). While any stream is open the hub reads,
+every :data:`POLL_S`, the ids and owners of the events after the last one it saw, then the full
+events its streams want, and puts each into the queue of every subscription of that user (and
+job). Streams never touch the database while they wait, so a thousand open streams cost one
+connection and one read per round. (The writers send no notification: ``pg_notify`` makes every
+notifying transaction commit one after another, and so would the events' own lock it replaced.)
 
-Event ids are taken in commit order, so "after the last id seen" never skips one. A stream
-first subscribes, then reads what it missed from the table (``Last-Event-ID``), then takes its
-queue, dropping ids it already sent: an event either committed before that read (it is in it)
-or is read by the hub after the subscription (it is in the queue).
+Readers only read below the horizon (the events of transactions older than the oldest one of
+the database still running), below which no event can still appear, so "after the last id
+seen" never skips one. A stream first subscribes, then reads what it missed from the table
+(``Last-Event-ID``), then takes its queue, dropping ids it already sent: an event either is
+below the horizon of that read (it is in it) or is read by the hub after the subscription (it
+is in the queue).
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from sql import queries
 
 log = get_logger(__name__)
 
-#: Channel the event triggers notify.
-CHANNEL = "genq_job_events"
-#: The hub reads the table this often even without a notification.
-POLL_S = 5.0
+#: The hub reads the table this often while a stream is open.
+POLL_S = 0.05
+#: With no stream open, it reads only where the table ends, this often.
+IDLE_POLL_S = 1.0
 #: Events read per round trip.
 BATCH = 1000
 #: Events one subscription may have waiting; a client that falls further behind is cut off
@@ -107,6 +110,8 @@ class EventHub:
         """A subscription for the ``with`` block; it is gone when the block ends."""
         sub = Subscription(user_id, job_id)
         self._subs.setdefault(user_id, set()).add(sub)
+        # The hub follows the table closely again from now.
+        self._wake.set()
         try:
             yield sub
         finally:
@@ -119,8 +124,6 @@ class EventHub:
     async def _connect(self) -> None:
         conn = await connect(self._url)
         try:
-            await conn.add_listener(CHANNEL, self._notified)
-            # Listening first: an event committed after this read wakes the hub.
             if not self.ready.is_set():
                 self._cursor = await conn.fetchval(queries["events_head"])
         except BaseException:
@@ -135,13 +138,10 @@ class EventHub:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    def _notified(self, *_: object) -> None:
-        self._wake.set()
-
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_S):
+                async with asyncio.timeout(POLL_S if self._subs else IDLE_POLL_S):
                     await self._wake.wait()
             self._wake.clear()
             try:

@@ -34,7 +34,9 @@ from sql import queries
 log = get_logger(__name__)
 
 LAST_EVENT_ID = "Last-Event-ID"
-_MAX_ID_DIGITS = 18
+_MAX_ID_DIGITS = 19
+#: Event ids are PostgreSQL bigints.
+_MAX_ID = 2**63 - 1
 
 
 def last_event_id(call: Call) -> int | None:
@@ -42,7 +44,8 @@ def last_event_id(call: Call) -> int | None:
     raw = call.request.headers.get(LAST_EVENT_ID)
     if raw is None:
         return None
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_ID_DIGITS):
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_ID_DIGITS
+            and int(raw) <= _MAX_ID):
         raise invalid(LAST_EVENT_ID, "must be the id of an event this API sent (digits)")
     return int(raw)
 
@@ -152,7 +155,7 @@ _SSE = {"text/event-stream": {"schema": {
 }}}
 _LAST_EVENT_ID = {
     "name": LAST_EVENT_ID, "in": "header", "required": False,
-    "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+    "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
     "description": "Resume after this event: the id of the last event received (EventSource "
                    "sends it by itself when it reconnects).",
 }

@@ -2,14 +2,16 @@
 -- retention and queue measurements.
 
 -- events_head --
--- The newest event id (0: none yet). Ids are taken in commit order, so every id up to it is
--- already visible.
-SELECT coalesce(max(id), 0) AS head FROM job_events
+-- The highest id a reader may have read now: every event up to it is visible or never will be
+-- (0034_job_events_xid_order.sql), and every later event has a higher id.
+SELECT genq_job_events_horizon() - 1 AS head
 
 -- events_after --
--- Which events came after $1 (id, whose): the API process keeps the ones its streams want.
--- $2 limit.
-SELECT id, user_id, job_id FROM job_events WHERE id > $1 ORDER BY id LIMIT $2
+-- Which events came after $1 (id, whose), below the readers' horizon: the API process keeps the
+-- ones its streams want. $2 limit.
+SELECT id, user_id, job_id FROM job_events
+WHERE id > $1 AND id < genq_job_events_horizon()
+ORDER BY id LIMIT $2
 
 -- read_events --
 -- Events by id, each with its job as the API answered it at the event (a job_responses row).
@@ -21,12 +23,13 @@ WHERE e.id = ANY($1::bigint[])
 ORDER BY e.id
 
 -- list_user_events --
--- A user's events after $2, oldest first (a stream's start or resume); $3 one job's only
--- (NULL: all); $4 limit. $1 user_id.
+-- A user's events after $2 below the readers' horizon, oldest first (a stream's start or
+-- resume); $3 one job's only (NULL: all); $4 limit. $1 user_id.
 SELECT e.id AS event_id, e.type AS event_type, r.*
 FROM job_events e
 CROSS JOIN LATERAL jsonb_populate_record(NULL::job_responses, e.data) r
-WHERE e.user_id = $1 AND e.id > $2 AND ($3::uuid IS NULL OR e.job_id = $3)
+WHERE e.user_id = $1 AND e.id > $2 AND e.id < genq_job_events_horizon()
+  AND ($3::uuid IS NULL OR e.job_id = $3)
 ORDER BY e.id
 LIMIT $4
 

@@ -13,10 +13,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from shared.db import Pool
+from shared.embedded import Services
 from shared.settings import Settings
 from sql import queries
 from tests.integration.api_support import ADMIN, User
@@ -186,15 +188,17 @@ async def _until_waiting(pool: Pool, key: tuple[int, int, int],
             await asyncio.sleep(0.02)
 
 
-async def test_event_ids_follow_commit_order_so_a_reader_never_skips_one(
+async def test_a_reader_never_skips_an_event_of_a_transaction_still_committing(
     client: httpx.AsyncClient, pool: Pool
 ) -> None:
-    """The outbox trap: a transaction that took a lower event id must not commit after one
-    holding a higher id became visible, or a reader that saw the higher one skips it. One
-    transaction is held in its commit right after taking its event id (a trigger that fires
-    after genq's waits for a lock the test holds); another commits meanwhile."""
+    """The outbox trap: a transaction that wrote its event with a lower id must not commit after
+    one with a higher id was read, or the reader skips it. One transaction is held in its commit
+    after writing its event (a trigger that fires after genq's waits for a lock the test
+    holds); another one commits meanwhile, without waiting for it; an open stream shows
+    neither until the first has committed, then both in order. A rolled-back change shows
+    nothing and holds nothing back."""
     user = await _user(client)
-    early, late = await _submit(client, user), await _submit(client, user)
+    early, late, undone = [await _submit(client, user) for _ in range(3)]
     await pool.execute("""
         CREATE FUNCTION test_hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$""")
@@ -205,18 +209,82 @@ async def test_event_ids_follow_commit_order_so_a_reader_never_skips_one(
     head = await pool.fetchval("SELECT max(id) FROM job_events")
     start = ("UPDATE generation_jobs SET status = 'running', started_at = now() "
              "WHERE id = $1")
-    async with pool.acquire() as holder:
-        await holder.execute("SELECT pg_advisory_lock(4242)")
-        first = asyncio.create_task(pool.execute(start, uuid.UUID(early["id"])))
-        await _until_waiting(pool, (0, 4242, 1))  # holding its event id, not committed
-        second = asyncio.create_task(pool.execute(start, uuid.UUID(late["id"])))
-        await _until_waiting(pool, (24, 0, 2), second)  # waits for the first to commit
-        # Neither event is visible while the first is held: none to skip.
-        assert await pool.fetchval("SELECT count(*) FROM job_events WHERE id > $1", head) == 0
-        await holder.execute("SELECT pg_advisory_unlock(4242)")
-        await asyncio.gather(first, second)
+    async with open_stream(client, "/v1/events", user.headers, last_event_id=head) as stream:
+        async with pool.acquire() as holder:
+            await holder.execute("SELECT pg_advisory_lock(4242)")
+            first = asyncio.create_task(pool.execute(start, uuid.UUID(early["id"])))
+            await _until_waiting(pool, (0, 4242, 1))  # its event written, not committed
+            await pool.execute(start, uuid.UUID(late["id"]))  # commits, not waiting for it
+            async with pool.acquire() as conn:
+                undo = conn.transaction()
+                await undo.start()
+                await conn.execute(start, uuid.UUID(undone["id"]))
+                await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # its event written
+                await undo.rollback()
+            # The later transaction's event is in the table, and no reader is shown it.
+            visible = await pool.fetch("SELECT job_id FROM job_events WHERE id > $1", head)
+            assert [r["job_id"] for r in visible] == [uuid.UUID(late["id"])]
+            await asyncio.sleep(1.0)  # the hub reads the table many times meanwhile
+            resumed = await pool.fetch(queries["list_user_events"], user.id, head, None, 10)
+            assert resumed == []
+            await holder.execute("SELECT pg_advisory_unlock(4242)")
+            await first
+        # Had the hub read the later event first, the earlier one (a lower id) would be dropped.
+        events = await stream.take(2)
+    assert [(e.data["id"], e.type) for e in events] == [
+        (early["id"], "job.started"), (late["id"], "job.started")]
+    assert events[0].id < events[1].id
     after = await pool.fetch("SELECT job_id FROM job_events WHERE id > $1 ORDER BY id", head)
     assert [r["job_id"] for r in after] == [uuid.UUID(early["id"]), uuid.UUID(late["id"])]
+
+
+async def test_a_jobs_events_keep_its_order_when_its_later_change_has_the_older_transaction(
+    client: httpx.AsyncClient, pool: Pool
+) -> None:
+    """A transaction takes its id before it locks the job's row, so a job's later change can
+    come from the transaction with the lower id: here one takes its id, another counts the
+    first output and commits, then the first counts the second."""
+    user = await _user(client)
+    job = await _submit(client, user)
+    job_id = uuid.UUID(job["id"])
+    [claimed] = await pool.fetch(queries["claim_jobs"], [job_id], "test-worker", 60.0)
+    async with pool.acquire() as older:
+        tx = older.transaction()
+        await tx.start()
+        first = await older.fetchval("SELECT pg_current_xact_id()::text::bigint")
+        assert await pool.fetchval(queries["count_output_staged"], job_id,
+                                   claimed["attempt"]) == 1
+        assert await older.fetchval(queries["count_output_staged"], job_id,
+                                    claimed["attempt"]) == 2
+        await tx.commit()
+    async with open_stream(client, f"/v1/jobs/{job['id']}/events", user.headers) as stream:
+        events = await stream.take(4)
+    assert [(e.type, e.data["outputs_staged"]) for e in events] == [
+        ("job.queued", 0), ("job.started", 0), ("job.output", 1), ("job.output", 2)]
+    assert [e.id for e in events] == sorted(e.id for e in events)
+    # The second output's transaction had the older id: its event was put after the first's.
+    assert events[3].id >> 20 != first
+
+
+async def test_a_transaction_open_in_another_database_holds_no_event_back(
+    client: httpx.AsyncClient, pool: Pool, services: Services
+) -> None:
+    """Only the transactions of genq's own database can write its events, so one left open
+    elsewhere on the same server (it has a transaction id) does not hold the streams back."""
+    user = await _user(client)
+    elsewhere = await asyncpg.connect(services.database_url)
+    try:
+        await elsewhere.execute("BEGIN")
+        await elsewhere.fetchval("SELECT pg_current_xact_id()")  # takes a transaction id
+        async with open_stream(client, "/v1/events", user.headers) as stream:
+            job = await _submit(client, user)
+            await _run(pool, job["id"])
+            events = await stream.take(5)
+        assert [(e.data["id"], e.type) for e in events] == [
+            (job["id"], t) for t in ("job.queued", "job.started", "job.output", "job.output",
+                                     "job.succeeded")]
+    finally:
+        await elsewhere.close()
 
 
 async def test_a_heartbeat_comment_keeps_an_idle_stream_open(
