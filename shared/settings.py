@@ -175,7 +175,7 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
     webhook_concurrency: int = Field(default=64, ge=1, le=10_000)
-    webhook_per_receiver: int = Field(default=4, ge=1, le=1000)
+    webhook_per_receiver: int = Field(default=16, ge=1, le=1000)
     webhook_poll_s: float = Field(default=0.2, gt=0, le=60)
     webhook_secret_overlap_s: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
 
