@@ -26,11 +26,14 @@ def own_servers(pids: dict[int, str]) -> None:
     _OWN.update(pids)
 
 
-def _machine_busy_s() -> float:
-    """Busy CPU seconds of all cores since boot (everything but idle and iowait)."""
+def _machine_s() -> tuple[float, float]:
+    """CPU seconds of all cores since boot: busy (everything but idle and iowait) and, of
+    that, stolen (a virtual machine's cores waiting for the host's: every process on them
+    runs slower, and its own CPU seconds grow with it)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / _TICKS
+    steal = fields[7] if len(fields) > 7 else 0
+    return (sum(fields[:8]) - idle) / _TICKS, steal / _TICKS
 
 
 def _process_cpu_s() -> dict[int, tuple[str, float, int]]:
@@ -70,12 +73,14 @@ class Snapshot:
 
     at: float
     machine_s: float
+    steal_s: float
     by_pid: dict[int, tuple[str, float, int]]
 
     @classmethod
     def take(cls) -> Snapshot:
         """Read ``/proc`` now."""
-        return cls(time.monotonic(), _machine_busy_s(), _process_cpu_s())
+        machine_s, steal_s = _machine_s()
+        return cls(time.monotonic(), machine_s, steal_s, _process_cpu_s())
 
 
 def cores_used(before: Snapshot, after: Snapshot, server_pid: int) -> dict[str, float]:
@@ -87,7 +92,8 @@ def cores_used(before: Snapshot, after: Snapshot, server_pid: int) -> dict[str, 
 def cpu_seconds(before: Snapshot, after: Snapshot, server_pid: int) -> dict[str, float]:
     """CPU seconds each component used between two snapshots: ``server`` (the process under
     test), ``postgres`` and ``redis`` (every process of theirs, backends included), ``machine``
-    (all cores, everything, the load generator included)."""
+    (all cores, everything, the load generator included) and ``steal`` (of the machine's, the
+    time its cores waited for the host: a run slowed by the host shows here)."""
     used = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
     for pid, (comm, cpu_s, ppid) in after.by_pid.items():
         start = before.by_pid.get(pid)
@@ -97,4 +103,5 @@ def cpu_seconds(before: Snapshot, after: Snapshot, server_pid: int) -> dict[str,
         elif (group := _group(pid, comm, ppid)) is not None:
             used[group] += delta
     used["machine"] = after.machine_s - before.machine_s
+    used["steal"] = after.steal_s - before.steal_s
     return used

@@ -10,13 +10,15 @@
   enqueued due at one moment) with a scheduler running beside the worker, with every job's
   webhook set (``completed``, to the local receiver) against none; each twice, alternating,
   the better of each counted. CPU seconds of the worker, the scheduler and PostgreSQL per job
-  in the notes say where the difference goes.
+  in the notes say where the difference goes; the machine's stolen CPU per job and its load
+  average say whether something else (the host, other processes) slowed a run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from typing import Any
@@ -145,11 +147,14 @@ async def _pipeline(env: BenchEnv, n: int, name: str,
     due = await seed.enqueue_at(redis, queue, seed.generation_calls(ids), 1.0 + n * 0.002)
     done = await seed.wait_jobs(pool, ids, 30 + n * 0.1)
     after = Snapshot.take()
+    used = cpu_seconds(before, after, worker.pid)
     notes: dict[str, Any] = {
         "worker_cpu_us_per_job": (worker.cpu_s() - cpu["worker"]) / n * 1e6,
         "scheduler_cpu_us_per_job": (scheduler.cpu_s() - cpu["scheduler"]) / n * 1e6,
-        "postgres_cpu_us_per_job": cpu_seconds(before, after, worker.pid)["postgres"] / n * 1e6,
-        "machine_cpu_us_per_job": cpu_seconds(before, after, worker.pid)["machine"] / n * 1e6,
+        "postgres_cpu_us_per_job": used["postgres"] / n * 1e6,
+        "machine_cpu_us_per_job": used["machine"] / n * 1e6,
+        "steal_cpu_us_per_job": used["steal"] / n * 1e6,
+        "load_average_1m_at_end": os.getloadavg()[0],
     }
     if url is not None:
         last = await _wait_delivered(env, ids, 60 + n * 0.05)
