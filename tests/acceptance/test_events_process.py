@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from shared.db import Pool
 from shared.embedded import free_port
 from shared.settings import Settings
 from tests.acceptance.recovery_support import Processes, process_env
+from tests.integration.api_support import User, new_user
 from tests.sse_support import Event, open_stream
 
 ADMIN_TOKEN = "events-admin-token-0123456789abcdef"
@@ -34,22 +34,10 @@ def _job(i: int) -> dict[str, Any]:
             "params": {"width": 16, "height": 16}}
 
 
-async def _user(client: httpx.AsyncClient, credits: int) -> dict[str, str]:
-    r = await client.post("/v1/admin/users", json={"email": f"{uuid.uuid4().hex}@example.com"},
-                          headers=ADMIN)
-    assert r.status_code == 201, r.text
-    user = r.json()
-    g = await client.post(f"/v1/admin/users/{user['id']}/credits", json={"amount": credits},
-                          headers={**ADMIN, "Idempotency-Key": f"seed-{user['id']}"})
-    assert g.status_code == 200, g.text
-    return {"Authorization": f"Bearer {user['api_key']}", "id": user["id"]}
-
-
-async def _submit(client: httpx.AsyncClient, auth: dict[str, str], n: int
-                  ) -> dict[str, int]:
+async def _submit(client: httpx.AsyncClient, user: User, n: int) -> dict[str, int]:
     """n jobs, 50 at a time; their ids with their num_outputs."""
     jobs: dict[str, int] = {}
-    headers = {"Authorization": auth["Authorization"]}
+    headers = user.headers
     for start in range(0, n, 50):
         answers = await asyncio.gather(*(
             client.post("/v1/jobs", json=_job(i), headers=headers)
@@ -90,9 +78,9 @@ async def test_a_client_of_one_api_process_sees_every_event_of_a_worker_process(
                 pass
             assert time.monotonic() < deadline, procs.tails()
             await asyncio.sleep(0.2)
-        ada = await _user(client, JOBS * 2)
-        bob = await _user(client, OTHER_JOBS * 2)
-        headers = {"Authorization": ada["Authorization"]}
+        ada = await new_user(client, JOBS * 2, admin=ADMIN)
+        bob = await new_user(client, OTHER_JOBS * 2, admin=ADMIN)
+        headers = ada.headers
         total = sum(len(_expected(1 + i % 2)) for i in range(JOBS))
 
         async with open_stream(client, "/v1/events", headers) as whole:
@@ -125,7 +113,7 @@ async def test_a_client_of_one_api_process_sees_every_event_of_a_worker_process(
     ids = [e.id for e in seen]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     stored = await pool.fetch("SELECT id FROM job_events WHERE user_id = $1 ORDER BY id",
-                              uuid.UUID(ada["id"]))
+                              ada.id)
     assert ids == [r["id"] for r in stored]
     # The client that left got exactly what it missed: together, the same events.
     assert [(e.id, e.type) for e in before + after] == [(e.id, e.type) for e in seen]

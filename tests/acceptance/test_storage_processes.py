@@ -19,6 +19,7 @@ from shared.settings import Settings
 from shared.storage import LocalStorage, asset_key
 from tests.acceptance.recovery_support import Processes
 from tests.acceptance.stack_support import clean_env
+from tests.integration.api_support import new_user
 from tests.s3_support import S3Server
 
 ADMIN = {"Authorization": "Bearer storage-admin-token-0123456789abcdef"}
@@ -61,17 +62,6 @@ async def _start_api(procs: Processes, env: dict[str, str], name: str) -> str:
     return base
 
 
-async def _user(client: httpx.AsyncClient, credits: int) -> tuple[dict[str, str], uuid.UUID]:
-    r = await client.post("/v1/admin/users", json={"email": f"{uuid.uuid4().hex}@example.com"},
-                          headers=ADMIN)
-    assert r.status_code == 201, r.text
-    user = r.json()
-    g = await client.post(f"/v1/admin/users/{user['id']}/credits", json={"amount": credits},
-                          headers={**ADMIN, "Idempotency-Key": f"seed-{user['id']}"})
-    assert g.status_code == 200, g.text
-    return {"Authorization": f"Bearer {user['api_key']}"}, uuid.UUID(user["id"])
-
-
 async def _wait_succeeded(client: httpx.AsyncClient, job_id: str, auth: dict[str, str],
                           procs: Processes) -> dict[str, object]:
     deadline = time.monotonic() + 60
@@ -99,7 +89,7 @@ async def test_two_apis_and_a_worker_share_only_s3(
     async with httpx.AsyncClient(base_url=api_a, timeout=10) as a, \
             httpx.AsyncClient(base_url=api_b, timeout=10) as b, \
             httpx.AsyncClient(timeout=10) as browser:
-        auth, _ = await _user(a, credits=10)
+        auth = (await new_user(a, 10, admin=ADMIN)).headers
         r = await a.post("/v1/jobs", headers=auth, json={
             "model": "local/sketch", "prompt": "two machines", "num_outputs": 2, "seed": 3})
         assert r.status_code == 202, r.text
@@ -161,7 +151,8 @@ def _rss_mb(pid: int) -> float:
 
 async def _one_gib_asset(pool: Pool, client: httpx.AsyncClient, storage: LocalStorage
                          ) -> tuple[dict[str, str], str, int]:
-    auth, user_id = await _user(client, credits=10)
+    user = await new_user(client, 10, admin=ADMIN)
+    auth, user_id = user.headers, user.id
     r = await client.post("/v1/jobs", json={"model": "local/sketch", "prompt": "long"},
                           headers=auth)
     assert r.status_code == 202

@@ -33,6 +33,23 @@ class User:
         return {"Authorization": f"Bearer {self.api_key}"}
 
 
+async def new_user(client: httpx.AsyncClient, credits: int = 0,
+                   admin: dict[str, str] = ADMIN) -> User:
+    """A user made through POST /v1/admin/users by ``admin``, granted ``credits`` if any."""
+    r = await client.post(
+        "/v1/admin/users", json={"email": f"{uuid.uuid4().hex}@example.com"}, headers=admin
+    )
+    assert r.status_code == 201, r.text
+    user = User(uuid.UUID(r.json()["id"]), r.json()["api_key"])
+    if credits:
+        g = await client.post(
+            f"/v1/admin/users/{user.id}/credits", json={"amount": credits},
+            headers={**admin, "Idempotency-Key": f"seed-{user.id}"},
+        )
+        assert g.status_code == 200, g.text
+    return user
+
+
 @dataclass
 class Api:
     """The running app, a client for it, and the test's own pool for looking behind it."""
@@ -43,18 +60,7 @@ class Api:
     pool: Pool
 
     async def user(self, credits: int = 0) -> User:
-        r = await self.client.post(
-            "/v1/admin/users", json={"email": f"{uuid.uuid4().hex}@example.com"}, headers=ADMIN
-        )
-        assert r.status_code == 201, r.text
-        user = User(uuid.UUID(r.json()["id"]), r.json()["api_key"])
-        if credits:
-            g = await self.client.post(
-                f"/v1/admin/users/{user.id}/credits", json={"amount": credits},
-                headers={**ADMIN, "Idempotency-Key": f"seed-{user.id}"},
-            )
-            assert g.status_code == 200, g.text
-        return user
+        return await new_user(self.client, credits)
 
     async def balance(self, user: User) -> tuple[int, int]:
         r = await self.client.get("/v1/credits", headers=user.headers)

@@ -21,7 +21,7 @@ from shared.db import Pool
 from shared.embedded import Services
 from shared.settings import Settings
 from sql import queries
-from tests.integration.api_support import ADMIN, User
+from tests.integration.api_support import User, new_user
 from tests.sse_support import Event, Served, open_stream, served_app
 from worker import maintenance
 
@@ -40,17 +40,6 @@ async def served_fixture(settings: Settings) -> AsyncIterator[Served]:
 async def client_fixture(served: Served) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=served.base_url, timeout=30) as client:
         yield client
-
-
-async def _user(client: httpx.AsyncClient, credits: int = 100) -> User:
-    r = await client.post("/v1/admin/users", json={"email": f"{uuid.uuid4().hex}@example.com"},
-                          headers=ADMIN)
-    assert r.status_code == 201, r.text
-    user = User(uuid.UUID(r.json()["id"]), r.json()["api_key"])
-    g = await client.post(f"/v1/admin/users/{user.id}/credits", json={"amount": credits},
-                          headers={**ADMIN, "Idempotency-Key": f"seed-{user.id}"})
-    assert g.status_code == 200, g.text
-    return user
 
 
 async def _submit(client: httpx.AsyncClient, user: User, **overrides: Any) -> dict[str, Any]:
@@ -82,7 +71,7 @@ def _types(events: list[Event]) -> list[str]:
 async def test_a_job_stream_shows_each_change_in_order_then_ends(
     client: httpx.AsyncClient, pool: Pool
 ) -> None:
-    user = await _user(client)
+    user = await new_user(client, 100)
     job = await _submit(client, user)
     async with open_stream(client, f"/v1/jobs/{job['id']}/events", user.headers) as stream:
         [queued] = await stream.take(1)
@@ -105,7 +94,7 @@ async def test_a_job_stream_shows_each_change_in_order_then_ends(
 async def test_the_users_stream_shows_every_job_and_never_another_users(
     client: httpx.AsyncClient, pool: Pool
 ) -> None:
-    ada, bob = await _user(client), await _user(client)
+    ada, bob = await new_user(client, 100), await new_user(client, 100)
     async with open_stream(client, "/v1/events", ada.headers) as stream:
         jobs = [await _submit(client, ada) for _ in range(3)]
         theirs = await _submit(client, bob)
@@ -128,7 +117,7 @@ async def test_the_users_stream_shows_every_job_and_never_another_users(
 async def test_another_users_job_stream_is_404_and_bad_input_is_422(
     client: httpx.AsyncClient,
 ) -> None:
-    ada, bob = await _user(client), await _user(client)
+    ada, bob = await new_user(client, 100), await new_user(client, 100)
     job = await _submit(client, ada)
     for path in (f"/v1/jobs/{job['id']}/events", f"/v1/jobs/{uuid.uuid4()}/events",
                  "/v1/jobs/nope/events"):
@@ -147,7 +136,7 @@ async def test_another_users_job_stream_is_404_and_bad_input_is_422(
 async def test_last_event_id_resumes_with_exactly_the_missed_events(
     client: httpx.AsyncClient, pool: Pool
 ) -> None:
-    user = await _user(client)
+    user = await new_user(client, 100)
     async with open_stream(client, "/v1/events", user.headers) as stream:
         first = await _submit(client, user)
         [seen] = await stream.take(1)
@@ -197,7 +186,7 @@ async def test_a_reader_never_skips_an_event_of_a_transaction_still_committing(
     holds); another one commits meanwhile, without waiting for it; an open stream shows
     neither until the first has committed, then both in order. A rolled-back change shows
     nothing and holds nothing back."""
-    user = await _user(client)
+    user = await new_user(client, 100)
     early, late, undone = [await _submit(client, user) for _ in range(3)]
     await pool.execute("""
         CREATE FUNCTION test_hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -244,7 +233,7 @@ async def test_a_jobs_events_keep_its_order_when_its_later_change_has_the_older_
     """A transaction takes its id before it locks the job's row, so a job's later change can
     come from the transaction with the lower id: here one takes its id, another counts the
     first output and commits, then the first counts the second."""
-    user = await _user(client)
+    user = await new_user(client, 100)
     job = await _submit(client, user)
     job_id = uuid.UUID(job["id"])
     [claimed] = await pool.fetch(queries["claim_jobs"], [job_id], "test-worker", 60.0)
@@ -271,7 +260,7 @@ async def test_a_transaction_open_in_another_database_holds_no_event_back(
 ) -> None:
     """Only the transactions of genq's own database can write its events, so one left open
     elsewhere on the same server (it has a transaction id) does not hold the streams back."""
-    user = await _user(client)
+    user = await new_user(client, 100)
     elsewhere = await asyncpg.connect(services.database_url)
     try:
         await elsewhere.execute("BEGIN")
@@ -290,7 +279,7 @@ async def test_a_transaction_open_in_another_database_holds_no_event_back(
 async def test_a_heartbeat_comment_keeps_an_idle_stream_open(
     client: httpx.AsyncClient,
 ) -> None:
-    user = await _user(client)
+    user = await new_user(client, 100)
     async with open_stream(client, "/v1/events", user.headers) as stream:
         with pytest.raises(TimeoutError):
             await stream.next(timeout=5 * HEARTBEAT_S)
@@ -301,7 +290,7 @@ async def test_closed_clients_leave_no_subscription_or_task_behind(
     served: Served, client: httpx.AsyncClient, pool: Pool
 ) -> None:
     hub = served.app.state.genq.events
-    user = await _user(client)
+    user = await new_user(client, 100)
     job = await _submit(client, user)
     tasks_before = asyncio.all_tasks()
     clients = [httpx.AsyncClient(base_url=served.base_url) for _ in range(20)]
@@ -337,7 +326,7 @@ async def test_closed_clients_leave_no_subscription_or_task_behind(
 async def test_queue_position_goes_down_as_jobs_ahead_start(
     client: httpx.AsyncClient, pool: Pool
 ) -> None:
-    user = await _user(client)
+    user = await new_user(client, 100)
     jobs = [await _submit(client, user, num_outputs=1) for _ in range(5)]
     assert [j["queue"]["position"] for j in jobs] == [0, 1, 2, 3, 4]
     assert all(j["queue"]["eta_s"] is None for j in jobs)  # the queue's speed is not known yet
@@ -363,7 +352,7 @@ async def test_queue_position_goes_down_as_jobs_ahead_start(
 async def test_old_events_are_purged_and_young_ones_kept(
     client: httpx.AsyncClient, pool: Pool
 ) -> None:
-    user = await _user(client)
+    user = await new_user(client, 100)
     old, young = await _submit(client, user), await _submit(client, user)
     await pool.execute("UPDATE job_events SET created_at = now() - interval '2 hours' "
                        "WHERE job_id = $1", uuid.UUID(old["id"]))
@@ -376,7 +365,7 @@ async def test_old_events_are_purged_and_young_ones_kept(
 async def test_the_stream_of_a_finished_job_sends_what_is_kept_and_ends(
     client: httpx.AsyncClient, pool: Pool
 ) -> None:
-    user = await _user(client)
+    user = await new_user(client, 100)
     job = await _submit(client, user)
     await _run(pool, job["id"], "failed")
     path = f"/v1/jobs/{job['id']}/events"
@@ -398,7 +387,7 @@ async def test_a_burst_of_events_arrives_whole_and_in_order(
 ) -> None:
     """2,500 jobs queued in one transaction (as an operator's SQL could): every event reaches
     the open stream, in order, each with its queue position."""
-    user = await _user(client)
+    user = await new_user(client, 100)
     async with open_stream(client, "/v1/events", user.headers) as stream:
         await pool.execute(
             "INSERT INTO generation_jobs (user_id, model, provider, prompt, num_outputs, "
