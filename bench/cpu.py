@@ -53,7 +53,8 @@ def _process_cpu_s() -> dict[int, tuple[str, float, int]]:
     return found
 
 
-def _group(pid: int, comm: str, ppid: int) -> str | None:
+def component(pid: int, comm: str, ppid: int) -> str | None:
+    """``postgres``, ``redis`` or None: which service a process counts for."""
     own = _OWN.get(pid) or _OWN.get(ppid)
     if own is not None:
         return own
@@ -100,7 +101,7 @@ def cpu_seconds(before: Snapshot, after: Snapshot, server_pid: int) -> dict[str,
         delta = cpu_s - (start[1] if start is not None and start[0] == comm else 0.0)
         if pid == server_pid:
             used["server"] += delta
-        elif (group := _group(pid, comm, ppid)) is not None:
+        elif (group := component(pid, comm, ppid)) is not None:
             used[group] += delta
     used["machine"] = after.machine_s - before.machine_s
     used["steal"] = after.steal_s - before.steal_s

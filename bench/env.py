@@ -103,6 +103,23 @@ async def _fresh_database(url: str) -> str:
     return _with_database(url, BENCH_DATABASE)
 
 
+async def _local_postmaster(url: str) -> int | None:
+    """The pid of the configured PostgreSQL's postmaster when it runs on this machine (the
+    parent of this connection's backend), so that only its processes count as PostgreSQL's
+    CPU and not those of other servers here; None when it cannot be seen."""
+    conn = await asyncpg.connect(url)
+    try:
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        raw = Path(f"/proc/{backend}/stat").read_text()
+    except OSError:
+        return None  # another machine or container
+    finally:
+        await conn.close()
+    if not raw[raw.index("(") + 1: raw.rindex(")")].startswith("postgres"):
+        return None
+    return int(raw[raw.rindex(")") + 2:].split()[1])
+
+
 @dataclass
 class BenchEnv:
     """Services, a pool and a Redis client for the harness, and the processes it started."""
@@ -135,8 +152,13 @@ class BenchEnv:
         async with running_services(self.settings, prepare=False) as services:
             try:
                 self.database_url = services.database_url
-                cpu.own_servers({pid: "postgres" if name == "postgres" else "redis"
-                                 for name, pid in services.server_pids.items()})
+                owned = {pid: "postgres" if name == "postgres" else "redis"
+                         for name, pid in services.server_pids.items()}
+                if "postgres" not in services.server_pids:
+                    postmaster = await _local_postmaster(self.database_url)
+                    if postmaster is not None:
+                        owned[postmaster] = "postgres"
+                cpu.own_servers(owned)
                 if self.embedded_database:
                     self.database_url = await _fresh_database(self.database_url)
                 self.redis_url = services.redis_url

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bench import cpu, loadgen, seed
+from bench import cpu, loadgen, pgstat, seed
 from bench.env import BenchEnv, Proc
 from bench.report import Row
 
@@ -56,7 +56,11 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     keys = [a.api_key for a in accounts]
 
     api, base = await env.genq_api(env.queue("intake"))
+    profile = pgstat.Profile(env.db())
+    await profile.start()
     genq = await _measure(api, plan(int(base.rsplit(":", 1)[1]), keys, duration_s))
+    # with pg_stat_statements: per measured request, the warm-up's statements included
+    genq["pg_stat_statements"] = await profile.result(genq["requests"])
     env.stop(api)
 
     app, base = await env.bare_app()

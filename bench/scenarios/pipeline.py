@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from bench import cpu, floor, seed
+from bench import cpu, floor, pgstat, seed
 from bench.env import BenchEnv
 from bench.report import Row
 
@@ -36,10 +36,13 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     queue = env.queue("pipeline")
     worker = await env.genq_worker(queue)
     cpu0 = worker.cpu_s()
+    profile = pgstat.Profile(pool)
+    await profile.start()
     due = await seed.enqueue_at(redis, queue, seed.generation_calls(ids), lead_s)
     before = cpu.Snapshot.take()
     done = await seed.wait_jobs(pool, ids, timeout_s)
     genq_used = cpu.cpu_seconds(before, cpu.Snapshot.take(), worker.pid)
+    statements = await profile.result(n)
     genq_wall = done["last_finished"] - due
     genq_cpu = worker.cpu_s() - cpu0
     env.stop(worker)
@@ -97,7 +100,9 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
                    # CPU per job in microseconds, by component
                    "genq_cpu_us_per_job": genq_us,
                    "bare_cpu_us_per_job": _per_job(bare_used, n),
-                   "floor_cpu_us_per_job": floor_us}),
+                   "floor_cpu_us_per_job": floor_us,
+                   # with pg_stat_statements (bench/pgstat.py): genq's top statements
+                   "pg_stat_statements": statements}),
         Row("pipeline", "pipeline: jobs/s through one worker vs bare arq", n / genq_wall,
             n / bare_wall, "jobs/s"),
         # The floor in the "genq" column: what any worker that records each job durably
