@@ -13,9 +13,10 @@ transaction. Each is idempotent: grants and reserves by key, settlements by rese
   item), inserts the job and calls ``genq_reserve`` for its price in the same transaction; no
   Python calls it alone.
 - **capture**: inside the database. The worker's final write, ``genq_finalize`` and
-  ``genq_finalize_batch`` (sql/migrations/0011_finalize_cancel_wins.sql, run by worker/jobs.py
-  through :func:`fetchrow`), writes the job's terminal status and calls ``genq_settle`` with
-  what the job made, refunding the rest, in one transaction.
+  ``genq_finalize_batch`` (both run ``genq_finalize_set``, newest in
+  sql/migrations/0038_finalize_fewer_statements.sql; called by worker/jobs.py), writes the
+  job's terminal status and settles its reservation, capturing what the job made and
+  refunding the rest, in one transaction.
 - **adjust**: :func:`adjust` here (``genq_adjust``, sql/migrations/0026_operations.sql), an
   admin's correction either way: a negative grant, or a finished job's capture given back.
 - **refund**: :func:`refund` here (``genq_settle`` capturing nothing), for a queued job canceled

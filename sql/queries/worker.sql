@@ -102,9 +102,9 @@ RETURNING id
 
 -- finalize_job --
 -- The terminal transition, the asset rows (with their variants) and the settlement in one
--- statement (genq_finalize, newest in 0014_asset_variants.sql). status: the status written,
--- which is `canceled` (all refunded, no assets) whatever $3 was if a cancel was requested before this write; NULL: this
--- attempt no longer holds the job, nothing written.
+-- statement (genq_finalize, newest in 0038_finalize_fewer_statements.sql). status: the status
+-- written, which is `canceled` (all refunded, no assets) whatever $3 was if a cancel was
+-- requested before this write; NULL: this attempt no longer holds the job, nothing written.
 -- $1 job_id, $2 attempt, $3 status (succeeded | failed | canceled), $4 outputs_made,
 -- $5 error_code (nullable), $6 error_message (nullable), $7 assets (jsonb array, empty unless
 -- succeeded; each with fps and variants), $8 asset TTL seconds.
@@ -112,8 +112,8 @@ SELECT genq_finalize($1, $2, $3, $4, $5, $6, $7, $8) AS status
 
 -- finalize_jobs --
 -- finalize_job for many jobs in one statement and one transaction (group commit:
--- genq_finalize_batch in 0011_finalize_cancel_wins.sql); any error writes nothing for any of
--- them. One row per item, with the status written (NULL: not held).
+-- genq_finalize_batch, newest in 0038_finalize_fewer_statements.sql); any error writes
+-- nothing for any of them. One row per item, with the status written (NULL: not held).
 -- $1 items (jsonb: [{item, job, user_id, attempt, status, made, error_code, error_message,
 -- assets}, ...]), $2 asset TTL seconds.
 SELECT item, status FROM genq_finalize_batch($1, $2)

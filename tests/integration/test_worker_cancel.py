@@ -92,3 +92,36 @@ async def test_a_batch_of_final_writes_lets_each_cancel_win(
         ("grant", 100, 0), ("reserve", -2, 2), ("refund", 2, -2)]
     await assert_invariants(pool, canceled.user_id)
     await batches.drain()
+
+
+async def test_a_cancel_committed_while_the_final_write_waits_for_the_job_wins(
+    pool: Pool, settings: Settings
+) -> None:
+    # The final write reads the job, then waits for its row, held by the cancel's transaction:
+    # it decides on the row the cancel left, not on the one it read first.
+    batches = WorkerBatches(pool, settings, OWNER)
+    job = await create_job(pool, num_outputs=2)
+    claimed = await batches.claim(job.id)
+    assert claimed is not None
+    async with pool.acquire() as conn:
+        cancel = conn.transaction()
+        await cancel.start()
+        await conn.execute(
+            "UPDATE generation_jobs SET cancel_requested_at = now() WHERE id = $1", job.id)
+        write = asyncio.create_task(batches.finalize(
+            Final(claimed, Outcome(JobStatus.SUCCEEDED), staged(claimed, 2))))
+        while not await pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND pid <> pg_backend_pid()"
+                " AND query LIKE '%genq_finalize%')"):
+            assert not write.done()
+            await asyncio.sleep(0.01)
+        await cancel.commit()
+    assert await write == "canceled"
+    assert await assets_of(pool, job.id) == []
+    row = await job_row(pool, job.id)
+    assert (row["status"], row["error_code"], row["outputs_made"]) == ("canceled", "canceled", 0)
+    assert await ledger_kinds(pool, job.user_id) == [
+        ("grant", 100, 0), ("reserve", -2, 2), ("refund", 2, -2)]
+    await assert_invariants(pool, job.user_id)
+    await batches.drain()
