@@ -85,13 +85,19 @@ async def test_a_batch_of_final_writes_lets_each_cancel_win(
         for j in (done, canceled)))
     assert written == ["succeeded", "canceled"]
     assert len(await assets_of(pool, done.id)) == 2
-    assert await assets_of(pool, canceled.id) == []
-    row = await job_row(pool, canceled.id)
-    assert (row["status"], row["error_code"], row["outputs_made"]) == ("canceled", "canceled", 0)
-    assert await ledger_kinds(pool, canceled.user_id) == [
-        ("grant", 100, 0), ("reserve", -2, 2), ("refund", 2, -2)]
-    await assert_invariants(pool, canceled.user_id)
+    await assert_canceled_and_refunded(pool, canceled.id, canceled.user_id)
     await batches.drain()
+
+
+async def assert_canceled_and_refunded(pool: Pool, job_id: uuid.UUID,
+                                       user_id: uuid.UUID) -> None:
+    """The two-output job ended canceled, with no assets, its 2 credits refunded."""
+    assert await assets_of(pool, job_id) == []
+    row = await job_row(pool, job_id)
+    assert (row["status"], row["error_code"], row["outputs_made"]) == ("canceled", "canceled", 0)
+    assert await ledger_kinds(pool, user_id) == [
+        ("grant", 100, 0), ("reserve", -2, 2), ("refund", 2, -2)]
+    await assert_invariants(pool, user_id)
 
 
 async def test_a_cancel_committed_while_the_final_write_waits_for_the_job_wins(
@@ -118,10 +124,5 @@ async def test_a_cancel_committed_while_the_final_write_waits_for_the_job_wins(
             await asyncio.sleep(0.01)
         await cancel.commit()
     assert await write == "canceled"
-    assert await assets_of(pool, job.id) == []
-    row = await job_row(pool, job.id)
-    assert (row["status"], row["error_code"], row["outputs_made"]) == ("canceled", "canceled", 0)
-    assert await ledger_kinds(pool, job.user_id) == [
-        ("grant", 100, 0), ("reserve", -2, 2), ("refund", 2, -2)]
-    await assert_invariants(pool, job.user_id)
+    await assert_canceled_and_refunded(pool, job.id, job.user_id)
     await batches.drain()
