@@ -6,9 +6,9 @@
 --     neither locked nor written;
 --   * genq_finalize and genq_finalize_batch are PL/pgSQL: a SQL function that is not inlined
 --     parses and plans its body again on every call, PL/pgSQL keeps the plan for the session.
--- Measured on one connection, 800 jobs finalized one at a time: 1,825-1,925 -> 1,438-2,025 us
--- of backend CPU per final write for the first change, 1,875-1,962 -> 1,663-1,788 for the
--- second (docs/performance.md).
+-- Both together, measured on one connection (600 jobs, old and new alternating three times):
+-- backend CPU per job written alone 1,517-2,050 -> 1,317-1,400 us, in batches of four
+-- 617-733 -> 500-550 us (docs/performance.md).
 
 CREATE OR REPLACE FUNCTION genq_finalize_set(p_items genq_finalize_item[], p_asset_ttl_s double precision)
 RETURNS TABLE (item integer, status text)
