@@ -70,10 +70,11 @@ class Profile:
         self._before = cpu.Snapshot.take()
 
     async def result(self, jobs: int) -> dict[str, Any]:
-        """The top statements by total time (``per_job``: calls and rows over ``jobs``;
-        ``toplevel`` false: run inside a function or trigger, its time also counted in the
-        caller's) and PostgreSQL CPU per job, in microseconds, by backend type (backends that
-        ended during the measurement are not counted). Empty without the extension."""
+        """The top statements by total time (calls and rows divided by ``jobs``; ``toplevel``
+        false: run inside a function or trigger, its time also counted in the caller's) and
+        PostgreSQL CPU per job, in microseconds, by backend type (the harness's own backends
+        count as client backends; backends that ended during the measurement are not counted).
+        Empty without the extension."""
         if not self.enabled or self._before is None:
             return {}
         after = cpu.Snapshot.take()
