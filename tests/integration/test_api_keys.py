@@ -9,8 +9,12 @@ import uuid
 import asyncpg
 import pytest
 
+from api.jobs.intake import SubmitItem
+from api.jobs.models import JobCreate
+from shared.catalog import load_rules
 from shared.db import Pool
 from shared.settings import Settings
+from sql import queries
 from tests.factories import assert_invariants
 from tests.integration.api_support import (  # noqa: F401
     ADMIN,
@@ -166,6 +170,62 @@ async def test_the_database_refuses_a_hold_for_a_disabled_user(pool: Pool, api: 
     await pool.execute("SELECT * FROM genq_grant($1, 1, NULL, NULL)", user.id)
     account = await assert_invariants(pool, user.id)
     assert (account.balance, account.reserved) == (11, 0)
+
+
+async def test_a_submission_authenticated_before_a_disable_is_refused_by_the_database(
+    api: Api,
+) -> None:
+    # The key is cached as it was before the disable, which reaches the database alone (no
+    # invalidation is published), so these submissions pass authentication and meet the
+    # submit statement's own check: with and without an Idempotency-Key.
+    await _cache_live(api)
+    user = await api.user(credits=10)
+    assert await api.balance(user) == (10, 0)
+    await api.pool.execute("UPDATE users SET disabled_at = now() WHERE id = $1", user.id)
+    for headers in (user.headers, {**user.headers, "Idempotency-Key": "after-disable"}):
+        r = await api.client.post("/v1/jobs", json=JOB, headers=headers)
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "account_disabled"), r.text
+    enabled = await api.client.post(f"/v1/admin/users/{user.id}/enable", headers=ADMIN)
+    assert enabled.status_code == 200
+    assert await api.balance(user) == (10, 0)
+    assert (await api.client.get("/v1/jobs", headers=user.headers)).json()["data"] == []
+    await assert_invariants(api.pool, user.id)
+
+
+async def test_a_batch_refuses_only_the_disabled_users_items(api: Api) -> None:
+    # The intake's statement (genq_submit_batch) with one batch over two accounts.
+    disabled, other = await api.user(credits=10), await api.user(credits=10)
+    await api.pool.execute("UPDATE users SET disabled_at = now() WHERE id = $1", disabled.id)
+    async with api.pool.acquire() as conn:
+        rules = (await load_rules(conn))["local/sketch"]
+    items = [SubmitItem.checked(uuid.uuid4(), owner.id, JobCreate.model_validate(JOB), None,
+                                None, rules) for owner in (disabled, other, disabled)]
+    rows = await api.pool.fetch(queries["submit_jobs"],
+                                [it.payload(i) for i, it in enumerate(items)], 3, 60.0, 60.0)
+    refused = {r["item"]: r["error_constraint"] for r in rows}
+    assert refused == {0: "users_account_disabled", 1: None, 2: "users_account_disabled"}
+    assert await api.balance(other) == (9, 1)
+    await api.client.post(f"/v1/admin/users/{disabled.id}/enable", headers=ADMIN)
+    assert await api.balance(disabled) == (10, 0)
+    assert (await api.client.get("/v1/jobs", headers=disabled.headers)).json()["data"] == []
+    await assert_invariants(api.pool, disabled.id)
+
+
+async def test_genq_submit_refuses_a_disabled_user(api: Api) -> None:
+    user = await api.user(credits=10)
+    await api.pool.execute("UPDATE users SET disabled_at = now() WHERE id = $1", user.id)
+    async with api.pool.acquire() as conn:
+        rules = (await load_rules(conn))["local/sketch"]
+        item = SubmitItem.checked(uuid.uuid4(), user.id, JobCreate.model_validate(JOB), None,
+                                  None, rules)
+        with pytest.raises(asyncpg.CheckViolationError) as caught:
+            await conn.fetch(
+                "SELECT * FROM genq_submit($1, $2, 'local/sketch', 'a lighthouse', 1, $3, 1, 3,"
+                " NULL, NULL, 60, 60, $4, $5)",
+                item.job_id, user.id, item.params, item.price_per_output, item.revision)
+    assert caught.value.constraint_name == "users_account_disabled"
+    await api.client.post(f"/v1/admin/users/{user.id}/enable", headers=ADMIN)
+    assert await api.balance(user) == (10, 0)
 
 
 async def test_submissions_racing_a_disable_leave_no_queued_job(api: Api) -> None:
