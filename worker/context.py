@@ -23,6 +23,7 @@ from shared.settings import Settings
 from shared.storage import open_storage
 from sql import queries
 from worker.jobs import WorkerBatches
+from worker.leases import LeaseKeeper
 from worker.providers import build_providers
 from worker.providers.base import Provider
 from worker.staging import Stager
@@ -76,6 +77,8 @@ class WorkerContext:
         self._settled: Batcher[uuid.UUID, None] = Batcher(
             self._count_settled, max_batch=SETTLED_BATCH, max_flushes=SETTLED_FLUSHES)
         self._counting: set[asyncio.Task[None]] = set()
+        #: The heartbeat of every job this process holds.
+        self.leases = LeaseKeeper(self.pool, self.settings, self.worker_id)
 
     async def _count_settled(self, reservation_ids: list[uuid.UUID]) -> Sequence[None]:
         rows = await self.pool.fetch(queries["reservations_settled"],
@@ -147,6 +150,7 @@ class WorkerContext:
 
     async def close(self) -> None:
         """Close providers, the HTTP client and the pools."""
+        await self.leases.aclose()
         await self.batches.drain()
         await self._dispatcher.drain()
         if self._counting:
