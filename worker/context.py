@@ -135,8 +135,12 @@ class WorkerContext:
         # One connection holds the task's lock, one does its work.
         recovery_pool = await create_pool(settings.database_url, min_size=1, max_size=2)
         # Downloads pick their own address (see staging); env proxies would bypass that check.
+        # As many connections kept open as downloads may run at once (the stager's places):
+        # none is closed after one download and opened again for the next.
+        n = settings.download_max_connections
         http = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False
+            timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False,
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
         )
         stager = Stager(settings, open_storage(settings), http)
         worker_id = worker_id or new_worker_id()

@@ -82,6 +82,10 @@ class Stager:
         self.limits = media.Limits(settings.media_max_pixels, settings.media_max_duration_s)
         self.allowed_types = frozenset(settings.output_allowed_types)
         self._media_pool: ThreadPoolExecutor | None = None
+        # Downloads in flight at once, as many as the client keeps connections. The rest wait
+        # here, in order, before their timeout starts, rather than in the HTTP pool, which
+        # matches every queued request against every connection at each hand-out.
+        self._download_slots = asyncio.Semaphore(settings.download_max_connections)
 
     def close(self) -> None:
         """Stop the variant threads (after the jobs that use them are over)."""
@@ -123,7 +127,7 @@ class Stager:
             return await self._store_bytes(user_id, job_id, index, output.data)
         assert isinstance(output, UrlOutput)
         try:
-            async with asyncio.timeout(self.settings.download_timeout_s):
+            async with self._download_slots, asyncio.timeout(self.settings.download_timeout_s):
                 return await self._download(user_id, job_id, index, output.url)
         except TimeoutError as exc:
             raise OutputRejected(
