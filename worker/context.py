@@ -19,6 +19,7 @@ from shared.limits import ModelLimits
 from shared.logging import get_logger
 from shared.metrics import Metrics
 from shared.plans import dispatch_on
+from shared.pools import ShardedTransport
 from shared.settings import Settings
 from shared.storage import open_storage
 from sql import queries
@@ -137,10 +138,9 @@ class WorkerContext:
         # Downloads pick their own address (see staging); env proxies would bypass that check.
         # As many connections kept open as downloads may run at once (the stager's places):
         # none is closed after one download and opened again for the next.
-        n = settings.download_max_connections
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False,
-            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+            transport=ShardedTransport(settings.download_max_connections, trust_env=False),
         )
         stager = Stager(settings, open_storage(settings), http)
         worker_id = worker_id or new_worker_id()
