@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -35,6 +36,22 @@ price_per_output = 1
 max_outputs = 1
 timeout_s = 600
 """
+
+
+async def _bare(env: BenchEnv, scenario: str, calls: list[tuple[str, str, tuple[Any, ...]]],
+                lead_s: float, replicate_url: str | None = None) -> tuple[float, float, float]:
+    """Run ``calls`` on a bare arq worker allowed all of them at once: wall time from due to
+    the last finish, peak RSS (MB) and CPU seconds from the moment it was ready."""
+    queue = env.queue(scenario)
+    n = len(calls)
+    worker = await env.bare_worker(queue, max_jobs=n, poll_delay_s=env.settings.poll_delay_s,
+                                   replicate_url=replicate_url)
+    cpu_start = worker.cpu_s()
+    due = await seed.enqueue_at(env.r(), queue, calls, lead_s)
+    done = await seed.wait_arq(env.r(), queue, [c[0] for c in calls], 120 + n * 0.05)
+    wall, rss, cpu_s = done["last_finished"] - due, worker.peak_rss_mb(), worker.cpu_s() - cpu_start
+    env.stop(worker)
+    return wall, rss, cpu_s
 
 
 async def run(env: BenchEnv, quick: bool) -> list[Row]:
@@ -73,38 +90,20 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     if done["statuses"] != {"succeeded": n}:
         raise RuntimeError(f"inflight: not every job succeeded: {done['statuses']}")
 
-    floor_queue = env.queue("inflight-floor")
-    floor = await env.bare_worker(floor_queue, max_jobs=n, poll_delay_s=env.settings.poll_delay_s,
-                                  replicate_url=base)
-    floor_cpu_start = floor.cpu_s()
     floor_calls = [(uuid.uuid4().hex, "replicate_floor", ("acme/inflight", LATENCY_S))
                    for _ in range(n)]
-    due = await seed.enqueue_at(redis, floor_queue, floor_calls, lead_s)
-    floor_done = await seed.wait_arq(redis, floor_queue, [c[0] for c in floor_calls],
-                                     120 + n * 0.05)
-    floor_wall = floor_done["last_finished"] - due
-    floor_rss = floor.peak_rss_mb()
-    floor_cpu_s = floor.cpu_s() - floor_cpu_start
+    floor_wall, floor_rss, floor_cpu_s = await _bare(env, "inflight-floor", floor_calls, lead_s,
+                                                     replicate_url=base)
     async with httpx.AsyncClient() as client:
         floor_stats = (await client.get(f"{base}/_fake/stats")).json()
-    env.stop(floor)
     env.stop(fake)
     if floor_stats["creates"] - stats["creates"] != n:
         raise RuntimeError("inflight: the provider floor did not create every prediction")
     # Put the built-in catalog back for the scenarios after this one.
     env.stop(await env.genq_worker(env.queue("inflight-reset")))
 
-    bare_queue = env.queue("inflight-arq")
-    bare = await env.bare_worker(bare_queue, max_jobs=n, poll_delay_s=env.settings.poll_delay_s)
-    bare_cpu_start = bare.cpu_s()
     calls = [(uuid.uuid4().hex, "sleep", (LATENCY_S,)) for _ in range(n)]
-    due = await seed.enqueue_at(redis, bare_queue, calls, lead_s)
-    bare_done = await seed.wait_arq(redis, bare_queue, [c[0] for c in calls],
-                                     120 + n * 0.05)
-    bare_wall = bare_done["last_finished"] - due
-    bare_rss = bare.peak_rss_mb()
-    bare_cpu_s = bare.cpu_s() - bare_cpu_start
-    env.stop(bare)
+    bare_wall, bare_rss, bare_cpu_s = await _bare(env, "inflight-arq", calls, lead_s)
 
     label = f"{n:,} x 2 s Replicate jobs (fake Replicate over HTTP)"
     notes = {"jobs": n, "prediction_gets": stats["prediction_gets"],
