@@ -3,10 +3,14 @@ and poll delay genq's worker uses, with
 
 - ``noop``: nothing, what arq itself costs per job; ``sleep``: a slow provider;
 - ``floor`` (with ``--database-url`` and ``--storage-dir``): the worker floor (see
-  ``bench/floor.py``), one small file written and fsynced and one UPDATE per job.
+  ``bench/floor.py``), one small file written and fsynced and one UPDATE per job;
+- ``replicate_floor`` (with ``--replicate-url``): the provider floor, what a job on Replicate
+  must do with no genq code: the ``replicate`` client's create, its GETs until the prediction
+  ends, and the output's download, each through a pool of ``--connections`` kept-alive
+  connections that at most that many calls enter at once.
 
 ``python -m bench.bare_arq --redis-url URL --queue Q [--max-jobs N] [--poll-delay S]
-[--database-url URL --storage-dir DIR --pool-size N]``
+[--database-url URL --storage-dir DIR --pool-size N] [--replicate-url URL --connections N]``
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvloop
 from arq.connections import RedisSettings
 from arq.worker import Worker
@@ -63,6 +68,29 @@ async def floor_grouped(ctx: dict[str, Any], row_id: str) -> None:
     await ctx["mark_done"]((uuid.UUID(row_id),))
 
 
+async def replicate_floor(ctx: dict[str, Any], model: str, first_poll_s: float) -> None:
+    """Create a prediction, GET it first after ``first_poll_s`` and then every
+    ``poll_interval`` (the client's own, as its ``wait`` does) until it ends, and download its
+    output into memory."""
+    client, slots, http = ctx["replicate"], ctx["slots"], ctx["http"]
+    async with slots:
+        prediction = await client.models.predictions.async_create(
+            model=model, input={"prompt": "floor", "num_outputs": 1})
+    await asyncio.sleep(first_poll_s)
+    while True:
+        async with slots:
+            prediction = await client.predictions.async_get(prediction.id)
+        if prediction.status in ("succeeded", "failed", "canceled"):
+            break
+        await asyncio.sleep(client.poll_interval)
+    if prediction.status != "succeeded":
+        raise RuntimeError(f"prediction {prediction.id} {prediction.status}")
+    output = prediction.output
+    async with slots:
+        response = await http.get(output[0] if isinstance(output, list) else output)
+    response.raise_for_status()
+
+
 def main() -> None:
     """Run the worker until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser()
@@ -73,6 +101,8 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--storage-dir", type=Path, default=None)
     parser.add_argument("--pool-size", type=int, default=10)
+    parser.add_argument("--replicate-url", default=None)
+    parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
 
     async def startup(ctx: dict[str, Any]) -> None:
@@ -81,15 +111,27 @@ def main() -> None:
             ctx["storage_dir"] = args.storage_dir
             ctx["mark_done"] = floor_db.group_commit(ctx["pool"], floor_db.MARK_DONE_MANY)
             args.storage_dir.mkdir(parents=True, exist_ok=True)
+        if args.replicate_url is not None:
+            from replicate.client import Client
+
+            n = args.connections
+            limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+            ctx["replicate"] = Client(api_token="floor", base_url=args.replicate_url,
+                                      transport=httpx.AsyncHTTPTransport(limits=limits))
+            ctx["http"] = httpx.AsyncClient(limits=limits, trust_env=False)
+            ctx["slots"] = asyncio.Semaphore(n)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if "pool" in ctx:
             await ctx["pool"].close()
+        if "http" in ctx:
+            await ctx["http"].aclose()
 
     async def serve() -> None:
         # Built and run on the running loop, and on uvloop, as ``genq worker`` is.
         worker = Worker(
-            functions=[noop, sleep, floor, floor_grouped, floor_file, floor_update],
+            functions=[noop, sleep, floor, floor_grouped, floor_file, floor_update,
+                       replicate_floor],
             redis_settings=RedisSettings.from_dsn(args.redis_url),
             queue_name=args.queue,
             max_jobs=args.max_jobs,

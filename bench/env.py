@@ -273,16 +273,24 @@ class BenchEnv:
         return proc
 
     async def bare_worker(self, queue: str, *, max_jobs: int, poll_delay_s: float,
-                          floor: bool = False) -> Proc:
+                          floor: bool = False, replicate_url: str | None = None) -> Proc:
         """A ready bare arq worker on ``queue`` (with ``floor``, able to run the worker floor
-        of ``bench/floor.py``, with as many connections as genq's pool)."""
+        of ``bench/floor.py``, with as many connections as genq's pool; with
+        ``replicate_url``, the provider floor against that Replicate, with as many
+        connections as genq's provider pool)."""
         args = ["-m", "bench.bare_arq", "--redis-url", self.redis_url, "--queue", queue,
                 "--max-jobs", str(max_jobs), "--poll-delay", str(poll_delay_s)]
+        name = "bare-arq"
         if floor:
+            name = "floor-arq"
             args += ["--database-url", self.database_url,
                      "--storage-dir", str((self.storage_dir / "floor").resolve()),
                      "--pool-size", str(self.settings.db_pool_max_size)]
-        proc = self.spawn("floor-arq" if floor else "bare-arq", args)
+        if replicate_url is not None:
+            name = "provider-floor-arq"
+            args += ["--replicate-url", replicate_url,
+                     "--connections", str(self.settings.provider_max_connections)]
+        proc = self.spawn(name, args)
         await wait_worker(self.r(), proc, queue)
         return proc
 

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     output_max_bytes: int = Field(default=ONE_GIB, ge=1)
     output_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     download_timeout_s: float = Field(default=300.0, gt=0)
+    # Output downloads one worker has in flight at once, and the connections it keeps open
+    # for them.
+    download_max_connections: int = Field(default=32, ge=1, le=10_000)
     output_allowed_types: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_OUTPUT_TYPES))
     # Decompression-bomb limits, checked from headers before anything is decoded.

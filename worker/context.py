@@ -19,10 +19,12 @@ from shared.limits import ModelLimits
 from shared.logging import get_logger
 from shared.metrics import Metrics
 from shared.plans import dispatch_on
+from shared.pools import ShardedTransport
 from shared.settings import Settings
 from shared.storage import open_storage
 from sql import queries
 from worker.jobs import WorkerBatches
+from worker.leases import LeaseKeeper
 from worker.providers import build_providers
 from worker.providers.base import Provider
 from worker.staging import Stager
@@ -76,6 +78,8 @@ class WorkerContext:
         self._settled: Batcher[uuid.UUID, None] = Batcher(
             self._count_settled, max_batch=SETTLED_BATCH, max_flushes=SETTLED_FLUSHES)
         self._counting: set[asyncio.Task[None]] = set()
+        #: The heartbeat of every job this process holds.
+        self.leases = LeaseKeeper(self.pool, self.settings, self.worker_id)
 
     async def _count_settled(self, reservation_ids: list[uuid.UUID]) -> Sequence[None]:
         rows = await self.pool.fetch(queries["reservations_settled"],
@@ -132,8 +136,11 @@ class WorkerContext:
         # One connection holds the task's lock, one does its work.
         recovery_pool = await create_pool(settings.database_url, min_size=1, max_size=2)
         # Downloads pick their own address (see staging); env proxies would bypass that check.
+        # As many connections kept open as downloads may run at once (the stager's places):
+        # none is closed after one download and opened again for the next.
         http = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False
+            timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=False,
+            transport=ShardedTransport(settings.download_max_connections, trust_env=False),
         )
         stager = Stager(settings, open_storage(settings), http)
         worker_id = worker_id or new_worker_id()
@@ -147,6 +154,7 @@ class WorkerContext:
 
     async def close(self) -> None:
         """Close providers, the HTTP client and the pools."""
+        await self.leases.aclose()
         await self.batches.drain()
         await self._dispatcher.drain()
         if self._counting:

@@ -22,8 +22,9 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from typing import Any, NoReturn, TypeVar
 
 from structlog.contextvars import bound_contextvars
 
@@ -133,6 +134,7 @@ class _Run:
         # The place this attempt holds under its model's provider limits, while it holds one.
         self.slot: ModelSlot | None = None
         self.claimed_at = time.monotonic()
+        self._work_task: asyncio.Task[tuple[Outcome, list[StagedAsset]]] | None = None
 
     async def run(self) -> str:
         job = self.job
@@ -153,13 +155,13 @@ class _Run:
                 JobStatus.FAILED, "unknown_provider",
                 f"No provider {job.provider!r} is configured.",
             ))
-        work = asyncio.create_task(self._work(self.provider))
-        heartbeat = asyncio.create_task(self._heartbeat(work))
+        work = self._work_task = asyncio.create_task(self._work(self.provider))
+        self.wc.leases.hold(job, self._on_beat)
         try:
             outcome, assets = await work
             return await self._finish(outcome, assets)
         except asyncio.CancelledError:
-            heartbeat.cancel()
+            self.wc.leases.release(job)
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # Shutdown (or arq's own timeout): hand the job back for the next worker.
@@ -175,10 +177,10 @@ class _Run:
             log.warning("lease_lost")
             return "lease_lost"
         except Exception as exc:
-            heartbeat.cancel()
+            self.wc.leases.release(job)
             return await self._unexpected(exc)
         finally:
-            heartbeat.cancel()
+            self.wc.leases.release(job)
 
     async def _work(self, provider: Provider) -> tuple[Outcome, list[StagedAsset]]:
         if self.job.model_ref is None or self.job.model_timeout_s is None:
@@ -385,33 +387,29 @@ class _Run:
                 raise
             log.warning("queue_position_not_saved", error=repr(exc))
 
-    async def _heartbeat(self, work: asyncio.Task[tuple[Outcome, list[StagedAsset]]]) -> None:
-        s = self.wc.settings
-        interval = min(s.heartbeat_s, s.lease_s / 3)
-        while True:
-            await asyncio.sleep(interval)
+    def _on_beat(self, ours: bool, cancel_at: datetime | None) -> Coroutine[Any, Any, None] | None:
+        """What the worker's heartbeat (``worker/leases.py``) found for this attempt: the lease
+        lost or a cancel requested stop the work; otherwise the model slot is renewed too."""
+        work = self._work_task
+        if not ours:
+            self.lease_lost = True
+            if work is not None:
+                work.cancel()
+            return None
+        if cancel_at is not None:
+            log.info("cancel_requested")
+            self.cancel_requested = True
+            if work is not None:
+                work.cancel()
+            return None
+        return self._renew_slot() if self.slot is not None else None
+
+    async def _renew_slot(self) -> None:
+        if self.slot is not None:
             try:
-                ours, cancel_at = await jobs.renew_lease(
-                    self.wc.pool, self.job, self.wc.worker_id, s.lease_s
-                )
+                await self.slot.renew()
             except Exception as exc:
-                # The attempt number fences our writes if the lease runs out meanwhile.
-                log.warning("heartbeat_failed", error=repr(exc))
-                continue
-            if not ours:
-                self.lease_lost = True
-                work.cancel()
-                return
-            if self.slot is not None:
-                try:
-                    await self.slot.renew()
-                except Exception as exc:
-                    log.warning("model_slot_renew_failed", error=repr(exc))
-            if cancel_at is not None:
-                log.info("cancel_requested")
-                self.cancel_requested = True
-                work.cancel()
-                return
+                log.warning("model_slot_renew_failed", error=repr(exc))
 
     async def _cancel_prediction(self) -> None:
         if self.prediction_id is not None and self.provider is not None:

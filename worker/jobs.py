@@ -103,14 +103,15 @@ async def state(pool: Pool, job_id: uuid.UUID) -> JobState | None:
     return JobState(JobStatus(row["status"]), row["lease_owner"], row["lease_left_s"])
 
 
-async def renew_lease(
-    pool: Pool, job: ClaimedJob, owner: str, lease_s: float
-) -> tuple[bool, datetime | None]:
-    """Extend the lease: (still ours, cancel_requested_at)."""
-    row = await pool.fetchrow(queries["renew_lease"], job.id, job.attempt, lease_s, owner)
-    if row is None:
-        return False, None
-    return True, row["cancel_requested_at"]
+async def renew_leases(
+    pool: Pool, held: list[ClaimedJob], owner: str, lease_s: float
+) -> dict[uuid.UUID, datetime | None]:
+    """Extend the leases of every job in ``held``, in one statement: the cancel_requested_at
+    of each job still held (a job whose row was busy at this moment is kept and renewed at
+    the next beat); a job missing from the answer has lost its lease, or ended."""
+    rows = await pool.fetch(queries["renew_leases"], [job.id for job in held],
+                            [job.attempt for job in held], lease_s, owner)
+    return {row["id"]: row["cancel_requested_at"] for row in rows}
 
 
 async def release_lease(pool: Pool, job: ClaimedJob) -> None:

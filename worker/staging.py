@@ -39,6 +39,9 @@ log = get_logger(__name__)
 MAX_REDIRECTS = 5
 DOWNLOAD_ATTEMPTS = 3
 CHUNK_BYTES = 256 * 1024
+# An output that declares a length up to this is read whole into memory and stored as one
+# write (measured from memory, one trip to the storage thread), not streamed chunk by chunk.
+IN_MEMORY_BYTES = 1024 * 1024
 # How much of a stored image is read back for its dimensions (headers, EXIF included).
 IMAGE_HEADER_BYTES = 1024 * 1024
 
@@ -82,6 +85,10 @@ class Stager:
         self.limits = media.Limits(settings.media_max_pixels, settings.media_max_duration_s)
         self.allowed_types = frozenset(settings.output_allowed_types)
         self._media_pool: ThreadPoolExecutor | None = None
+        # Downloads in flight at once, as many as the client keeps connections. The rest wait
+        # here, in order, before their timeout starts, rather than in the HTTP pool, which
+        # matches every queued request against every connection at each hand-out.
+        self._download_slots = asyncio.Semaphore(settings.download_max_connections)
 
     def close(self) -> None:
         """Stop the variant threads (after the jobs that use them are over)."""
@@ -123,7 +130,7 @@ class Stager:
             return await self._store_bytes(user_id, job_id, index, output.data)
         assert isinstance(output, UrlOutput)
         try:
-            async with asyncio.timeout(self.settings.download_timeout_s):
+            async with self._download_slots, asyncio.timeout(self.settings.download_timeout_s):
                 return await self._download(user_id, job_id, index, output.url)
         except TimeoutError as exc:
             raise OutputRejected(
@@ -177,6 +184,12 @@ class Stager:
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit():
                     self._check_size(index, int(declared))
+                    if (int(declared) <= IN_MEMORY_BYTES
+                            and response.headers.get("content-encoding", "identity")
+                            == "identity"):
+                        # Framed by that length and not compressed: no more than it is read.
+                        data = await response.aread()
+                        return await self._store_bytes(user_id, job_id, index, data)
                 return await self._store(
                     user_id, job_id, index, response.aiter_bytes(CHUNK_BYTES), None
                 )

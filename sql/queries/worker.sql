@@ -42,13 +42,37 @@ SELECT id, status, lease_owner, lease_expires_at,
        extract(epoch FROM (lease_expires_at - now()))::float8 AS lease_left_s
 FROM generation_jobs WHERE id = $1
 
--- renew_lease --
--- Heartbeat: extend the lease and report a cancel request. No row: the lease was lost (or
--- handed back). $1 job_id, $2 attempt, $3 lease seconds (float), $4 lease_owner.
-UPDATE generation_jobs
-SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
-WHERE id = $1 AND status = 'running' AND attempt = $2 AND lease_owner = $4
-RETURNING cancel_requested_at
+-- renew_leases --
+-- The heartbeat of every job this worker holds, in one statement: extend each lease and report
+-- cancel requests. $1 job ids, $2 their attempts, $3 lease seconds (float), $4 lease_owner.
+-- A row per job still held: renewed, or (renewed false) skipped because another transaction
+-- holds its row at this moment (a final write or a cancel request in progress), to be renewed
+-- at the next beat; the row's committed cancel_requested_at either way. A job with no row is
+-- no longer this attempt's: its lease was lost, or it has ended. Skipping locked rows means
+-- the statement never waits on, or deadlocks with, a batch that locks the same jobs in
+-- another order.
+WITH held AS (
+    SELECT h.id, h.attempt FROM unnest($1::uuid[], $2::integer[]) AS h(id, attempt)
+),
+locked AS (
+    SELECT j.id
+    FROM generation_jobs j JOIN held h ON h.id = j.id AND h.attempt = j.attempt
+    WHERE j.status = 'running' AND j.lease_owner = $4
+    FOR NO KEY UPDATE OF j SKIP LOCKED
+),
+renewed AS (
+    UPDATE generation_jobs j
+    SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+    FROM locked l
+    WHERE j.id = l.id
+    RETURNING j.id, j.cancel_requested_at
+)
+SELECT id, cancel_requested_at, true AS renewed FROM renewed
+UNION ALL
+SELECT j.id, j.cancel_requested_at, false
+FROM generation_jobs j JOIN held h ON h.id = j.id AND h.attempt = j.attempt
+WHERE j.status = 'running' AND j.lease_owner = $4
+  AND NOT EXISTS (SELECT 1 FROM locked l WHERE l.id = j.id)
 
 -- release_lease --
 -- Hand a running job back (shutdown, retry): expire the lease now, keep the prediction id.

@@ -122,6 +122,27 @@ async def test_success_stages_every_output(pool: Pool, wc: WorkerContext,
     assert (await assert_invariants(pool, job.user_id)).balance == 0  # 3 x 3 captured
 
 
+async def test_jobs_with_more_outputs_than_download_places_keep_them_all(
+        pool: Pool, rsettings: Settings, models: None, fake: FakeReplicate) -> None:
+    # One download at a time in this worker: the outputs of three jobs at once wait their
+    # turn, each one's timeout starting once it has its place.
+    fake.script("acme/m", Script(outputs=["a.png", "b.jpg", "c.mp4"]))
+    ctx = await _open(rsettings, download_max_connections=1, download_timeout_s=5.0)
+    try:
+        jobs = [await _job(pool, n=3, credits=9) for _ in range(3)]
+        assert await asyncio.gather(*(process_job(ctx, job.id) for job in jobs)) == [
+            "succeeded"] * 3
+    finally:
+        await ctx.close()
+    for job in jobs:
+        assets = await assets_of(pool, job.id)
+        assert [a["asset_index"] for a in assets] == [0, 1, 2]
+        for a, name in zip(assets, ["a.png", "b.jpg", "c.mp4"], strict=True):
+            assert local(ctx.stager.storage).path(a["storage_key"]).read_bytes() == (
+                fake.files[name].data)
+        assert (await assert_invariants(pool, job.user_id)).balance == 0
+
+
 async def test_k_of_n_outputs_capture_k(pool: Pool, wc: WorkerContext,
                                         fake: FakeReplicate) -> None:
     # 4 asked, the model returns 3 and one of those is not an image: 2 are kept.

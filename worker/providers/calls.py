@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from shared.pools import ShardedTransport
 from shared.retry import parse_retry_after, retry
 from shared.settings import Settings
 from worker.providers.base import ProviderFailed, ProviderUnavailable
@@ -71,12 +72,11 @@ async def call_provider(
         ) from exc
 
 
-def provider_limits(settings: Settings) -> httpx.Limits:
-    """The connection pool to one provider: ``provider_max_connections`` at once, all of them
+def provider_transport(settings: Settings, *, trust_env: bool) -> ShardedTransport:
+    """The connections to one provider: ``provider_max_connections`` at once, all of them
     kept alive between calls (a worker polling thousands of predictions reuses them instead of
-    opening new ones)."""
-    n = settings.provider_max_connections
-    return httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    opening new ones), in small pools that stay cheap to hand out (``shared/pools.py``)."""
+    return ShardedTransport(settings.provider_max_connections, trust_env=trust_env)
 
 
 def provider_slots(settings: Settings) -> asyncio.Semaphore:
@@ -138,7 +138,7 @@ class ProviderHttp:
         self.client = httpx.AsyncClient(
             headers=headers, trust_env=False, follow_redirects=False,
             timeout=httpx.Timeout(settings.provider_request_timeout_s),
-            limits=provider_limits(settings),
+            transport=provider_transport(settings, trust_env=False),
         )
 
     async def _once(self, method: str, url: str, body: Any,

@@ -34,7 +34,7 @@ from worker.providers.base import (
     UrlOutput,
     no_queue,
 )
-from worker.providers.calls import call_provider, provider_limits, provider_slots
+from worker.providers.calls import call_provider, provider_slots, provider_transport
 from worker.providers.poller import Poller
 
 log = get_logger(__name__)
@@ -53,8 +53,8 @@ _retry_after: contextvars.ContextVar[list[float | None] | None] = contextvars.Co
 class _RetryAfterTransport(httpx.AsyncBaseTransport):
     """Remembers ``Retry-After``: ReplicateError keeps the status but drops the headers."""
 
-    def __init__(self, limits: httpx.Limits) -> None:
-        self._inner = httpx.AsyncHTTPTransport(limits=limits)
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
@@ -102,7 +102,7 @@ class ReplicateProvider(Provider):
         self.client = ReplicateClient(
             api_token=token.get_secret_value() if token is not None else None,
             base_url=api_base_url(settings.replicate_base_url),
-            transport=_RetryAfterTransport(provider_limits(settings)),
+            transport=_RetryAfterTransport(provider_transport(settings, trust_env=True)),
         )
         self.slots = provider_slots(settings)
         self.poller: Poller[Any] = Poller(
