@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,14 @@ class Snapshot:
         return cls(time.monotonic(), machine_s, steal_s, _process_cpu_s())
 
 
+def process_deltas(before: Snapshot, after: Snapshot) -> Iterator[tuple[int, str, int, float]]:
+    """(pid, command, parent pid, CPU seconds used since ``before``) of every process running
+    at ``after``; one that started meanwhile (or whose pid was reused) counts from zero."""
+    for pid, (comm, cpu_s, ppid) in after.by_pid.items():
+        start = before.by_pid.get(pid)
+        yield pid, comm, ppid, cpu_s - (start[1] if start is not None and start[0] == comm else 0.0)
+
+
 def cores_used(before: Snapshot, after: Snapshot, server_pid: int) -> dict[str, float]:
     """Average cores each component used between two snapshots (see :func:`cpu_seconds`)."""
     elapsed = after.at - before.at
@@ -96,9 +105,7 @@ def cpu_seconds(before: Snapshot, after: Snapshot, server_pid: int) -> dict[str,
     (all cores, everything, the load generator included) and ``steal`` (of the machine's, the
     time its cores waited for the host: a run slowed by the host shows here)."""
     used = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
-    for pid, (comm, cpu_s, ppid) in after.by_pid.items():
-        start = before.by_pid.get(pid)
-        delta = cpu_s - (start[1] if start is not None and start[0] == comm else 0.0)
+    for pid, comm, ppid, delta in process_deltas(before, after):
         if pid == server_pid:
             used["server"] += delta
         elif (group := component(pid, comm, ppid)) is not None:

@@ -69,12 +69,13 @@ class Profile:
         self._types = await _backend_types(self.pool)
         self._before = cpu.Snapshot.take()
 
-    async def result(self, jobs: int) -> dict[str, Any]:
-        """The top statements by total time (calls and rows divided by ``jobs``; ``toplevel``
-        false: run inside a function or trigger, its time also counted in the caller's) and
-        PostgreSQL CPU per job, in microseconds, by backend type (the harness's own backends
-        count as client backends; backends that ended during the measurement are not counted).
-        Empty without the extension."""
+    async def notes(self, jobs: int) -> dict[str, Any]:
+        """``{"pg_stat_statements": the profile}`` for a row's notes, or nothing without the
+        extension. The profile: the top statements by total time (calls and rows divided by
+        ``jobs``; ``toplevel`` false: run inside a function or trigger, its time also counted
+        in the caller's) and PostgreSQL CPU per job, in microseconds, by backend type (the
+        harness's own backends count as client backends; backends that ended during the
+        measurement are not counted)."""
         if not self.enabled or self._before is None:
             return {}
         after = cpu.Snapshot.take()
@@ -88,15 +89,14 @@ class Profile:
             for r in rows
         ]
         by_type: dict[str, float] = {}
-        for pid, (comm, cpu_s, ppid) in after.by_pid.items():
+        for pid, comm, ppid, delta in cpu.process_deltas(self._before, after):
             if cpu.component(pid, comm, ppid) != "postgres":
                 continue
-            start = self._before.by_pid.get(pid)
-            delta = cpu_s - (start[1] if start is not None and start[0] == comm else 0.0)
             parent = after.by_pid.get(ppid)
             kind = types.get(pid) or ("postmaster" if parent is None
                                       or not parent[0].startswith("postgres") else "other")
             by_type[kind] = by_type.get(kind, 0.0) + delta / jobs * 1e6
-        return {"statements": statements,
-                "cpu_us_per_job_by_backend_type": {k: round(v, 1) for k, v in
-                                                    sorted(by_type.items())}}
+        return {"pg_stat_statements": {
+            "statements": statements,
+            "cpu_us_per_job_by_backend_type": {k: round(v, 1) for k, v in
+                                                sorted(by_type.items())}}}

@@ -60,7 +60,7 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     await profile.start()
     genq = await _measure(api, plan(int(base.rsplit(":", 1)[1]), keys, duration_s))
     # with pg_stat_statements: per measured request, the warm-up's statements included
-    genq["pg_stat_statements"] = await profile.result(genq["requests"])
+    genq.update(await profile.notes(genq["requests"]))
     env.stop(api)
 
     app, base = await env.bare_app()

@@ -42,7 +42,7 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     before = cpu.Snapshot.take()
     done = await seed.wait_jobs(pool, ids, timeout_s)
     genq_used = cpu.cpu_seconds(before, cpu.Snapshot.take(), worker.pid)
-    statements = await profile.result(n)
+    statements = await profile.notes(n)
     genq_wall = done["last_finished"] - due
     genq_cpu = worker.cpu_s() - cpu0
     env.stop(worker)
@@ -102,7 +102,7 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
                    "bare_cpu_us_per_job": _per_job(bare_used, n),
                    "floor_cpu_us_per_job": floor_us,
                    # with pg_stat_statements (bench/pgstat.py): genq's top statements
-                   "pg_stat_statements": statements}),
+                   **statements}),
         Row("pipeline", "pipeline: jobs/s through one worker vs bare arq", n / genq_wall,
             n / bare_wall, "jobs/s"),
         # The floor in the "genq" column: what any worker that records each job durably
