@@ -192,14 +192,19 @@ async def test_a_submission_authenticated_before_a_disable_is_refused_by_the_dat
     await assert_invariants(api.pool, user.id)
 
 
+async def _submit_item(api: Api, user_id: uuid.UUID) -> SubmitItem:
+    """JOB for ``user_id`` as the intake checks it before its submit statement."""
+    async with api.pool.acquire() as conn:
+        rules = (await load_rules(conn))["local/sketch"]
+    return SubmitItem.checked(uuid.uuid4(), user_id, JobCreate.model_validate(JOB), None, None,
+                              rules)
+
+
 async def test_a_batch_refuses_only_the_disabled_users_items(api: Api) -> None:
     # The intake's statement (genq_submit_batch) with one batch over two accounts.
     disabled, other = await api.user(credits=10), await api.user(credits=10)
     await api.pool.execute("UPDATE users SET disabled_at = now() WHERE id = $1", disabled.id)
-    async with api.pool.acquire() as conn:
-        rules = (await load_rules(conn))["local/sketch"]
-    items = [SubmitItem.checked(uuid.uuid4(), owner.id, JobCreate.model_validate(JOB), None,
-                                None, rules) for owner in (disabled, other, disabled)]
+    items = [await _submit_item(api, owner.id) for owner in (disabled, other, disabled)]
     rows = await api.pool.fetch(queries["submit_jobs"],
                                 [it.payload(i) for i, it in enumerate(items)], 3, 60.0, 60.0)
     refused = {r["item"]: r["error_constraint"] for r in rows}
@@ -214,10 +219,8 @@ async def test_a_batch_refuses_only_the_disabled_users_items(api: Api) -> None:
 async def test_genq_submit_refuses_a_disabled_user(api: Api) -> None:
     user = await api.user(credits=10)
     await api.pool.execute("UPDATE users SET disabled_at = now() WHERE id = $1", user.id)
+    item = await _submit_item(api, user.id)
     async with api.pool.acquire() as conn:
-        rules = (await load_rules(conn))["local/sketch"]
-        item = SubmitItem.checked(uuid.uuid4(), user.id, JobCreate.model_validate(JOB), None,
-                                  None, rules)
         with pytest.raises(asyncpg.CheckViolationError) as caught:
             await conn.fetch(
                 "SELECT * FROM genq_submit($1, $2, 'local/sketch', 'a lighthouse', 1, $3, 1, 3,"
