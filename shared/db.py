@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -74,6 +75,20 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+async def close_pool(pool: Pool, timeout_s: float) -> None:
+    """Close ``pool``, cutting its connections if they are not all back within ``timeout_s``.
+
+    asyncpg's ``Pool.close`` waits for every connection to be released, with no bound: one
+    that never comes back (a statement whose cancel request PostgreSQL never answers, a task
+    that leaked a connection) would hold a stopping process forever.
+    """
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        log.warning("db_pool_close_timed_out", timeout_s=timeout_s)
+        pool.terminate()
 
 
 async def connect(dsn: str) -> asyncpg.Connection[asyncpg.Record]:

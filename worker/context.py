@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from shared.batch import Batcher
-from shared.db import Pool, create_pool
+from shared.db import Pool, close_pool, create_pool
 from shared.dispatch import dispatch_after_finish
 from shared.limits import ModelLimits
 from shared.logging import get_logger
@@ -40,6 +40,9 @@ DISPATCH_FLUSHES = 2
 # counters, off the job's path (the job has already finished).
 SETTLED_BATCH = 256
 SETTLED_FLUSHES = 1
+# How long closing waits for each database pool's connections to come back before it cuts
+# them (shared.db.close_pool): a worker that was told to stop must stop.
+POOL_CLOSE_S = 10.0
 
 
 def new_worker_id() -> str:
@@ -152,8 +155,9 @@ class WorkerContext:
                    recovery_pool, WorkerBatches(pool, settings, worker_id), limits, redis,
                    dispatch_on(settings))
 
-    async def close(self) -> None:
-        """Close providers, the HTTP client and the pools."""
+    async def close(self, *, pool_close_s: float = POOL_CLOSE_S) -> None:
+        """Close providers, the HTTP client and the pools (each pool's connections are cut
+        if they are not all back after ``pool_close_s``)."""
         await self.leases.aclose()
         await self.batches.drain()
         await self._dispatcher.drain()
@@ -167,5 +171,5 @@ class WorkerContext:
         await self.http.aclose()
         await asyncio.to_thread(self.stager.close)
         await self.stager.storage.aclose()
-        await self.pool.close()
-        await self.recovery_pool.close()
+        await close_pool(self.pool, pool_close_s)
+        await close_pool(self.recovery_pool, pool_close_s)

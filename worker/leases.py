@@ -49,6 +49,7 @@ class LeaseKeeper:
         self.interval_s = min(settings.heartbeat_s, settings.lease_s / 3)
         self._held: dict[uuid.UUID, _Held] = {}
         self._task: asyncio.Task[None] | None = None
+        self._beating = False  # a beat's statement is in flight
 
     def hold(self, job: ClaimedJob, on_beat: OnBeat) -> None:
         """Renew ``job``'s lease from the next beat on, until :meth:`release` or until a beat
@@ -70,7 +71,11 @@ class LeaseKeeper:
         while self._held:
             await asyncio.sleep(self.interval_s)
             if self._held:
-                await self.beat()
+                self._beating = True
+                try:
+                    await self.beat()
+                finally:
+                    self._beating = False
 
     async def beat(self) -> None:
         """Renew every held lease now, in one statement, and tell each attempt."""
@@ -96,9 +101,14 @@ class LeaseKeeper:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def aclose(self) -> None:
-        """Stop beating (the jobs are over or handed back)."""
+        """Stop beating (the jobs are over or handed back). A beat whose statement is in
+        flight is let finish (the pool's command timeout bounds it), not cancelled: a
+        statement cut short makes asyncpg send PostgreSQL a cancel request on a connection
+        of its own, and the pool's close waits on that exchange."""
         self._held.clear()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if not self._beating:
+            task.cancel()  # asleep between beats; with nothing held it would end anyway
+        await asyncio.gather(task, return_exceptions=True)

@@ -85,3 +85,55 @@ async def test_a_job_whose_row_is_busy_at_a_beat_keeps_running(
     row = await job_row(pool, job.id)
     assert (row["status"], row["attempt"], row["outputs_made"]) == ("succeeded", 1, 1)
     await assert_invariants(pool, job.user_id)
+
+
+async def test_a_beat_in_flight_when_the_worker_stops_is_let_finish(
+    pool: Pool, settings: Settings
+) -> None:
+    """Stopping the heartbeat while its statement waits lets the statement end (the lease is
+    renewed) instead of cutting it short, and the worker's pools then close."""
+    ctx = await WorkerContext.open(settings.model_copy(
+        update={"local_latency_s": 3.0, "heartbeat_s": 0.1, "lease_s": 30.0}))
+    try:
+        job = await create_job(pool, num_outputs=1, credits=1)
+        run = asyncio.create_task(process_job(ctx, job.id))
+        await _running(pool, job.id)
+        async with pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            # The next beat's UPDATE waits behind this lock.
+            await conn.execute("LOCK TABLE generation_jobs IN SHARE MODE")
+            before = (await job_row(pool, job.id))["lease_expires_at"]
+            while not await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%lease_expires_at%' AND pid <> pg_backend_pid()"
+            ):
+                await asyncio.sleep(0.02)
+            stopping = asyncio.create_task(ctx.leases.aclose())
+            await asyncio.sleep(0.3)
+            assert not stopping.done()  # it waits for the beat, which waits for the lock
+            await tx.commit()
+        await asyncio.wait_for(stopping, 10)
+        # The beat ended and renewed the lease: it was not cancelled.
+        assert (await job_row(pool, job.id))["lease_expires_at"] > before
+        assert await asyncio.wait_for(run, 10) == "succeeded"
+    finally:
+        await asyncio.wait_for(ctx.close(), 30)
+    assert (await job_row(pool, job.id))["status"] == "succeeded"
+    await assert_invariants(pool, job.user_id)
+
+
+async def test_closing_the_worker_cuts_a_connection_that_never_comes_back(
+    pool: Pool, settings: Settings
+) -> None:
+    ctx = await WorkerContext.open(settings)
+    stuck = await ctx.pool.acquire()  # never released, as by a task that leaked it
+    assert await stuck.fetchval("SELECT 1") == 1
+    pid = stuck.get_server_pid()
+    await asyncio.wait_for(ctx.close(pool_close_s=0.5), 10)
+
+    async def gone() -> None:
+        while await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(gone(), 10)  # PostgreSQL saw that backend go
