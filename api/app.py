@@ -44,7 +44,7 @@ from api.plans import routes as plans
 from api.routing import Endpoint, starlette_routes
 from api.tokens import TokenVerifier
 from api.webhooks import routes as webhooks
-from shared.db import create_pool
+from shared.db import close_pool, create_pool
 from shared.errors import ConfigError
 from shared.logging import get_logger
 from shared.metrics import Metrics
@@ -140,7 +140,7 @@ def create_app(settings: Settings) -> Starlette:
                 await batches.drain()
                 await redis.aclose()
         finally:
-            await pool.close()
+            await close_pool(pool)
             await ctx.storage.aclose()
             log.info("api_stopped")
 

@@ -77,7 +77,12 @@ async def create_pool(
     return pool
 
 
-async def close_pool(pool: Pool, timeout_s: float) -> None:
+#: How long closing a pool waits for its connections to come back before it cuts them: a
+#: process that was told to stop must stop.
+POOL_CLOSE_S = 10.0
+
+
+async def close_pool(pool: Pool, timeout_s: float = POOL_CLOSE_S) -> None:
     """Close ``pool``, cutting its connections if they are not all back within ``timeout_s``.
 
     asyncpg's ``Pool.close`` waits for every connection to be released, with no bound: one

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from shared.batch import Batcher
-from shared.db import Pool, close_pool, create_pool
+from shared.db import POOL_CLOSE_S, Pool, close_pool, create_pool
 from shared.dispatch import dispatch_after_finish
 from shared.limits import ModelLimits
 from shared.logging import get_logger
@@ -40,9 +40,6 @@ DISPATCH_FLUSHES = 2
 # counters, off the job's path (the job has already finished).
 SETTLED_BATCH = 256
 SETTLED_FLUSHES = 1
-# How long closing waits for each database pool's connections to come back before it cuts
-# them (shared.db.close_pool): a worker that was told to stop must stop.
-POOL_CLOSE_S = 10.0
 
 
 def new_worker_id() -> str:

@@ -22,7 +22,7 @@ from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Worker
 
-from shared.db import Pool, create_pool
+from shared.db import Pool, close_pool, create_pool
 from shared.logging import get_logger
 from shared.metrics import Metrics, serve_metrics
 from shared.queue import create_arq_pool
@@ -168,7 +168,7 @@ async def run_once(
         return [await run_task(name, pool, redis, settings) for name in names]
     finally:
         await redis.aclose()
-        await pool.close()
+        await close_pool(pool)
 
 
 def _every(interval_s: int) -> dict[str, Any]:
@@ -252,8 +252,8 @@ async def run_scheduler(settings: Settings, database_url: str, redis_url: str) -
             deliveries.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await deliveries
-            await delivery_pool.close()
-            await pool.close()
+            await close_pool(delivery_pool)
+            await close_pool(pool)
             if server is not None:
                 server.close()
         log.info("scheduler_stopped")
