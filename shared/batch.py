@@ -28,8 +28,10 @@ R = TypeVar("R")
 Flush = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark the exception seen: the caller gets it through the shield, or left already."""
+def retrieve_exception(future: asyncio.Future[Any]) -> None:
+    """A done callback that marks the future's exception seen, for a future whose outcome is
+    read elsewhere or by nobody (here: the caller gets it through the shield, or left
+    already), so asyncio does not log it as never retrieved."""
     if not future.cancelled():
         future.exception()
 
@@ -54,7 +56,7 @@ class Batcher(Generic[T, R]):
     async def __call__(self, item: T) -> R:
         """Send ``item`` with the next batch; its own result, or its own exception."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_retrieve)
+        future.add_done_callback(retrieve_exception)
         self._pending.append((item, future))
         self._schedule()
         # shield: a caller that goes away (client disconnect) must not cancel what its batch

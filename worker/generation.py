@@ -28,6 +28,7 @@ from typing import Any, NoReturn, TypeVar
 
 from structlog.contextvars import bound_contextvars
 
+from shared.batch import retrieve_exception
 from shared.catalog import PriceTier, price_per_output, stored_params_problems
 from shared.errors import GenqError, NotFound
 from shared.limits import ModelLimit, ModelSlot
@@ -333,40 +334,61 @@ class _Run:
                        + "; ".join(f"{f}: {m}" for f, m in problems))
 
     async def _stage(self, outputs: list[Output]) -> tuple[Outcome, list[StagedAsset]]:
-        """Copy the outputs into storage; fail only if none of them could be kept."""
-        results = await asyncio.gather(
-            *(self._stage_one(i, out) for i, out in enumerate(outputs)),
-            return_exceptions=True,
-        )
-        rejected: list[OutputRejected] = []
-        for item in results:
-            if isinstance(item, StagedAsset):
-                self.staged.append(item)
-            elif isinstance(item, OutputRejected):
-                log.warning("output_rejected", code=item.code, reason=item.message)
-                rejected.append(item)
-            else:
-                raise item
-        if not self.staged:
-            first = rejected[0]
-            return Outcome(JobStatus.FAILED, first.code, first.message), []
-        # Thumbnails, web-size copies and posters, made in the media thread pool.
-        self.staged = list(await asyncio.gather(
-            *(self.wc.stager.add_variants(asset) for asset in self.staged)
-        ))
-        return Outcome(JobStatus.SUCCEEDED), list(self.staged)
+        """Copy the outputs into storage; fail only if none of them could be kept.
 
-    async def _stage_one(self, index: int, output: Output) -> StagedAsset:
-        """Stage one output and count it on the job (a job.output event for live clients); a
-        count that cannot be written only leaves that event out."""
+        Each output is counted on the job (a job.output event for live clients) as soon as it
+        is stored, while the others download and its variants are made: the count's round
+        trip is off the job's path, and it is written before the job's final write."""
+        counts: list[asyncio.Task[None]] = []
+        try:
+            results = await asyncio.gather(
+                *(self._stage_one(i, out, counts) for i, out in enumerate(outputs)),
+                return_exceptions=True,
+            )
+            rejected: list[OutputRejected] = []
+            for item in results:
+                if isinstance(item, StagedAsset):
+                    self.staged.append(item)
+                elif isinstance(item, OutputRejected):
+                    log.warning("output_rejected", code=item.code, reason=item.message)
+                    rejected.append(item)
+                else:
+                    raise item
+            if not self.staged:
+                first = rejected[0]
+                return Outcome(JobStatus.FAILED, first.code, first.message), []
+            # Thumbnails, web-size copies and posters, made in the media thread pool.
+            made, counted = await asyncio.gather(
+                asyncio.gather(*(self.wc.stager.add_variants(asset) for asset in self.staged)),
+                asyncio.gather(*counts, return_exceptions=True),
+            )
+            for result in counted:
+                if isinstance(result, BaseException):
+                    raise result
+            self.staged = list(made)
+            return Outcome(JobStatus.SUCCEEDED), list(self.staged)
+        finally:
+            for task in counts:
+                # Left running when the job stops early (a cancel): its statement ends on its
+                # own (the attempt fences it), and what it raised is not left unread.
+                task.add_done_callback(retrieve_exception)
+
+    async def _stage_one(self, index: int, output: Output,
+                         counts: list[asyncio.Task[None]]) -> StagedAsset:
+        """Stage one output and start counting it on the job (added to ``counts``)."""
         staged = await self.wc.stager.stage(self.job.user_id, self.job.id, index, output)
+        counts.append(asyncio.create_task(self._count_staged()))
+        return staged
+
+    async def _count_staged(self) -> None:
+        """Count one more output in storage on the job; a count that cannot be written only
+        leaves its job.output event out."""
         try:
             await jobs.count_output_staged(self.wc.pool, self.job)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             log.warning("output_count_not_saved", error=repr(exc))
-        return staged
 
     async def _on_created(self, prediction_id: str) -> None:
         self.prediction_id = prediction_id
