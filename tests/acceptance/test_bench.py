@@ -1,5 +1,6 @@
-"""``python -m bench`` as a user runs it: a quick run of the intake, pipeline and media scenarios on
-the test's services, every figure measured against its baseline and written to the JSON file."""
+"""``python -m bench`` as a user runs it: a quick run of the intake, pipeline, media and latency
+scenarios on the test's services, every figure measured against its baseline and written to the
+JSON file."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
                GENQ_REDIS_URL=private_redis_url, GENQ_DATA_DIR=str(settings.data_dir))
     out = tmp_path / "results.json"
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "pipeline,intake,media",
+        [sys.executable, "-m", "bench", "--quick", "--only", "pipeline,intake,media,latency",
          "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
     )
@@ -43,7 +44,9 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
                    "intake: PostgreSQL CPU per request (submit) vs group-commit floor",
                    "PostgreSQL CPU per job, submit + claim + finalize, vs the two floors'",
                    "thumbnails/s, 1024x1024 PNG (genq variants vs Pillow bare loop)",
-                   "pipeline: 1024x1024 jobs/s, variants on vs off"):
+                   "pipeline: 1024x1024 jobs/s, variants on vs off",
+                   "latency: submit -> succeeded, idle, p50",
+                   "latency: submit -> succeeded, idle, p99"):
         row = rows[figure]
         if "CPU per" in figure:
             # /proc counts CPU in clock ticks (10 ms): a quick run's floor can spend less than
@@ -61,6 +64,12 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
     notes = combined["notes"]
     assert combined["genq"] == notes["submit_us"] + notes["claim_finalize_us"]
     assert combined["met"] in (True, False)
+    # Where an idle job's time goes: each phase took some, and the request was answered after
+    # its submit statement started.
+    phases = rows["latency: submit -> succeeded, idle, p50"]["notes"]
+    assert all(phases[f"{name}_p50_ms"] > 0 for name in (
+        "post", "to_created", "created_to_claimed", "claimed_to_finished")), phases
+    assert phases["post_p50_ms"] > phases["to_created_p50_ms"], phases
     # The table on standard output names every figure.
     assert all(figure in run.stdout for figure in rows)
     # Nothing the run started is left running (its processes carry its GENQ_DATA_DIR).
