@@ -8,7 +8,7 @@ import asyncio
 
 from shared.db import Pool
 from shared.settings import Settings
-from tests.factories import assert_invariants, create_job, job_row
+from tests.factories import NewJob, assert_invariants, create_job, job_row
 from worker.context import WorkerContext
 from worker.generation import process_job
 
@@ -19,11 +19,24 @@ async def _running(pool: Pool, *job_ids: object) -> None:
             await asyncio.sleep(0.02)
 
 
+async def _slow_worker(settings: Settings, latency_s: float) -> WorkerContext:
+    """A worker whose local jobs take ``latency_s``, beating every 0.1 s."""
+    return await WorkerContext.open(settings.model_copy(
+        update={"local_latency_s": latency_s, "heartbeat_s": 0.1, "lease_s": 30.0}))
+
+
+async def _run_one(pool: Pool, ctx: WorkerContext) -> tuple[NewJob, asyncio.Task[str]]:
+    """A one-output job, running on ``ctx`` once this returns."""
+    job = await create_job(pool, num_outputs=1, credits=1)
+    run = asyncio.create_task(process_job(ctx, job.id))
+    await _running(pool, job.id)
+    return job, run
+
+
 async def test_each_job_of_one_worker_hears_of_its_own_lease_and_cancel(
     pool: Pool, settings: Settings
 ) -> None:
-    slow = await WorkerContext.open(settings.model_copy(
-        update={"local_latency_s": 3.0, "heartbeat_s": 0.1, "lease_s": 30.0}))
+    slow = await _slow_worker(settings, 3.0)
     other = await WorkerContext.open(settings.model_copy(update={"local_latency_s": 0.1}))
     try:
         taken, canceled, kept = [await create_job(pool, num_outputs=1, credits=1)
@@ -63,12 +76,9 @@ async def test_each_job_of_one_worker_hears_of_its_own_lease_and_cancel(
 async def test_a_job_whose_row_is_busy_at_a_beat_keeps_running(
     pool: Pool, settings: Settings
 ) -> None:
-    ctx = await WorkerContext.open(settings.model_copy(
-        update={"local_latency_s": 2.0, "heartbeat_s": 0.1, "lease_s": 30.0}))
+    ctx = await _slow_worker(settings, 2.0)
     try:
-        job = await create_job(pool, num_outputs=1, credits=1)
-        run = asyncio.create_task(process_job(ctx, job.id))
-        await _running(pool, job.id)
+        job, run = await _run_one(pool, ctx)
         started = (await job_row(pool, job.id))["lease_expires_at"]
         # Another transaction holds the job's row across several beats.
         async with pool.acquire() as conn, conn.transaction():
@@ -92,12 +102,9 @@ async def test_a_beat_in_flight_when_the_worker_stops_is_let_finish(
 ) -> None:
     """Stopping the heartbeat while its statement waits lets the statement end (the lease is
     renewed) instead of cutting it short, and the worker's pools then close."""
-    ctx = await WorkerContext.open(settings.model_copy(
-        update={"local_latency_s": 3.0, "heartbeat_s": 0.1, "lease_s": 30.0}))
+    ctx = await _slow_worker(settings, 3.0)
     try:
-        job = await create_job(pool, num_outputs=1, credits=1)
-        run = asyncio.create_task(process_job(ctx, job.id))
-        await _running(pool, job.id)
+        job, run = await _run_one(pool, ctx)
         async with pool.acquire() as conn:
             tx = conn.transaction()
             await tx.start()
