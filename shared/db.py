@@ -90,7 +90,8 @@ async def close_pool(pool: Pool, timeout_s: float = POOL_CLOSE_S) -> None:
     that leaked a connection) would hold a stopping process forever.
     """
     try:
-        await asyncio.wait_for(pool.close(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await pool.close()
     except TimeoutError:
         log.warning("db_pool_close_timed_out", timeout_s=timeout_s)
         pool.terminate()

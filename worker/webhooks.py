@@ -146,8 +146,11 @@ class Deliverer:
                     await self.measure_backlog()
                 if claimed and claimed == free:
                     continue  # there may be more due right now
+                # asyncio.timeout, not wait_for, which on Python 3.11 can drop the cancel
+                # that stops this loop if it arrives as the event is set.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._done.wait(), s.webhook_poll_s)
+                    async with asyncio.timeout(s.webhook_poll_s):
+                        await self._done.wait()
         finally:
             # POSTs still in flight after a short grace are dropped: their rows stay claimed
             # and are sent again once their lease runs out (at least once).

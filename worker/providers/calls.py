@@ -49,10 +49,13 @@ async def call_provider(
     s = settings
 
     async def once() -> T:
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the result and drops
+        # a cancel that arrives as the call completes (a job canceled, a worker stopping).
         if slots is None:
-            return await asyncio.wait_for(op(), s.provider_request_timeout_s)
-        async with slots:
-            return await asyncio.wait_for(op(), s.provider_request_timeout_s)
+            async with asyncio.timeout(s.provider_request_timeout_s):
+                return await op()
+        async with slots, asyncio.timeout(s.provider_request_timeout_s):
+            return await op()
 
     try:
         return await retry(
