@@ -4,6 +4,11 @@ and poll delay genq's worker uses, with
 - ``noop``: nothing, what arq itself costs per job; ``sleep``: a slow provider;
 - ``floor`` (with ``--database-url`` and ``--storage-dir``): the worker floor (see
   ``bench/floor.py``), one small file written and fsynced and one UPDATE per job;
+- ``rows_floor`` (the same options): the floor of a worker that writes genq's rows and files
+  with no genq code: a queued genq job claimed (``PLAIN_CLAIM``, group-committed with the other
+  running jobs' claims), its output and a thumbnail written as fixed bytes (no image rendered)
+  into a folder of its own, both fsynced and then the folder, its output counted
+  (``count_output_staged``), and its final write (``PLAIN_FINALIZE``, group-committed);
 - ``replicate_floor`` (with ``--replicate-url``): the provider floor, what a job on Replicate
   must do with no genq code: the ``replicate`` client's create, its GETs until the prediction
   ends, and the output's download, each through a pool of ``--connections`` kept-alive
@@ -28,6 +33,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker
 
 from bench import floor as floor_db
+from sql import queries
 
 
 async def noop(ctx: dict[str, Any]) -> None:
@@ -66,6 +72,29 @@ async def floor_grouped(ctx: dict[str, Any], row_id: str) -> None:
     """One durable file and one UPDATE, group-committed with the other running jobs'."""
     await asyncio.to_thread(_write_synced, ctx["storage_dir"] / f"{row_id}.bin", b"floor")
     await ctx["mark_done"]((uuid.UUID(row_id),))
+
+
+def _write_job_files(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_synced(folder / "0.png", b"rows floor output")
+    _write_synced(folder / "0.thumb.webp", b"rows floor thumb")
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def rows_floor(ctx: dict[str, Any], job_id: str) -> None:
+    """A genq job's rows and files with no genq code: claim, two durable files and their
+    folder, the output counted, the final write."""
+    job = uuid.UUID(job_id)
+    await ctx["claim"]((job,))
+    folder = ctx["storage_dir"] / job_id
+    await asyncio.to_thread(_write_job_files, folder)
+    if await ctx["pool"].fetchval(queries["count_output_staged"], job, 1) != 1:
+        raise RuntimeError(f"job {job_id} was not claimed")
+    await ctx["finalize"]((job, f"{job_id}/0.png", f"{job_id}/0.thumb.webp"))
 
 
 async def replicate_floor(ctx: dict[str, Any], model: str, first_poll_s: float) -> None:
@@ -110,6 +139,10 @@ def main() -> None:
             ctx["pool"] = await floor_db.create_pool(args.database_url, args.pool_size)
             ctx["storage_dir"] = args.storage_dir
             ctx["mark_done"] = floor_db.group_commit(ctx["pool"], floor_db.MARK_DONE_MANY)
+            ctx["claim"] = floor_db.group_commit(ctx["pool"], floor_db.PLAIN_CLAIM,
+                                                 "rows-floor", 60.0)
+            ctx["finalize"] = floor_db.group_commit(ctx["pool"], floor_db.PLAIN_FINALIZE,
+                                                    float(7 * 86400))
             args.storage_dir.mkdir(parents=True, exist_ok=True)
         if args.replicate_url is not None:
             from replicate.client import Client
@@ -131,7 +164,7 @@ def main() -> None:
         # Built and run on the running loop, and on uvloop, as ``genq worker`` is.
         worker = Worker(
             functions=[noop, sleep, floor, floor_grouped, floor_file, floor_update,
-                       replicate_floor],
+                       rows_floor, replicate_floor],
             redis_settings=RedisSettings.from_dsn(args.redis_url),
             queue_name=args.queue,
             max_jobs=args.max_jobs,

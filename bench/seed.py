@@ -57,30 +57,38 @@ async def users(pool: Pool, n: int, credits: int) -> list[NewUser]:
     return await gather_limited(range(n), make)
 
 
+async def submit_batches(pool: Pool, user_ids: list[uuid.UUID], n: int,
+                         params: dict[str, Any], model: str = "local/sketch",
+                         batch: int = SUBMIT_BATCH) -> list[list[dict[str, Any]]]:
+    """The items of ``n`` new jobs spread over ``user_ids``, in ``submit_jobs`` batches of
+    ``batch``, checked and priced as the intake checks them."""
+    async with pool.acquire() as conn:
+        rules = (await load_rules(conn))[model]
+    items = [
+        SubmitItem.checked(uuid.uuid4(), user_ids[i % len(user_ids)],
+                           JobCreate(model=model, prompt=f"bench prompt {i}", params=params),
+                           None, None, rules)
+        for i in range(n)
+    ]
+    return [[item.payload(i) for i, item in enumerate(items[start:start + batch])]
+            for start in range(0, n, batch)]
+
+
+async def submit(conn: Any, batch: list[dict[str, Any]]) -> None:
+    """One ``submit_jobs`` batch, every item accepted (else RuntimeError)."""
+    rows = await conn.fetch(queries["submit_jobs"], batch, 3, 86400.0, 3600.0)
+    refused = [r["error_message"] for r in rows if r["error_state"] is not None]
+    if refused:
+        raise RuntimeError(f"seed: submissions refused: {refused[:3]}")
+
+
 async def queued_jobs(pool: Pool, user_ids: list[uuid.UUID], n: int,
                       params: dict[str, Any], model: str = "local/sketch") -> list[uuid.UUID]:
     """``n`` queued jobs with their reservations, spread over ``user_ids``, not yet enqueued:
     the rows the intake writes, with the same query."""
-    ids = [uuid.uuid4() for _ in range(n)]
-    async with pool.acquire() as conn:
-        rules = (await load_rules(conn))[model]
-    items = [
-        SubmitItem.checked(job_id, user_ids[i % len(user_ids)],
-                           JobCreate(model=model, prompt=f"bench prompt {i}", params=params),
-                           None, None, rules)
-        for i, job_id in enumerate(ids)
-    ]
-    batches = [[item.payload(i) for i, item in enumerate(items[start:start + SUBMIT_BATCH])]
-               for start in range(0, n, SUBMIT_BATCH)]
-
-    async def make(batch: list[dict[str, Any]]) -> None:
-        rows = await pool.fetch(queries["submit_jobs"], batch, 3, 86400.0, 3600.0)
-        refused = [r["error_message"] for r in rows if r["error_state"] is not None]
-        if refused:
-            raise RuntimeError(f"seed: submissions refused: {refused[:3]}")
-
-    await gather_limited(batches, make)
-    return ids
+    batches = await submit_batches(pool, user_ids, n, params, model)
+    await gather_limited(batches, lambda batch: submit(pool, batch))
+    return [uuid.UUID(item["job"]) for batch in batches for item in batch]
 
 
 async def enqueue_at(redis: ArqRedis, queue: str, calls: list[tuple[str, str, tuple[Any, ...]]],

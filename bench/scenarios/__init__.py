@@ -17,6 +17,7 @@ from bench.scenarios import (
     library,
     media,
     pipeline,
+    rows,
     webhooks,
 )
 
@@ -34,6 +35,7 @@ SCENARIOS: dict[str, Scenario] = {
     "library": library.run,
     "events": events.run,
     "webhooks": webhooks.run,
+    "rows": rows.run,
 }
 
 

@@ -1,5 +1,5 @@
-"""``python -m bench`` as a user runs it: a quick run of the intake, pipeline, media and latency
-scenarios on the test's services, every figure measured against its baseline and written to the
+"""``python -m bench`` as a user runs it: a quick run of the intake, pipeline, media, latency and
+rows scenarios on the test's services, every figure measured against its baseline and written to the
 JSON file."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from shared.settings import Settings
 
@@ -24,7 +26,7 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
                GENQ_REDIS_URL=private_redis_url, GENQ_DATA_DIR=str(settings.data_dir))
     out = tmp_path / "results.json"
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "pipeline,intake,media,latency",
+        [sys.executable, "-m", "bench", "--quick", "--only", "pipeline,intake,media,latency,rows",
          "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
     )
@@ -38,6 +40,10 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
                    "pipeline floor (1 PG UPDATE + 1 fsync) vs bare arq",
                    "pipeline: PostgreSQL CPU per job (claim + finalize) vs floor",
                    "pipeline: machine CPU per job vs bare arq",
+                   "pipeline floor with genq's rows and files vs worker floor",
+                   "pipeline: genq vs the floor with genq's rows and files",
+                   "pipeline floor with genq's rows and files: PostgreSQL CPU per job vs "
+                   "worker floor",
                    "intake: genq vs group-commit floor, req/s",
                    "intake: POST /v1/jobs at 64 connections vs bare Starlette",
                    "intake floor, group commit, vs bare Starlette",
@@ -46,7 +52,11 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
                    "thumbnails/s, 1024x1024 PNG (genq variants vs Pillow bare loop)",
                    "pipeline: 1024x1024 jobs/s, variants on vs off",
                    "latency: submit -> succeeded, idle, p50",
-                   "latency: submit -> succeeded, idle, p99"):
+                   "latency: submit -> succeeded, idle, p99",
+                   "PostgreSQL CPU per job, one harness: genq's statements vs the floors'",
+                   "PostgreSQL CPU per job, one harness: genq's rows in plain SQL vs the floors'",
+                   "PostgreSQL CPU per job, one harness: genq's statements vs its rows in "
+                   "plain SQL"):
         row = rows[figure]
         if "CPU per" in figure:
             # /proc counts CPU in clock ticks (10 ms): a quick run's floor can spend less than
@@ -70,6 +80,20 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
     assert all(phases[f"{name}_p50_ms"] > 0 for name in (
         "post", "to_created", "created_to_claimed", "claimed_to_finished")), phases
     assert phases["post_p50_ms"] > phases["to_created_p50_ms"], phases
+    # PostgreSQL CPU per job in one harness: every stage of every side but the floors took some
+    # (the scenario itself checks that each of those sides left the same rows), the floors'
+    # statements together took some (a quick run's floor INSERTs can take less than one clock
+    # tick), and a quick run's one round totals its stages.
+    rows_row = rows["PostgreSQL CPU per job, one harness: genq's statements vs the floors'"]
+    sides = rows_row["notes"]["postgres_cpu_us_per_job"]
+    assert set(sides) == {"genq", "plain", "hold_on_job", "floor", "plain_no_events"}
+    for side, stages in sides.items():
+        parts = [stages[s] for s in ("submit", "claim", "count", "finalize")]
+        assert stages["total"] == pytest.approx(sum(parts)) and stages["total"] > 0, side
+        assert side == "floor" or all(p > 0 for p in parts), (side, stages)
+    assert rows_row["genq"] == sides["genq"]["total"]
+    assert rows_row["baseline"] == sides["floor"]["total"]
+    assert rows_row["met"] in (True, False)
     # The table on standard output names every figure.
     assert all(figure in run.stdout for figure in rows)
     # Nothing the run started is left running (its processes carry its GENQ_DATA_DIR).
