@@ -5,9 +5,10 @@ The combined row of a full run (intake's submit plus the pipeline's claim and fi
 against the two floors') sets the target: at most 3x the floors' PostgreSQL CPU. This scenario
 asks what any statements that write genq's rows can reach, with no HTTP, no worker and no
 queue: the harness itself sends each side's statements, on ``CONNECTIONS`` connections held for
-the whole run (no reset on release), in batches of ``BATCH`` jobs, each connection with accounts
-of its own (so no side waits on another connection's account lock), one stage at a time for a
-wave of 64 jobs (``WAVE``), then the next wave:
+the whole run (no reset on release), in batches of 4 jobs and then of 32 (``BATCHES``), each
+connection with accounts of its own (so no side waits on another connection's account lock),
+one stage at a time for a wave of 64 jobs (``IN_FLIGHT``; 128 in batches of 32), then the
+next wave:
 
 - **genq**: the intake's ``submit_jobs``, the worker's ``claim_jobs``, one
   ``count_output_staged`` per job and ``finalize_jobs`` with one stored output and its
@@ -50,14 +51,17 @@ from bench.report import Row
 from shared.db import Connection, Pool
 from sql import queries
 
-BATCH = 4
+# Jobs per statement: 4, about what the intake's and the worker's batches hold under load, and
+# 32, the intake's largest.
+BATCHES = (4, 32)
 CONNECTIONS = 4
 ACCOUNTS_PER_CONNECTION = 4
 STAGES = ("submit", "claim", "count", "finalize")
-# Batches per connection taken through the stages together: at most CONNECTIONS * WAVE * BATCH
-# jobs (64) queued or running at once, fewer than one worker holds (GENQ_MAX_JOBS, 100 by
-# default), so no statement works among more queued or running jobs than a pipeline's.
-WAVE = 4
+# Jobs taken through the stages together (a wave: as many batches per connection as make this
+# many, at least one): about as many queued or running at once as one worker holds
+# (GENQ_MAX_JOBS, 100 by default), so no statement works among more queued or running jobs
+# than a pipeline's.
+IN_FLIGHT = 64
 VACUUM = ("VACUUM ANALYZE generation_jobs, credit_reservations, credit_ledger, credit_accounts, "
           "workspace_assets, asset_variants, job_events, " + floor.TABLE)
 EVENT_TRIGGERS = ("generation_jobs_event_insert", "generation_jobs_event_update")
@@ -197,11 +201,14 @@ def _keys(batch: Batch) -> tuple[list[str], list[str]]:
             [f"{b['user_id']}/{b['job']}/0.thumb.webp" for b in batch])
 
 
-async def _genq_claim(conn: Connection, batch: Batch) -> None:
-    claimed = await conn.fetch(queries["claim_jobs"], [uuid.UUID(b["job"]) for b in batch],
-                               "bench-rows", 60.0)
-    if len(claimed) != len(batch):
-        raise RuntimeError(f"rows: claimed {len(claimed)} of {len(batch)}")
+def _claim(statement: str) -> Stage:
+    """Claim the batch's jobs with ``statement`` (ids, lease owner, lease seconds)."""
+    async def claim(conn: Connection, batch: Batch) -> None:
+        claimed = await conn.fetch(statement, [uuid.UUID(b["job"]) for b in batch],
+                                   "bench-rows", 60.0)
+        if len(claimed) != len(batch):
+            raise RuntimeError(f"rows: claimed {len(claimed)} of {len(batch)}")
+    return claim
 
 
 async def _count(conn: Connection, batch: Batch) -> None:
@@ -237,13 +244,6 @@ def _plain_submit(provider: str, statement: str = PLAIN_SUBMIT) -> Stage:
     return submit
 
 
-async def _plain_claim(conn: Connection, batch: Batch) -> None:
-    claimed = await conn.fetch(floor.PLAIN_CLAIM, [uuid.UUID(b["job"]) for b in batch],
-                               "bench-rows", 60.0)
-    if len(claimed) != len(batch):
-        raise RuntimeError(f"rows: claimed {len(claimed)} of {len(batch)}")
-
-
 def _plain_finalize(statement: str = floor.PLAIN_FINALIZE) -> Stage:
     async def finalize(conn: Connection, batch: Batch) -> None:
         outputs, thumbs = _keys(batch)
@@ -267,13 +267,13 @@ async def _nothing(conn: Connection, batch: Batch) -> None:
 
 
 async def _side(conns: Sequence[Connection], batches: list[list[Batch]],
-                stages: dict[str, Stage]) -> dict[str, float]:
-    """Every connection's batches, ``WAVE`` at a time: each stage for every batch of the wave
-    (every connection its own batches in turn), then the next stage. PostgreSQL CPU seconds by
-    stage, summed over the waves."""
+                stages: dict[str, Stage], wave_size: int) -> dict[str, float]:
+    """Every connection's batches, ``wave_size`` at a time: each stage for every batch of the
+    wave (every connection its own batches in turn), then the next stage. PostgreSQL CPU
+    seconds by stage, summed over the waves."""
     used = dict.fromkeys(STAGES, 0.0)
-    for start in range(0, max(len(mine) for mine in batches), WAVE):
-        wave = [mine[start:start + WAVE] for mine in batches]
+    for start in range(0, max(len(mine) for mine in batches), wave_size):
+        wave = [mine[start:start + wave_size] for mine in batches]
         for name in STAGES:
             stage = stages[name]
 
@@ -307,8 +307,65 @@ async def _check(pool: Pool, batches: list[list[Batch]], accounts: list[list[uui
         raise RuntimeError(f"rows: the side left {found}, not {expected}")
 
 
+async def _measure(pool: Pool, conns: Sequence[Connection], accounts: list[list[uuid.UUID]],
+                   sides: dict[str, dict[str, Stage]], n: int, rounds: int, batch: int,
+                   ) -> dict[str, list[dict[str, float]]]:
+    """Every side ``rounds`` times in a rotating order, in batches of ``batch``: PostgreSQL
+    CPU per job by stage, in microseconds, a dict per round."""
+    wave = max(1, IN_FLIGHT // (CONNECTIONS * batch))
+    per_job: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+    for r in range(rounds):
+        names = list(sides)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            batches = [await seed.submit_batches(pool, users, n // CONNECTIONS,
+                                                 seed.TINY_PARAMS, batch=batch)
+                       for users in accounts]
+            # Each side starts with the dead rows of the one before it vacuumed, so
+            # autovacuum during a side is mostly that side's own.
+            await pool.execute(VACUUM)
+            if name == "plain_no_events":
+                await _set_triggers(pool, False)
+            try:
+                used = await _side(conns, batches, sides[name], wave)
+            finally:
+                if name == "plain_no_events":
+                    await _set_triggers(pool, True)
+            done = sum(len(b) for mine in batches for b in mine)
+            if name != "floor":
+                await _check(pool, batches, accounts, events=name != "plain_no_events",
+                             reservations=name != "hold_on_job")
+            per_job[name].append({k: v / done * 1e6 for k, v in used.items()})
+    return per_job
+
+
+def _rows(batch: int, per_job: dict[str, list[dict[str, float]]], notes: dict[str, Any]
+          ) -> list[Row]:
+    def median(name: str) -> dict[str, float]:
+        stages = {s: statistics.median(run[s] for run in per_job[name]) for s in STAGES}
+        return {**stages, "total": statistics.median(sum(run.values()) for run in per_job[name])}
+
+    us = {name: median(name) for name in per_job}
+    head = f"PostgreSQL CPU per job, one harness, batches of {batch}:"
+    floors = us["floor"]["total"]
+    return [
+        Row("rows", f"{head} genq's statements vs the floors'", us["genq"]["total"], floors,
+            "us", better="lower", limit=3.0, target="<= 3x the floors'",
+            notes={**notes, "batch": batch, "postgres_cpu_us_per_job": us,
+                   "per_round": per_job}),
+        # The proof: what any statements that write genq's rows reach against the floors.
+        Row("rows", f"{head} genq's rows in plain SQL vs the floors'", us["plain"]["total"],
+            floors, "us", better="lower"),
+        Row("rows", f"{head} genq's rows in plain SQL, no job events, vs the floors'",
+            us["plain_no_events"]["total"], floors, "us", better="lower"),
+        Row("rows", f"{head} genq's rows in plain SQL, the hold on the job (no reservation "
+            "row), vs the floors'", us["hold_on_job"]["total"], floors, "us", better="lower"),
+        Row("rows", f"{head} genq's statements vs its rows in plain SQL", us["genq"]["total"],
+            us["plain"]["total"], "us", better="lower"),
+    ]
+
+
 async def run(env: BenchEnv, quick: bool) -> list[Row]:
-    """Every side ``rounds`` times, in a rotating order."""
+    """Every side in batches of each size of ``BATCHES`` (the first alone when quick)."""
     n = 400 if quick else 4000
     rounds = 1 if quick else 3
     pool = env.db()
@@ -317,66 +374,25 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     accounts = [[u.id for u in await seed.users(pool, ACCOUNTS_PER_CONNECTION, 10**9)]
                 for _ in range(CONNECTIONS)]
     sides: dict[str, dict[str, Stage]] = {
-        "genq": {"submit": seed.submit, "claim": _genq_claim, "count": _count,
-                 "finalize": _genq_finalize},
-        "plain": {"submit": _plain_submit(provider), "claim": _plain_claim, "count": _count,
-                  "finalize": _plain_finalize()},
+        "genq": {"submit": seed.submit, "claim": _claim(queries["claim_jobs"]),
+                 "count": _count, "finalize": _genq_finalize},
+        "plain": {"submit": _plain_submit(provider), "claim": _claim(floor.PLAIN_CLAIM),
+                  "count": _count, "finalize": _plain_finalize()},
         "hold_on_job": {"submit": _plain_submit(provider, HOLD_ON_JOB_SUBMIT),
-                        "claim": _plain_claim, "count": _count,
+                        "claim": _claim(floor.PLAIN_CLAIM), "count": _count,
                         "finalize": _plain_finalize(HOLD_ON_JOB_FINALIZE)},
         "floor": {"submit": _floor_submit, "claim": _nothing, "count": _nothing,
                   "finalize": _floor_finish},
     }
     sides["plain_no_events"] = sides["plain"]
-    per_job: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+    notes = {"jobs": n, "rounds": rounds, "connections": CONNECTIONS}
+    rows: list[Row] = []
     conns = [await pool.acquire() for _ in range(CONNECTIONS)]
     try:
-        for r in range(rounds):
-            names = list(sides)
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                batches = [await seed.submit_batches(pool, users, n // CONNECTIONS,
-                                                     seed.TINY_PARAMS, batch=BATCH)
-                           for users in accounts]
-                # Each side starts with the dead rows of the one before it vacuumed, so
-                # autovacuum during a side is mostly that side's own.
-                await pool.execute(VACUUM)
-                if name == "plain_no_events":
-                    await _set_triggers(pool, False)
-                try:
-                    used = await _side(conns, batches, sides[name])
-                finally:
-                    if name == "plain_no_events":
-                        await _set_triggers(pool, True)
-                done = sum(len(b) for mine in batches for b in mine)
-                if name != "floor":
-                    await _check(pool, batches, accounts, events=name != "plain_no_events",
-                                 reservations=name != "hold_on_job")
-                per_job[name].append({k: v / done * 1e6 for k, v in used.items()})
+        for batch in BATCHES[:1] if quick else BATCHES:
+            per_job = await _measure(pool, conns, accounts, sides, n, rounds, batch)
+            rows.extend(_rows(batch, per_job, notes))
     finally:
         for conn in conns:
             await pool.release(conn)
-
-    def median(name: str) -> dict[str, float]:
-        stages = {s: statistics.median(run[s] for run in per_job[name]) for s in STAGES}
-        return {**stages, "total": statistics.median(sum(run.values()) for run in per_job[name])}
-
-    us = {name: median(name) for name in sides}
-    notes = {"jobs": n, "rounds": rounds, "batch": BATCH, "connections": CONNECTIONS,
-             "postgres_cpu_us_per_job": us,
-             "per_round": per_job}
-    return [
-        Row("rows", "PostgreSQL CPU per job, one harness: genq's statements vs the floors'",
-            us["genq"]["total"], us["floor"]["total"], "us", better="lower", limit=3.0,
-            target="<= 3x the floors'", notes=notes),
-        # The proof: what any statements that write genq's rows reach against the floors.
-        Row("rows", "PostgreSQL CPU per job, one harness: genq's rows in plain SQL vs the floors'",
-            us["plain"]["total"], us["floor"]["total"], "us", better="lower"),
-        Row("rows", "PostgreSQL CPU per job, one harness: genq's rows in plain SQL, no job "
-            "events, vs the floors'", us["plain_no_events"]["total"], us["floor"]["total"], "us",
-            better="lower"),
-        Row("rows", "PostgreSQL CPU per job, one harness: genq's statements vs its rows in "
-            "plain SQL", us["genq"]["total"], us["plain"]["total"], "us", better="lower"),
-        Row("rows", "PostgreSQL CPU per job, one harness: genq's rows in plain SQL, the hold on "
-            "the job (no reservation row), vs the floors'", us["hold_on_job"]["total"],
-            us["floor"]["total"], "us", better="lower"),
-    ]
+    return rows

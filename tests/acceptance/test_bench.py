@@ -15,6 +15,8 @@ import pytest
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+# The rows scenario's figures of a quick run (batches of 4 only).
+ONE_HARNESS = "PostgreSQL CPU per job, one harness, batches of 4:"
 
 
 def test_quick_bench_measures_every_figure_against_its_baseline(
@@ -53,10 +55,9 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
                    "pipeline: 1024x1024 jobs/s, variants on vs off",
                    "latency: submit -> succeeded, idle, p50",
                    "latency: submit -> succeeded, idle, p99",
-                   "PostgreSQL CPU per job, one harness: genq's statements vs the floors'",
-                   "PostgreSQL CPU per job, one harness: genq's rows in plain SQL vs the floors'",
-                   "PostgreSQL CPU per job, one harness: genq's statements vs its rows in "
-                   "plain SQL"):
+                   f"{ONE_HARNESS} genq's statements vs the floors'",
+                   f"{ONE_HARNESS} genq's rows in plain SQL vs the floors'",
+                   f"{ONE_HARNESS} genq's statements vs its rows in plain SQL"):
         row = rows[figure]
         if "CPU per" in figure:
             # /proc counts CPU in clock ticks (10 ms): a quick run's floor can spend less than
@@ -84,7 +85,7 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
     # (the scenario itself checks that each of those sides left the same rows), the floors'
     # statements together took some (a quick run's floor INSERTs can take less than one clock
     # tick), and a quick run's one round totals its stages.
-    rows_row = rows["PostgreSQL CPU per job, one harness: genq's statements vs the floors'"]
+    rows_row = rows[f"{ONE_HARNESS} genq's statements vs the floors'"]
     sides = rows_row["notes"]["postgres_cpu_us_per_job"]
     assert set(sides) == {"genq", "plain", "hold_on_job", "floor", "plain_no_events"}
     for side, stages in sides.items():
