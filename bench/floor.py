@@ -46,9 +46,11 @@ WHERE id = ANY($1::uuid[]) AND status = 'queued'
 RETURNING id, attempt
 """
 
-# $1 job ids, $2 output storage keys, $3 thumbnail storage keys, $4 asset TTL seconds: each
-# job succeeded with one 1x1 PNG and its thumbnail, its hold captured in full.
-PLAIN_FINALIZE = """
+# The first half of a final write (PLAIN_FINALIZE, and the rows scenario's with the hold on the
+# job): the jobs' last update and their asset and variant rows. $1 job ids, $2 output storage
+# keys, $3 thumbnail storage keys, $4 asset TTL seconds: each job succeeded with one 1x1 PNG and
+# its thumbnail.
+FINAL_WRITE_JOBS_AND_ASSETS = """
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS i(job, storage_key, thumb_key)
 ), j AS (
@@ -56,7 +58,8 @@ WITH i AS (
     SET status = 'succeeded', outputs_made = 1, finished_at = now(), lease_owner = NULL,
         lease_expires_at = NULL, updated_at = now()
     FROM i WHERE j.id = i.job AND j.status = 'running'
-    RETURNING j.id, j.user_id, j.reservation_id, j.seed, j.prompt, j.model, j.params
+    RETURNING j.id, j.user_id, j.reservation_id, j.price_per_output, j.seed, j.prompt,
+              j.model, j.params
 ), a AS (
     INSERT INTO workspace_assets
         (user_id, job_id, asset_index, asset_type, storage_key, file_size_bytes, mime_type,
@@ -70,7 +73,10 @@ WITH i AS (
     INSERT INTO asset_variants
         (asset_id, kind, mime_type, width, height, file_size_bytes, storage_key)
     SELECT a.id, 'thumb', 'image/webp', 1, 1, 40, i.thumb_key FROM a JOIN i ON i.job = a.job_id
-), r AS (
+"""
+
+# A final write: FINAL_WRITE_JOBS_AND_ASSETS, then each job's hold captured in full.
+PLAIN_FINALIZE = FINAL_WRITE_JOBS_AND_ASSETS + """), r AS (
     UPDATE credit_reservations r
     SET status = 'captured', captured = r.amount, refunded = 0, settled_at = now()
     FROM j WHERE r.id = j.reservation_id AND r.status = 'open'

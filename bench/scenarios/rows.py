@@ -66,30 +66,34 @@ VACUUM = ("VACUUM ANALYZE generation_jobs, credit_reservations, credit_ledger, c
           "workspace_assets, asset_variants, job_events, " + floor.TABLE)
 EVENT_TRIGGERS = ("generation_jobs_event_insert", "generation_jobs_event_update")
 
-# $1 job ids, $2 users, $3 reservation ids, $4 prompts, $5 params (JSON text), $6 seeds,
-# $7 prices, $8 model, $9 provider, $10 reservation TTL seconds. Each account's balance_after
-# as genq writes it: the balance after that item, in item order.
-PLAIN_SUBMIT = """
-WITH i AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
-                         $6::bigint[], $7::bigint[])
-        WITH ORDINALITY AS i(job, user_id, reservation, prompt, params, seed, price, n)
-), acc AS (
+# Both submits' account updates, one per account of the batch, and each hold's balance_after
+# as genq writes it: the account's balance after that item, in item order.
+HOLD_ACCOUNTS = """acc AS (
     UPDATE credit_accounts a
     SET balance = a.balance - t.total, reserved = a.reserved + t.total, updated_at = now()
     FROM (SELECT user_id, sum(price) AS total FROM i GROUP BY user_id) t
     WHERE a.user_id = t.user_id
     RETURNING a.user_id, a.balance
-), res AS (
+)"""
+BALANCE_AFTER = """acc.balance + coalesce(sum(i.price) OVER (
+               PARTITION BY i.user_id ORDER BY i.n DESC
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)"""
+
+# $1 job ids, $2 users, $3 reservation ids, $4 prompts, $5 params (JSON text), $6 seeds,
+# $7 prices, $8 model, $9 provider, $10 reservation TTL seconds.
+PLAIN_SUBMIT = f"""
+WITH i AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                         $6::bigint[], $7::bigint[])
+        WITH ORDINALITY AS i(job, user_id, reservation, prompt, params, seed, price, n)
+), {HOLD_ACCOUNTS}, res AS (
     INSERT INTO credit_reservations (id, user_id, job_id, amount, expires_at)
     SELECT reservation, user_id, job, price, now() + make_interval(secs => $10) FROM i
 ), led AS (
     INSERT INTO credit_ledger
         (user_id, kind, amount, reserved_delta, balance_after, reservation_id, job_id)
     SELECT i.user_id, 'reserve', -i.price, i.price,
-           acc.balance + coalesce(sum(i.price) OVER (
-               PARTITION BY i.user_id ORDER BY i.n DESC
-               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0),
+           {BALANCE_AFTER},
            i.reservation, i.job
     FROM i JOIN acc ON acc.user_id = i.user_id
     ORDER BY i.n
@@ -128,24 +132,16 @@ SELECT (SELECT count(*) FROM generation_jobs j
 # The issue's question "does a reservation need its own table when the job row can carry the
 # hold?": PLAIN_SUBMIT and PLAIN_FINALIZE with no credit_reservations row, the hold being the
 # job's price and its ledger rows (reservation_id NULL). Same arguments, but $3 is unused.
-HOLD_ON_JOB_SUBMIT = """
+HOLD_ON_JOB_SUBMIT = f"""
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $4::text[], $5::text[], $6::bigint[],
                          $7::bigint[])
         WITH ORDINALITY AS i(job, user_id, prompt, params, seed, price, n)
     WHERE $3::uuid[] IS NOT NULL AND $10::float8 IS NOT NULL
-), acc AS (
-    UPDATE credit_accounts a
-    SET balance = a.balance - t.total, reserved = a.reserved + t.total, updated_at = now()
-    FROM (SELECT user_id, sum(price) AS total FROM i GROUP BY user_id) t
-    WHERE a.user_id = t.user_id
-    RETURNING a.user_id, a.balance
-), led AS (
+), {HOLD_ACCOUNTS}, led AS (
     INSERT INTO credit_ledger (user_id, kind, amount, reserved_delta, balance_after, job_id)
     SELECT i.user_id, 'reserve', -i.price, i.price,
-           acc.balance + coalesce(sum(i.price) OVER (
-               PARTITION BY i.user_id ORDER BY i.n DESC
-               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0),
+           {BALANCE_AFTER},
            i.job
     FROM i JOIN acc ON acc.user_id = i.user_id
     ORDER BY i.n
@@ -156,29 +152,7 @@ INSERT INTO generation_jobs
 SELECT job, user_id, $8, $9, prompt, 1, params::jsonb, seed, price, 3 FROM i
 """
 
-HOLD_ON_JOB_FINALIZE = """
-WITH i AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS i(job, storage_key, thumb_key)
-), j AS (
-    UPDATE generation_jobs j
-    SET status = 'succeeded', outputs_made = 1, finished_at = now(), lease_owner = NULL,
-        lease_expires_at = NULL, updated_at = now()
-    FROM i WHERE j.id = i.job AND j.status = 'running'
-    RETURNING j.id, j.user_id, j.price_per_output, j.seed, j.prompt, j.model, j.params
-), a AS (
-    INSERT INTO workspace_assets
-        (user_id, job_id, asset_index, asset_type, storage_key, file_size_bytes, mime_type,
-         width, height, generation_seed, original_prompt, model_used, generation_settings,
-         created_at, expires_at)
-    SELECT j.user_id, j.id, 0, 'image', i.storage_key, 70, 'image/png', 1, 1, j.seed,
-           j.prompt, j.model, j.params, now(), now() + make_interval(secs => $4)
-    FROM j JOIN i ON i.job = j.id
-    RETURNING id, job_id
-), v AS (
-    INSERT INTO asset_variants
-        (asset_id, kind, mime_type, width, height, file_size_bytes, storage_key)
-    SELECT a.id, 'thumb', 'image/webp', 1, 1, 40, i.thumb_key FROM a JOIN i ON i.job = a.job_id
-), acc AS (
+HOLD_ON_JOB_FINALIZE = floor.FINAL_WRITE_JOBS_AND_ASSETS + """), acc AS (
     UPDATE credit_accounts c SET reserved = c.reserved - t.amount, updated_at = now()
     FROM (SELECT user_id, sum(price_per_output) AS amount FROM j GROUP BY user_id) t
     WHERE c.user_id = t.user_id
