@@ -77,8 +77,9 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     for fn in ("floor", "floor_grouped", "floor_file", "floor_update", "rows_floor"):
         if fn == "rows_floor":
             # genq's own queued jobs, as genq's worker got them above
-            rows: list[Any] = await seed.queued_jobs(pool, [u.id for u in accounts], n,
-                                                     seed.TINY_PARAMS)
+            genq_jobs = await seed.queued_jobs(pool, [u.id for u in accounts], n,
+                                               seed.TINY_PARAMS)
+            rows: list[Any] = genq_jobs
         else:
             rows = [uuid.uuid4() for _ in range(n)]
             await pool.executemany(floor.INSERT_ROW, [(r, "pipeline") for r in rows])
@@ -93,7 +94,7 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
             floor_used[fn] = cpu.cpu_seconds(fbefore, cpu.Snapshot.take(), floor_worker.pid)
         if fdone["statuses"]["succeeded"] != n:
             raise RuntimeError(f"pipeline: {fn} jobs failed: {fdone['statuses']}")
-    rows_done = await seed.wait_jobs(pool, rows, timeout_s)
+    rows_done = await seed.wait_jobs(pool, genq_jobs, timeout_s)
     if rows_done["statuses"] != {"succeeded": n}:
         raise RuntimeError(f"pipeline: rows floor left {rows_done['statuses']}")
     env.stop(floor_worker)
