@@ -161,7 +161,8 @@ async def _through_worker(env: BenchEnv, owners: list[uuid.UUID], n: int) -> flo
     return n / float(done["last_finished"] - due)
 
 
-async def _set_triggers(pool: Pool, enabled: bool) -> None:
+async def set_event_triggers(pool: Pool, enabled: bool) -> None:
+    """Turn the job-event triggers on or off (``ALTER TABLE ... ENABLE / DISABLE TRIGGER``)."""
     verb = "ENABLE" if enabled else "DISABLE"
     for name in EVENT_TRIGGERS:
         await pool.execute(f"ALTER TABLE generation_jobs {verb} TRIGGER {name}")
@@ -220,13 +221,13 @@ async def run(env: BenchEnv, quick: bool) -> list[Row]:
     worker_on: list[float] = []
     worker_off: list[float] = []
     for enabled in (False, True, False, True):
-        await _set_triggers(pool, enabled)
+        await set_event_triggers(pool, enabled)
         try:
             (on if enabled else off).append(await _job_cycle(pool, owners, n_cycle))
             (worker_on if enabled else worker_off).append(
                 await _through_worker(env, owners, n_worker))
         finally:
-            await _set_triggers(pool, True)
+            await set_event_triggers(pool, True)
 
     # A queued job's read, idle and with a deep queue (no worker: everything stays queued).
     api, base = await env.genq_api(env.queue("events-deep"))

@@ -48,6 +48,7 @@ from typing import Any
 from bench import cpu, floor, seed
 from bench.env import BenchEnv
 from bench.report import Row
+from bench.scenarios.events import set_event_triggers
 from shared.db import Connection, Pool
 from sql import queries
 
@@ -64,7 +65,6 @@ STAGES = ("submit", "claim", "count", "finalize")
 IN_FLIGHT = 64
 VACUUM = ("VACUUM ANALYZE generation_jobs, credit_reservations, credit_ledger, credit_accounts, "
           "workspace_assets, asset_variants, job_events, " + floor.TABLE)
-EVENT_TRIGGERS = ("generation_jobs_event_insert", "generation_jobs_event_update")
 
 # Both submits' account updates, one per account of the batch, and each hold's balance_after
 # as genq writes it: the account's balance after that item, in item order.
@@ -261,12 +261,6 @@ async def _side(conns: Sequence[Connection], batches: list[list[Batch]],
     return used
 
 
-async def _set_triggers(pool: Pool, enabled: bool) -> None:
-    verb = "ENABLE" if enabled else "DISABLE"
-    for name in EVENT_TRIGGERS:
-        await pool.execute(f"ALTER TABLE generation_jobs {verb} TRIGGER {name}")
-
-
 async def _check(pool: Pool, batches: list[list[Batch]], accounts: list[list[uuid.UUID]],
                  *, events: bool, reservations: bool) -> None:
     """RuntimeError unless the side left the rows :data:`CHECK_ROWS` expects."""
@@ -298,12 +292,12 @@ async def _measure(pool: Pool, conns: Sequence[Connection], accounts: list[list[
             # autovacuum during a side is mostly that side's own.
             await pool.execute(VACUUM)
             if name == "plain_no_events":
-                await _set_triggers(pool, False)
+                await set_event_triggers(pool, False)
             try:
                 used = await _side(conns, batches, sides[name], wave)
             finally:
                 if name == "plain_no_events":
-                    await _set_triggers(pool, True)
+                    await set_event_triggers(pool, True)
             done = sum(len(b) for mine in batches for b in mine)
             if name != "floor":
                 await _check(pool, batches, accounts, events=name != "plain_no_events",
