@@ -250,10 +250,11 @@ class BenchEnv:
         await wait_http(proc, f"{base}/readyz")
         return proc, base
 
-    async def bare_app(self, *, floor: bool = False, group_commit: bool = False
-                       ) -> tuple[Proc, str]:
+    async def bare_app(self, *, floor: bool = False, group_commit: bool = False,
+                       rows_queue: str | None = None) -> tuple[Proc, str]:
         """A ready bare Starlette app (or, with ``floor``, the intake floor of
-        ``bench/floor.py``, with as many connections as genq's pool) and its base URL."""
+        ``bench/floor.py``, with as many connections as genq's pool; with ``rows_queue`` too,
+        the floor with genq's rows, queueing on it) and its base URL."""
         port = free_port()
         args = ["-m", "bench.bare_app", "--port", str(port)]
         if floor:
@@ -261,6 +262,8 @@ class BenchEnv:
                      "--pool-size", str(self.settings.db_pool_max_size)]
             if group_commit:
                 args.append("--group-commit")
+            if rows_queue is not None:
+                args += ["--redis-url", self.redis_url, "--queue", rows_queue]
         proc = self.spawn("floor-app" if floor else "bare-app", args)
         base = f"http://127.0.0.1:{port}"
         await wait_http(proc, f"{base}/v1/jobs", method="POST")

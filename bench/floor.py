@@ -8,6 +8,12 @@ can reach on this machine, with nothing of genq in it.
 
 Both use a pool whose connections are not reset on release, so a request or job costs exactly
 one round trip (asyncpg's default reset is a second one).
+
+The floors with genq's rows ask what any design that writes the rows genq writes can reach:
+the plain statements below (``PLAIN_SUBMIT``, ``PLAIN_CLAIM``, ``PLAIN_FINALIZE``) write them
+with no PL/pgSQL and no decision, group-committed, in the intake's (``bench/bare_app.py``), the
+worker's (``rows_floor`` in ``bench/bare_arq.py``) and the rows scenario's
+(``bench/scenarios/rows.py``) floors.
 """
 
 from __future__ import annotations
@@ -32,6 +38,44 @@ INSERT_ROW = f"INSERT INTO {TABLE} (id, body) VALUES ($1, $2)"
 MARK_DONE = f"UPDATE {TABLE} SET done_at = now() WHERE id = $1"
 INSERT_ROWS = f"INSERT INTO {TABLE} (id, body) SELECT * FROM unnest($1::uuid[], $2::text[])"
 MARK_DONE_MANY = f"UPDATE {TABLE} SET done_at = now() WHERE id = ANY($1::uuid[])"
+
+# Both submits' account updates, one per account of the batch, and each hold's balance_after
+# as genq writes it: the account's balance after that item, in item order.
+HOLD_ACCOUNTS = """acc AS (
+    UPDATE credit_accounts a
+    SET balance = a.balance - t.total, reserved = a.reserved + t.total, updated_at = now()
+    FROM (SELECT user_id, sum(price) AS total FROM i GROUP BY user_id) t
+    WHERE a.user_id = t.user_id
+    RETURNING a.user_id, a.balance
+)"""
+BALANCE_AFTER = """acc.balance + coalesce(sum(i.price) OVER (
+               PARTITION BY i.user_id ORDER BY i.n DESC
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)"""
+
+# $1 job ids, $2 users, $3 reservation ids, $4 prompts, $5 params (JSON text), $6 seeds,
+# $7 prices, $8 model, $9 provider, $10 reservation TTL seconds.
+PLAIN_SUBMIT = f"""
+WITH i AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                         $6::bigint[], $7::bigint[])
+        WITH ORDINALITY AS i(job, user_id, reservation, prompt, params, seed, price, n)
+), {HOLD_ACCOUNTS}, res AS (
+    INSERT INTO credit_reservations (id, user_id, job_id, amount, expires_at)
+    SELECT reservation, user_id, job, price, now() + make_interval(secs => $10) FROM i
+), led AS (
+    INSERT INTO credit_ledger
+        (user_id, kind, amount, reserved_delta, balance_after, reservation_id, job_id)
+    SELECT i.user_id, 'reserve', -i.price, i.price,
+           {BALANCE_AFTER},
+           i.reservation, i.job
+    FROM i JOIN acc ON acc.user_id = i.user_id
+    ORDER BY i.n
+)
+INSERT INTO generation_jobs
+    (id, user_id, model, provider, prompt, num_outputs, params, seed, price_per_output,
+     reservation_id, max_attempts)
+SELECT job, user_id, $8, $9, prompt, 1, params::jsonb, seed, price, reservation, 3 FROM i
+"""
 
 # genq's rows written with the plainest SQL, no PL/pgSQL and no decision: the rows scenario's
 # plain side (bench/scenarios/rows.py) and the pipeline's floor with genq's rows

@@ -14,7 +14,7 @@ next wave:
   ``count_output_staged`` per job and ``finalize_jobs`` with one stored output and its
   thumbnail, as the worker sends them;
 - **plain**: the same rows with one plain data-modifying statement per batch and stage, no
-  PL/pgSQL and no decision (``PLAIN_SUBMIT`` here, ``PLAIN_CLAIM`` and ``PLAIN_FINALIZE`` in
+  PL/pgSQL and no decision (``PLAIN_SUBMIT``, ``PLAIN_CLAIM`` and ``PLAIN_FINALIZE`` in
   ``bench/floor.py``; the count is genq's own, already one ``UPDATE``): the job row, its
   reservation and its hold's ledger row and one account update per account; the claim's
   update; the job's outputs count; the asset and variant rows, the reservation's capture, its
@@ -66,44 +66,6 @@ IN_FLIGHT = 64
 VACUUM = ("VACUUM ANALYZE generation_jobs, credit_reservations, credit_ledger, credit_accounts, "
           "workspace_assets, asset_variants, job_events, " + floor.TABLE)
 
-# Both submits' account updates, one per account of the batch, and each hold's balance_after
-# as genq writes it: the account's balance after that item, in item order.
-HOLD_ACCOUNTS = """acc AS (
-    UPDATE credit_accounts a
-    SET balance = a.balance - t.total, reserved = a.reserved + t.total, updated_at = now()
-    FROM (SELECT user_id, sum(price) AS total FROM i GROUP BY user_id) t
-    WHERE a.user_id = t.user_id
-    RETURNING a.user_id, a.balance
-)"""
-BALANCE_AFTER = """acc.balance + coalesce(sum(i.price) OVER (
-               PARTITION BY i.user_id ORDER BY i.n DESC
-               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)"""
-
-# $1 job ids, $2 users, $3 reservation ids, $4 prompts, $5 params (JSON text), $6 seeds,
-# $7 prices, $8 model, $9 provider, $10 reservation TTL seconds.
-PLAIN_SUBMIT = f"""
-WITH i AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
-                         $6::bigint[], $7::bigint[])
-        WITH ORDINALITY AS i(job, user_id, reservation, prompt, params, seed, price, n)
-), {HOLD_ACCOUNTS}, res AS (
-    INSERT INTO credit_reservations (id, user_id, job_id, amount, expires_at)
-    SELECT reservation, user_id, job, price, now() + make_interval(secs => $10) FROM i
-), led AS (
-    INSERT INTO credit_ledger
-        (user_id, kind, amount, reserved_delta, balance_after, reservation_id, job_id)
-    SELECT i.user_id, 'reserve', -i.price, i.price,
-           {BALANCE_AFTER},
-           i.reservation, i.job
-    FROM i JOIN acc ON acc.user_id = i.user_id
-    ORDER BY i.n
-)
-INSERT INTO generation_jobs
-    (id, user_id, model, provider, prompt, num_outputs, params, seed, price_per_output,
-     reservation_id, max_attempts)
-SELECT job, user_id, $8, $9, prompt, 1, params::jsonb, seed, price, reservation, 3 FROM i
-"""
-
 # What the jobs $1 of the accounts $2 left: the same for every side but the floors, so the sides
 # compare the same rows: every job succeeded with one output, its hold captured in full, two
 # ledger rows, one asset with one variant, its events; and every account's balance and held
@@ -138,10 +100,10 @@ WITH i AS (
                          $7::bigint[])
         WITH ORDINALITY AS i(job, user_id, prompt, params, seed, price, n)
     WHERE $3::uuid[] IS NOT NULL AND $10::float8 IS NOT NULL
-), {HOLD_ACCOUNTS}, led AS (
+), {floor.HOLD_ACCOUNTS}, led AS (
     INSERT INTO credit_ledger (user_id, kind, amount, reserved_delta, balance_after, job_id)
     SELECT i.user_id, 'reserve', -i.price, i.price,
-           {BALANCE_AFTER},
+           {floor.BALANCE_AFTER},
            i.job
     FROM i JOIN acc ON acc.user_id = i.user_id
     ORDER BY i.n
@@ -207,7 +169,7 @@ async def _genq_finalize(conn: Connection, batch: Batch) -> None:
         raise RuntimeError(f"rows: final write gave {[w['status'] for w in written]}")
 
 
-def _plain_submit(provider: str, statement: str = PLAIN_SUBMIT) -> Stage:
+def _plain_submit(provider: str, statement: str = floor.PLAIN_SUBMIT) -> Stage:
     async def submit(conn: Connection, batch: Batch) -> None:
         await conn.execute(
             statement, [uuid.UUID(b["job"]) for b in batch],

@@ -50,6 +50,12 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
                    "intake: POST /v1/jobs at 64 connections vs bare Starlette",
                    "intake floor, group commit, vs bare Starlette",
                    "intake: PostgreSQL CPU per request (submit) vs group-commit floor",
+                   "intake floor with genq's rows vs group-commit floor, req/s",
+                   "intake: genq vs the floor with genq's rows, req/s",
+                   "intake floor with genq's rows: PostgreSQL CPU per request vs "
+                   "group-commit floor",
+                   "intake floor with genq's rows: cores needed at 0.6x the group-commit "
+                   "floor vs the machine's",
                    "PostgreSQL CPU per job, submit + claim + finalize, vs the two floors'",
                    "thumbnails/s, 1024x1024 PNG (genq variants vs Pillow bare loop)",
                    "pipeline: 1024x1024 jobs/s, variants on vs off",
@@ -71,6 +77,15 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
     assert rows["pipeline: genq vs worker floor (1 PG UPDATE + 1 fsync)"]["target"] == (
         ">= 0.8x floor")
     assert rows["intake: genq vs group-commit floor, req/s"]["met"] in (True, False)
+    # The floor with genq's rows is checked by the scenario itself (a job, its hold and its
+    # ledger row for each job it queued); its notes keep its CPU per request, by component.
+    cores = rows["intake floor with genq's rows: cores needed at 0.6x the group-commit floor "
+                 "vs the machine's"]
+    rows_floor = rows["intake: genq vs group-commit floor, req/s"]["notes"]["rows_floor"]
+    assert cores["baseline"] == os.cpu_count()
+    assert cores["genq"] == pytest.approx(
+        0.6 * rows["intake: genq vs group-commit floor, req/s"]["baseline"]
+        * rows_floor["cpu_us_per_request"]["machine"] / 1e6)
     combined = rows["PostgreSQL CPU per job, submit + claim + finalize, vs the two floors'"]
     notes = combined["notes"]
     assert combined["genq"] == notes["submit_us"] + notes["claim_finalize_us"]
