@@ -56,6 +56,12 @@ def redis_settings(redis_url: str) -> RedisSettings:
     return RedisSettings.from_dsn(redis_url)
 
 
+def wake_channel(queue_name: str) -> str:
+    """The pub/sub channel on which enqueues wake the queue's idle workers
+    (:mod:`worker.wake`)."""
+    return f"{queue_name}:wake"
+
+
 async def create_arq_pool(redis_url: str) -> ArqRedis:
     """An arq Redis pool (also a plain async Redis client)."""
     return await create_pool(redis_settings(redis_url))
@@ -88,7 +94,8 @@ async def enqueue_generations(
     tiers: Sequence[int] | None = None,
 ) -> list[bool]:
     """Put jobs on the queue with ``_job_id`` = job id, exactly as arq's ``enqueue_job``
-    would (same record, serializer, expiry and score, due now), all in one round trip.
+    would (same record, serializer, expiry and score, due now), and wake the queue's idle
+    workers (:func:`wake_channel`), all in one round trip.
 
     One flag per job: False when arq already holds a job (or a kept result) under that id,
     which makes enqueueing the same job twice harmless. ``tiers``: each job's priority tier
@@ -101,7 +108,8 @@ async def enqueue_generations(
         pipe = redis.pipeline(transaction=False)
         for args in calls:
             pipe.evalsha(ENQUEUE_SHA, 3, *args)
-        return await pipe.execute(raise_on_error=False)
+        pipe.publish(wake_channel(queue_name), b"")
+        return (await pipe.execute(raise_on_error=False))[:len(calls)]
 
     results = await run()
     if any(isinstance(r, NoScriptError) for r in results):
@@ -144,6 +152,7 @@ async def requeue_generation(
         pipe.zrem(ABORT_JOBS_KEY, jid)
         if job_exists:
             pipe.zadd(queue_name, {jid: int(time.time() * 1000)})
+            pipe.publish(wake_channel(queue_name), b"")
         await pipe.execute()
     if job_exists:
         return True

@@ -9,6 +9,8 @@ arq semantics this relies on (arq 0.28):
 - Shutdown (SIGTERM/SIGINT) stops picking jobs and waits ``shutdown_grace_s`` for running ones;
   then arq cancels them, each hands its lease back, and arq re-queues it. The next delivery
   re-claims the job and resumes the same prediction.
+- The poll loop is arq's, woken by every enqueue (``worker/wake.py``): an idle worker starts a
+  new job at once instead of at its next poll.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from shared.settings import Settings
 from worker.context import WorkerContext
 from worker.generation import JobBusy, JobRetry, process_job
 from worker.recovery import recovery_loop
+from worker.wake import WakeableWorker
 
 log = get_logger(__name__)
 
@@ -133,7 +136,7 @@ async def serve(settings: Settings) -> None:
         # arq's own two lines per job (start, end) repeat genq's job_claimed and job_finished;
         # its warnings and errors still show.
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
-    worker = Worker(**worker_options(settings))
+    worker = WakeableWorker(**worker_options(settings))
     try:
         await worker.async_run()
     except asyncio.CancelledError:

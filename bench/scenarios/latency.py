@@ -4,12 +4,13 @@ genq: ``POST /v1/jobs`` to a ``genq api`` process, a ``genq worker`` runs it; th
 just before the request to the job's ``finished_at``. Baseline: ``enqueue_job`` of a no-op on a
 bare arq worker, to the result's ``finish_time``. Both workers poll Redis every
 ``GENQ_POLL_DELAY_S`` (0.05 s by default) when idle, and a random pause before each submit
-spreads submits over that poll cycle.
+spreads submits over that poll cycle; genq's worker is also woken by the intake's enqueue
+(``worker/wake.py``), bare arq's waits for its next poll.
 
 genq's row notes where the time goes, p50 of each phase, from the job's own timestamps: the
 request until its submit statement starts (``created_at``), from there until a worker's claim
-(``started_at``: the submit's commit, the enqueue, the wait for the worker's next poll of Redis
-and arq's start of the job), and the claim until the final write (``finished_at``); and the
+(``started_at``: the submit's commit, the enqueue and its wake of the worker, and arq's start
+of the job), and the claim until the final write (``finished_at``); and the
 whole ``POST`` as the client saw it.
 """
 

@@ -17,7 +17,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from shared.db import Pool
-from shared.queue import enqueue_generation
+from shared.queue import enqueue_generation, wake_channel
 from shared.settings import Settings
 from shared.storage import LocalStorage
 from tests.factories import (
@@ -183,6 +183,29 @@ async def test_idle_worker_picks_up_a_job_quickly(pool: Pool, arq_redis: ArqRedi
     assert elapsed < 2.0
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0
+
+
+async def test_an_idle_worker_is_woken_by_the_enqueue_not_its_poll_delay(
+    pool: Pool, arq_redis: ArqRedis, settings: Settings, spawn: Any
+) -> None:
+    # The longest poll delay there is: its next poll comes about 10 s after its first, so a
+    # job that finishes within 5 s of its enqueue was started by the wake.
+    worker = spawn("w", GENQ_POLL_DELAY_S="10")
+    job = await create_job(pool, model="local/sketch", num_outputs=1, credits=1)
+    await _wait_for_health(arq_redis, settings.queue_name, worker)
+    # Its first poll is done (it wrote its health check) and it is subscribed: it now waits.
+    deadline = time.monotonic() + 30
+    while (await arq_redis.pubsub_numsub(wake_channel(settings.queue_name)))[0][1] < 1:
+        assert time.monotonic() < deadline, worker.output()
+        await asyncio.sleep(0.05)
+    assert await enqueue_generation(arq_redis, settings.queue_name, job.id)
+    row = await _wait_for(pool, job.id, "success", lambda r: r["status"] == "succeeded",
+                          [worker], timeout=5)
+    assert row["outputs_made"] == 1
+    assert (await assert_invariants(pool, job.user_id)).balance == 0
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert "worker_wake_unavailable" not in worker.output()
 
 
 async def _wait_for_health(redis: ArqRedis, queue_name: str, worker: WorkerProcess) -> None:

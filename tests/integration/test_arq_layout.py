@@ -4,6 +4,8 @@ and not in production."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import uuid
 
 import arq.constants
@@ -115,3 +117,14 @@ async def test_forced_requeue_frees_a_job_a_dead_arq_worker_left_behind(
     assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
     assert (await job_row(pool, job.id))["status"] == "succeeded"
     assert (await assert_invariants(pool, job.user_id)).balance == 0
+
+
+# The source of arq's Worker.main that worker/wake.py's WakeableWorker.main follows (arq 0.28).
+ARQ_WORKER_MAIN_SHA256 = "45ca1591c9717466eec76e17fa958f84acf6085103d692a84ee25d9904e7f8fc"
+
+
+def test_the_wakeable_poll_loop_follows_the_installed_arqs() -> None:
+    """WakeableWorker.main is arq's own poll loop with the pause made wakeable: an arq that
+    changes that loop fails here (bring worker/wake.py in line, then this digest)."""
+    source = inspect.getsource(Worker.main)
+    assert hashlib.sha256(source.encode()).hexdigest() == ARQ_WORKER_MAIN_SHA256, source
