@@ -97,15 +97,16 @@ def test_quick_bench_measures_every_figure_against_its_baseline(
         "post", "to_created", "created_to_claimed", "claimed_to_finished")), phases
     assert phases["post_p50_ms"] > phases["to_created_p50_ms"], phases
     # PostgreSQL CPU per job in one harness: every stage of every side but the floors took some
-    # (the scenario itself checks that each of those sides left the same rows), the floors'
-    # statements together took some (a quick run's floor INSERTs can take less than one clock
-    # tick), and a quick run's one round totals its stages.
+    # (the scenario itself checks that each of those sides left the same rows), and a quick
+    # run's one round totals its stages. The floors' statements are not required to show any:
+    # a quick run's 400 floor jobs take about 50 ms of CPU spread over 4 backends, which /proc's
+    # 10 ms clock ticks can read as none at all (seen in a CI run).
     rows_row = rows[f"{ONE_HARNESS} genq's statements vs the floors'"]
     sides = rows_row["notes"]["postgres_cpu_us_per_job"]
     assert set(sides) == {"genq", "plain", "hold_on_job", "floor", "plain_no_events"}
     for side, stages in sides.items():
         parts = [stages[s] for s in ("submit", "claim", "count", "finalize")]
-        assert stages["total"] == pytest.approx(sum(parts)) and stages["total"] > 0, side
+        assert stages["total"] == pytest.approx(sum(parts)), side
         assert side == "floor" or all(p > 0 for p in parts), (side, stages)
     assert rows_row["genq"] == sides["genq"]["total"]
     assert rows_row["baseline"] == sides["floor"]["total"]
