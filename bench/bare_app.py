@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from bench import floor
 from shared.batch import Batcher
-from shared.catalog import load_rules
+from shared.catalog import ModelRules, list_models
 from shared.db import connect
 from shared.queue import create_arq_pool, enqueue_generations
 from shared.users import hash_api_key
@@ -97,13 +97,12 @@ def rows_floor_app(database_url: str, pool_size: int, redis_url: str, queue: str
         try:
             keys = await conn.fetch("SELECT key_hash, user_id FROM api_keys "
                                     "WHERE revoked_at IS NULL")
-            rules = (await load_rules(conn))[model]
-            provider = await conn.fetchval("SELECT provider FROM models WHERE key = $1", model)
+            (spec,) = [m for m in await list_models(conn) if m.key == model]
         finally:
             await conn.close()
         app.state.users = {bytes(k["key_hash"]): k["user_id"] for k in keys}
-        app.state.rules, app.state.prices = rules, {}
-        app.state.submit = floor.group_commit(pool, floor.PLAIN_SUBMIT, model, provider,
+        app.state.rules, app.state.prices = ModelRules.from_model(spec), {}
+        app.state.submit = floor.group_commit(pool, floor.PLAIN_SUBMIT, model, spec.provider,
                                               86400.0)
 
         async def enqueue(job_ids: list[uuid.UUID]) -> list[None]:
